@@ -1,0 +1,59 @@
+/* The CPU backend's ops (see kernels/ops.h for the contract of each). One file per op family:
+ * memory.c, gemm.c, linear.c, embedding.c, rmsnorm.c, rope.c, attention.c, activations.c
+ * (SwiGLU, GELU), lm_head.c, pooling.c, tga_align.c, elementwise.c, adamw.c. */
+#ifndef TGA_KERNELS_CPU_KERNELS_H
+#define TGA_KERNELS_CPU_KERNELS_H
+
+#include "kernels/ops.h"
+
+void *tga_cpu_alloc(size_t bytes);
+void tga_cpu_free(void *ptr);
+void tga_cpu_upload(void *dst, const void *host_src, size_t bytes);
+void tga_cpu_download(void *host_dst, const void *src, size_t bytes);
+void tga_cpu_zero(void *ptr, size_t bytes);
+void tga_cpu_copy(void *dst, const void *src, size_t bytes);
+void tga_cpu_sync(void);
+void tga_cpu_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                  const float *B, int ldb, float beta, float *C, int ldc);
+void tga_cpu_linear_forward(float *out, const float *in, const float *weight, const float *bias, int N,
+                            int in_dim, int out_dim);
+void tga_cpu_linear_backward(float *din, float *dweight, float *dbias, const float *dout, const float *in,
+                             const float *weight, int N, int in_dim, int out_dim, int accumulate_din);
+void tga_cpu_embedding_forward(float *out, const int *ids, const float *table, int N, int D);
+void tga_cpu_embedding_backward(float *dtable, const float *dout, const int *ids, int N, int D, int V);
+void tga_cpu_rmsnorm_forward(float *out, float *rstd, const float *in, const float *weight, int N, int D,
+                             float eps);
+void tga_cpu_rmsnorm_backward(float *din, float *dweight, const float *dout, const float *in,
+                              const float *weight, const float *rstd, int N, int D, int accumulate_din);
+void tga_cpu_add_rmsnorm_forward(float *residual, const float *delta, float *out, float *rstd,
+                                 const float *weight, int N, int D, float eps);
+void tga_cpu_rope(float *x, const float *cos_sin, int B, int T, int heads, int head_dim, int inverse);
+void tga_cpu_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                               const int *lengths, int B, int T, int H, int KVH, int head_dim);
+void tga_cpu_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                const float *k, const float *v, const float *out, const float *lse,
+                                const int *lengths, int B, int T, int H, int KVH, int head_dim);
+void tga_cpu_swiglu_forward(float *out, const float *gate, const float *up, size_t n);
+void tga_cpu_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                             size_t n);
+void tga_cpu_gelu_forward(float *out, const float *in, size_t n);
+void tga_cpu_gelu_backward(float *din, const float *dout, const float *in, size_t n);
+void tga_cpu_lm_head_ce(double *loss_sum, float *dhidden, float *dweight, const float *hidden,
+                        const float *weight, const int *targets, int N, int D, int V, float grad_scale,
+                        float *scratch, int chunk);
+void tga_cpu_segment_mean_forward(float *out, const float *in, const tga_segments *seg, int D);
+void tga_cpu_segment_mean_backward(float *din, const float *dout, const tga_segments *seg, int D);
+void tga_cpu_tga_align_loss(double *pair_sum, double *rank_sum, float *cos_vc, float *cos_rc, float *dv,
+                            float *dr, const tga_align_args *args);
+void tga_cpu_add_inplace(float *y, const float *x, size_t n);
+void tga_cpu_scale_inplace(float *x, float alpha, size_t n);
+double tga_cpu_sum_squares(const float *x, size_t n);
+int tga_cpu_all_finite(const float *x, size_t n);
+void tga_cpu_adamw(float *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1,
+                   float beta2, float eps, float weight_decay, int step);
+
+/* Widest SIMD the CPU supports, detected once (cpuid): "avx512", "avx2" or "scalar". */
+const char *tga_cpu_simd_level(void);
+int tga_cpu_has_avx512(void);
+
+#endif

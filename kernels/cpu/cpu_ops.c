@@ -1,0 +1,38 @@
+#include "kernels/cpu/cpu_kernels.h"
+
+static const tga_ops cpu_ops = {
+    .name = "cpu",
+    .alloc = tga_cpu_alloc,
+    .free = tga_cpu_free,
+    .upload = tga_cpu_upload,
+    .download = tga_cpu_download,
+    .zero = tga_cpu_zero,
+    .copy = tga_cpu_copy,
+    .sync = tga_cpu_sync,
+    .gemm = tga_cpu_gemm,
+    .linear_forward = tga_cpu_linear_forward,
+    .linear_backward = tga_cpu_linear_backward,
+    .embedding_forward = tga_cpu_embedding_forward,
+    .embedding_backward = tga_cpu_embedding_backward,
+    .rmsnorm_forward = tga_cpu_rmsnorm_forward,
+    .rmsnorm_backward = tga_cpu_rmsnorm_backward,
+    .add_rmsnorm_forward = tga_cpu_add_rmsnorm_forward,
+    .rope = tga_cpu_rope,
+    .attention_forward = tga_cpu_attention_forward,
+    .attention_backward = tga_cpu_attention_backward,
+    .swiglu_forward = tga_cpu_swiglu_forward,
+    .swiglu_backward = tga_cpu_swiglu_backward,
+    .gelu_forward = tga_cpu_gelu_forward,
+    .gelu_backward = tga_cpu_gelu_backward,
+    .lm_head_ce = tga_cpu_lm_head_ce,
+    .segment_mean_forward = tga_cpu_segment_mean_forward,
+    .segment_mean_backward = tga_cpu_segment_mean_backward,
+    .tga_align_loss = tga_cpu_tga_align_loss,
+    .add_inplace = tga_cpu_add_inplace,
+    .scale_inplace = tga_cpu_scale_inplace,
+    .sum_squares = tga_cpu_sum_squares,
+    .all_finite = tga_cpu_all_finite,
+    .adamw = tga_cpu_adamw,
+};
+
+const tga_ops *tga_cpu_ops(void) { return &cpu_ops; }

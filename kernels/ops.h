@@ -1,0 +1,159 @@
+/* The ops: one declaration each, implemented by every backend (kernels/cpu/ now, kernels/cuda/
+ * later). Model code calls them through the active table, `tga_ops`, and never knows the device.
+ *
+ * Conventions (all backends):
+ * - fp32 tensors, row-major, contiguous. Activations are [N, D] with N = B*T rows (sample b's
+ *   token t is row b*T + t). Attention tensors are [B, T, heads, head_dim].
+ * - Pointers are device pointers of the backend (host memory on the CPU backend). Integer side
+ *   data (token ids, lengths, spans) are device pointers too.
+ * - "accumulate" arguments: 0 = overwrite the output, 1 = add into it. Gradient outputs that may
+ *   be NULL are skipped (a frozen weight has no gradient).
+ * - Ops never fail on valid shapes; shape validation happens once, in the caller, at the
+ *   boundary (model construction, batch checks).
+ */
+#ifndef TGA_KERNELS_OPS_H
+#define TGA_KERNELS_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Segments for mean-pooling rows of a [N, D] tensor into [n_out, D]: segment i covers rows
+ * row_start[i] .. row_start[i]+row_count[i]-1 and contributes to output out_index[i]. An
+ * output's mean is over the union of its segments (so a sample with two images pools over
+ * both); out_rows[j] is the total row count of output j (0 = empty: output row left at zero). */
+typedef struct tga_segments {
+    int n_segments;
+    int n_out;
+    const int *row_start; /* [n_segments] */
+    const int *row_count; /* [n_segments] */
+    const int *out_index; /* [n_segments] */
+    const int *out_rows;  /* [n_out] */
+} tga_segments;
+
+/* Per-sample inputs of the alignment loss at one layer (all [n, D] pooled vectors). */
+typedef struct tga_align_args {
+    int n;              /* samples */
+    int dim;            /* D */
+    const float *v;     /* [n, D] pooled image hidden states */
+    const float *r;     /* [n, D] pooled retrieved-text hidden states */
+    const float *c;     /* [n, D] pooled caption targets (no gradient) */
+    const uint8_t *use_pair; /* [n] 1 = sample has an image span and is not tox */
+    const uint8_t *use_rank; /* [n] 1 = use_pair and sample has a retrieved-text span */
+    float w_pair;       /* pair weight incl. decay and 1/(layers * n_samples_global) */
+    float w_rank;       /* rank weight incl. decay and 1/(layers * n_samples_global) */
+    float eps;          /* cosine norm clamp, as torch (1e-8) */
+} tga_align_args;
+
+typedef struct tga_ops {
+    const char *name;
+
+    /* ---- memory ---- */
+    void *(*alloc)(size_t bytes);          /* zeroed; NULL on failure */
+    void (*free)(void *ptr);
+    void (*upload)(void *dst, const void *host_src, size_t bytes);
+    void (*download)(void *host_dst, const void *src, size_t bytes);
+    void (*zero)(void *ptr, size_t bytes);
+    void (*copy)(void *dst, const void *src, size_t bytes);
+    void (*sync)(void);
+
+    /* ---- GEMM ----
+     * C[M,N] = alpha * op(A) op(B) + beta * C, row-major; op(A) is [M,K]: A is [M,K] (trans_a 0)
+     * or [K,M] (trans_a 1); op(B) is [K,N]: B is [K,N] (trans_b 0) or [N,K] (trans_b 1).
+     * lda/ldb/ldc are row strides in elements. */
+    void (*gemm)(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                 const float *B, int ldb, float beta, float *C, int ldc);
+
+    /* ---- linear: out[N,OC] = in[N,IC] W[OC,IC]^T (+ bias[OC]) ---- */
+    void (*linear_forward)(float *out, const float *in, const float *weight, const float *bias, int N,
+                           int in_dim, int out_dim);
+    /* din[N,IC] (+)= dout W; dweight[OC,IC] += dout^T in; dbias[OC] += sum_rows dout.
+     * din, dweight, dbias may each be NULL. din is overwritten unless accumulate_din. */
+    void (*linear_backward)(float *din, float *dweight, float *dbias, const float *dout, const float *in,
+                            const float *weight, int N, int in_dim, int out_dim, int accumulate_din);
+
+    /* ---- embedding: out[n] = table[ids[n]]; rows with ids[n] < 0 (image placeholders) are zeroed ---- */
+    void (*embedding_forward)(float *out, const int *ids, const float *table, int N, int D);
+    /* dtable[ids[n]] += dout[n] for ids[n] >= 0 (deterministic: a fixed order per table row) */
+    void (*embedding_backward)(float *dtable, const float *dout, const int *ids, int N, int D, int V);
+
+    /* ---- RMSNorm (HF Llama): out = in * rsqrt(mean(in^2) + eps) * weight; rstd[N] saved ---- */
+    void (*rmsnorm_forward)(float *out, float *rstd, const float *in, const float *weight, int N, int D,
+                            float eps);
+    /* din (+)= ..., dweight += ... (dweight may be NULL) */
+    void (*rmsnorm_backward)(float *din, float *dweight, const float *dout, const float *in,
+                             const float *weight, const float *rstd, int N, int D, int accumulate_din);
+    /* fused residual add + RMSNorm: residual += delta (in place), then out = rmsnorm(residual) */
+    void (*add_rmsnorm_forward)(float *residual, const float *delta, float *out, float *rstd,
+                                const float *weight, int N, int D, float eps);
+
+    /* ---- RoPE, HF "rotate half": x[B,T,heads,hd] rotated in place at position t.
+     * cos_sin is [max_T, hd/2, 2] (cos, sin) built by tga_rope_table(). inverse = 1 rotates by
+     * the negative angle (the backward pass). ---- */
+    void (*rope)(float *x, const float *cos_sin, int B, int T, int heads, int head_dim, int inverse);
+
+    /* ---- causal attention with grouped-query heads and per-sample lengths (right padding).
+     * q/out [B,T,H,hd], k/v [B,T,KVH,hd], lse [B,H,T] (log-sum-exp of the scaled scores, saved for
+     * backward). Query t of sample b sees keys j <= t with j < lengths[b]; rows t >= lengths[b]
+     * are padding: out = 0 there. Scale 1/sqrt(hd). ---- */
+    void (*attention_forward)(float *out, float *lse, const float *q, const float *k, const float *v,
+                              const int *lengths, int B, int T, int H, int KVH, int head_dim);
+    /* dq, dk, dv overwritten */
+    void (*attention_backward)(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                               const float *k, const float *v, const float *out, const float *lse,
+                               const int *lengths, int B, int T, int H, int KVH, int head_dim);
+
+    /* ---- SwiGLU: out = silu(gate) * up, elementwise over n ---- */
+    void (*swiglu_forward)(float *out, const float *gate, const float *up, size_t n);
+    void (*swiglu_backward)(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                            size_t n);
+
+    /* ---- exact-erf GELU (nn.GELU()) ---- */
+    void (*gelu_forward)(float *out, const float *in, size_t n);
+    void (*gelu_backward)(float *din, const float *dout, const float *in, size_t n);
+
+    /* ---- LM head + cross-entropy, chunked over tokens (never all N*V logits).
+     * hidden [N,D], weight [V,D], targets [N] (-100 = ignored). Returns the SUM of -log p(target)
+     * over non-ignored rows in *loss_sum. With dhidden != NULL, writes dhidden[N,D] =
+     * grad_scale * d(loss_sum)/d(hidden) (zero at ignored rows); with dweight != NULL, adds
+     * grad_scale * d(loss_sum)/d(weight). scratch holds chunk*V floats. ---- */
+    void (*lm_head_ce)(double *loss_sum, float *dhidden, float *dweight, const float *hidden,
+                       const float *weight, const int *targets, int N, int D, int V, float grad_scale,
+                       float *scratch, int chunk);
+
+    /* ---- mean-pooling over segments: out[n_out, D] (overwritten) ---- */
+    void (*segment_mean_forward)(float *out, const float *in, const tga_segments *seg, int D);
+    /* din[rows] += dout[out_index] / out_rows (din accumulated) */
+    void (*segment_mean_backward)(float *din, const float *dout, const tga_segments *seg, int D);
+
+    /* ---- TGA alignment loss at one layer on pooled vectors (TGA-METHOD.md §3):
+     * pair_b = w_pair * exp(-cos(v_b, c_b)); rank_b = w_rank * exp(cos(r_b, c_b) - cos(v_b, c_b)).
+     * Adds the sums over samples to *pair_sum / *rank_sum; writes per-sample cos(v,c) and cos(r,c)
+     * to cos_vc/cos_rc (may be NULL). With dv/dr != NULL, writes the gradients (overwritten;
+     * zero rows for skipped samples). ---- */
+    void (*tga_align_loss)(double *pair_sum, double *rank_sum, float *cos_vc, float *cos_rc, float *dv,
+                           float *dr, const tga_align_args *args);
+
+    /* ---- elementwise helpers ---- */
+    void (*add_inplace)(float *y, const float *x, size_t n);      /* y += x */
+    void (*scale_inplace)(float *x, float alpha, size_t n);       /* x *= alpha */
+    double (*sum_squares)(const float *x, size_t n);               /* deterministic order */
+    int (*all_finite)(const float *x, size_t n);                  /* 1 if no NaN/Inf */
+
+    /* ---- AdamW, as torch.optim.AdamW (decoupled weight decay, bias correction).
+     * step is the 1-based step count after this update. ---- */
+    void (*adamw)(float *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1,
+                  float beta2, float eps, float weight_decay, int step);
+} tga_ops;
+
+/* The active backend, chosen once at start-up (runtime/backend.c). */
+extern const tga_ops *tga_active_ops;
+#define OPS (tga_active_ops)
+
+/* The CPU backend's table (kernels/cpu/cpu_ops.c). */
+const tga_ops *tga_cpu_ops(void);
+
+/* RoPE table as HF computes it: inv_freq[i] = 1 / theta^(2i/hd) and angle = t * inv_freq[i] in
+ * float32. Fills host memory cos_sin[max_T * hd/2 * 2]. */
+void tga_rope_table(float *cos_sin, int max_T, int head_dim, double theta);
+
+#endif

@@ -1,0 +1,100 @@
+#include "tests/testutil.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int tu_failures = 0;
+
+void tu_fail(const char *file, int line, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s:%d: check failed: ", file, line);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    tu_failures++;
+}
+
+uint64_t tu_next(uint64_t *state) {
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+void tu_fill_uniform(float *x, size_t n, float lo, float hi, uint64_t *state) {
+    for (size_t i = 0; i < n; i++) {
+        double u = (double)(tu_next(state) >> 11) * (1.0 / 9007199254740992.0);
+        x[i] = (float)(lo + (hi - lo) * u);
+    }
+}
+
+float *tu_alloc_uniform(size_t n, float lo, float hi, uint64_t *state) {
+    float *x = malloc((n ? n : 1) * sizeof *x);
+    if (!x) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    tu_fill_uniform(x, n, lo, hi, state);
+    return x;
+}
+
+float *tu_alloc_copy(const float *x, size_t n) {
+    float *y = malloc((n ? n : 1) * sizeof *y);
+    if (!y) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    memcpy(y, x, n * sizeof *y);
+    return y;
+}
+
+double tu_rel_error(const float *a, const float *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - (double)b[i];
+        num += d * d;
+        den += (double)b[i] * b[i];
+    }
+    if (isnan(num) || isnan(den)) return INFINITY;
+    if (den == 0) return num == 0 ? 0 : INFINITY;
+    return sqrt(num / den);
+}
+
+double tu_rel_error_d(const double *a, const double *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        num += (a[i] - b[i]) * (a[i] - b[i]);
+        den += b[i] * b[i];
+    }
+    if (isnan(num) || isnan(den)) return INFINITY;
+    if (den == 0) return num == 0 ? 0 : INFINITY;
+    return sqrt(num / den);
+}
+
+double tu_fd_check(tu_scalar_fn f, void *ctx, float *x, const float *grad, size_t n, int probes, float h,
+                   double abs_floor, uint64_t *state) {
+    double worst = 0;
+    for (int p = 0; p < probes; p++) {
+        size_t i = (size_t)(tu_next(state) % n);
+        float saved = x[i];
+        x[i] = saved + h;
+        double up = f(x, ctx);
+        x[i] = saved - h;
+        double down = f(x, ctx);
+        x[i] = saved;
+        double fd = (up - down) / (2.0 * (double)h);
+        double scale = fmax(abs_floor, fmax(fabs(fd), fabs((double)grad[i])));
+        double err = fabs(fd - (double)grad[i]) / scale;
+        if (!(err <= worst)) worst = err; /* NaN propagates as a failure */
+    }
+    return worst;
+}
+
+int tu_finish(const char *name) {
+    printf("%s %s\n", tu_failures ? "FAIL" : "PASS", name);
+    return tu_failures ? 1 : 0;
+}

@@ -1,0 +1,42 @@
+/* Shared helpers for the C unit tests: seeded random tensors, relative errors, and a central
+ * finite-difference gradient check. A failed CHECK prints file:line and the message, and the
+ * test exits 1 at the end (all checks still run). */
+#ifndef TGA_TESTS_TESTUTIL_H
+#define TGA_TESTS_TESTUTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+extern int tu_failures;
+
+#define CHECK(cond, ...)                                                                            \
+    do {                                                                                            \
+        if (!(cond)) {                                                                              \
+            tu_fail(__FILE__, __LINE__, __VA_ARGS__);                                               \
+        }                                                                                           \
+    } while (0)
+
+void tu_fail(const char *file, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* Fill with uniform values in [lo, hi) from a small deterministic generator (splitmix64). */
+void tu_fill_uniform(float *x, size_t n, float lo, float hi, uint64_t *state);
+float *tu_alloc_uniform(size_t n, float lo, float hi, uint64_t *state); /* malloc'ed */
+float *tu_alloc_copy(const float *x, size_t n);
+uint64_t tu_next(uint64_t *state);
+
+/* ||a - b|| / ||b|| (0 when both are zero). NaN anywhere gives +inf. */
+double tu_rel_error(const float *a, const float *b, size_t n);
+double tu_rel_error_d(const double *a, const double *b, size_t n);
+
+/* Central finite differences of a scalar function of x at a few coordinates, compared with an
+ * analytic gradient. f is evaluated in double by the caller (it may run the forward in float
+ * and sum in double). Checks `probes` coordinates chosen by the generator; returns the largest
+ * |fd - grad| / max(abs_floor, |fd|, |grad|). */
+typedef double (*tu_scalar_fn)(const float *x, void *ctx);
+double tu_fd_check(tu_scalar_fn f, void *ctx, float *x, const float *grad, size_t n, int probes, float h,
+                   double abs_floor, uint64_t *state);
+
+/* Print "PASS name" / "FAIL name" and return the process exit code. */
+int tu_finish(const char *name);
+
+#endif
