@@ -115,7 +115,8 @@ typedef struct tga_ops {
      * hidden [N,D], weight [V,D], targets [N] (-100 = ignored). Returns the SUM of -log p(target)
      * over non-ignored rows in *loss_sum. With dhidden != NULL, writes dhidden[N,D] =
      * grad_scale * d(loss_sum)/d(hidden) (zero at ignored rows); with dweight != NULL, adds
-     * grad_scale * d(loss_sum)/d(weight). scratch holds chunk*V floats. ---- */
+     * grad_scale * d(loss_sum)/d(weight). scratch holds chunk*(V+D) floats (logits, then the
+     * gathered rows). ---- */
     void (*lm_head_ce)(double *loss_sum, float *dhidden, float *dweight, const float *hidden,
                        const float *weight, const int *targets, int N, int D, int V, float grad_scale,
                        float *scratch, int chunk);

@@ -1,3 +1,71 @@
-/* The tga CLI (bring-up placeholder, replaced by the subcommand dispatcher). */
+/* tga: the command-line entry point. Dispatches to a subcommand and turns its status into one
+ * error message and an exit code (2 for usage and configuration errors, 1 for the rest). */
 #include <stdio.h>
-int main(void) { puts("tga"); return 0; }
+#include <string.h>
+
+#include "runtime/backend.h"
+#include "runtime/error.h"
+#include "trainer/cli.h"
+#include "trainer/config.h"
+
+#include "tga_version.h" /* generated: TGA_VERSION, TGA_GIT_COMMIT */
+
+static tga_status cmd_help(int argc, char **argv);
+static tga_status cmd_version(int argc, char **argv);
+
+static const tga_command commands[] = {
+    {"plan", "print the memory plan of a config without allocating it",
+     "  --config FILE          run config (YAML)\n"
+     "  --set section.key=V    override a config key (repeatable)\n"
+     "  --verbose              list every tensor", tga_cmd_plan},
+    {"bench", "benchmarks: `tga bench step` times training steps on synthetic batches",
+     "  step --config FILE [--set ...] [--steps N] [--warmup N] [--threads N]", tga_cmd_bench},
+    {"help", "list the commands, or `tga help COMMAND`, or `tga help config` for every config key", "", cmd_help},
+    {"version", "print the version, commit and compiled backends (also --version)", "", cmd_version},
+};
+static const int n_commands = (int)(sizeof commands / sizeof commands[0]);
+
+static tga_status cmd_version(int argc, char **argv) {
+    (void)argc;
+    (void)argv;
+    printf("tga %s (commit %s; backends: %s)\n", TGA_VERSION, TGA_GIT_COMMIT, tga_backends_compiled());
+    return TGA_OK;
+}
+
+static tga_status cmd_help(int argc, char **argv) {
+    if (argc > 0 && strcmp(argv[0], "config") == 0) {
+        tga_config_help(stdout);
+        return TGA_OK;
+    }
+    for (int i = 0; argc > 0 && i < n_commands; i++)
+        if (strcmp(argv[0], commands[i].name) == 0) {
+            printf("tga %s: %s\n%s\n", commands[i].name, commands[i].summary, commands[i].usage);
+            return TGA_OK;
+        }
+    if (argc > 0) return tga_error(TGA_ERR_USAGE, "tga help: unknown command '%s'", argv[0]);
+    printf("tga: data-parallel TGA vision-language alignment training\n\nusage: tga COMMAND [options]\n\n");
+    for (int i = 0; i < n_commands; i++) printf("  %-10s %s\n", commands[i].name, commands[i].summary);
+    printf("\n`tga help COMMAND` shows a command's options; `tga help config` lists every config key.\n");
+    return TGA_OK;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        cmd_help(0, NULL);
+        return 2;
+    }
+    const char *name = argv[1];
+    if (strcmp(name, "--version") == 0) name = "version";
+    if (strcmp(name, "--help") == 0 || strcmp(name, "-h") == 0) name = "help";
+    for (int i = 0; i < n_commands; i++) {
+        if (strcmp(name, commands[i].name) != 0) continue;
+        tga_status st = commands[i].run(argc - 2, argv + 2);
+        if (st != TGA_OK) {
+            fprintf(stderr, "tga %s: %s: %s\n", commands[i].name, tga_status_name(st), tga_error_message());
+            return tga_status_exit_code(st);
+        }
+        return 0;
+    }
+    fprintf(stderr, "tga: unknown command '%s' (`tga help` lists the commands)\n", name);
+    return 2;
+}

@@ -1,0 +1,95 @@
+#define _POSIX_C_SOURCE 200809L /* readlink */
+#include "runtime/backend.h"
+
+#include <dlfcn.h>
+#include <limits.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kernels/cpu/cpu_kernels.h"
+#include "kernels/ops.h"
+#include "runtime/log.h"
+
+static char description[256] = "none";
+
+const char *tga_backend_description(void) { return description; }
+
+const char *tga_backends_compiled(void) {
+#ifdef TGA_HAVE_CUDA
+    return "cpu cuda";
+#else
+    return "cpu";
+#endif
+}
+
+/* The CUDA library sits next to the executable unless TGA_CUDA_LIBRARY names it. */
+static void cuda_library_path(char *path, size_t size) {
+    const char *env = getenv("TGA_CUDA_LIBRARY");
+    if (env && *env) {
+        snprintf(path, size, "%s", env);
+        return;
+    }
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) {
+        snprintf(path, size, "libtga_cuda.so");
+        return;
+    }
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (slash) *slash = '\0';
+    snprintf(path, size, "%s/libtga_cuda.so", exe);
+}
+
+/* Loads the CUDA backend; returns NULL with a reason when it cannot be used. The library exports
+ * `const tga_ops *tga_cuda_backend_init(char *why, size_t why_size)`, which returns NULL (and a
+ * reason) when no GPU is usable. */
+static const tga_ops *load_cuda(char *why, size_t why_size) {
+    char path[PATH_MAX];
+    cuda_library_path(path, sizeof path);
+    void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+        snprintf(why, why_size, "cannot load the CUDA backend %s: %s", path, dlerror());
+        return NULL;
+    }
+    typedef const tga_ops *(*init_fn)(char *, size_t);
+    init_fn init;
+    *(void **)(&init) = dlsym(lib, "tga_cuda_backend_init");
+    if (!init) {
+        snprintf(why, why_size, "%s does not export tga_cuda_backend_init", path);
+        dlclose(lib);
+        return NULL;
+    }
+    const tga_ops *ops = init(why, why_size);
+    if (!ops) return NULL; /* keep the library mapped: CUDA state must not be torn down mid-process */
+    return ops;
+}
+
+tga_status tga_backend_select(const char *device, int threads) {
+    if (strcmp(device, "auto") != 0 && strcmp(device, "cpu") != 0 && strcmp(device, "cuda") != 0)
+        return tga_error(TGA_ERR_USAGE, "--device %s: expected auto, cpu or cuda", device);
+    if (threads > 0) omp_set_num_threads(threads);
+    const tga_ops *ops = NULL;
+    char why[512] = "";
+#ifdef TGA_HAVE_CUDA
+    if (strcmp(device, "cpu") != 0) ops = load_cuda(why, sizeof why);
+#else
+    snprintf(why, sizeof why, "this build has no CUDA backend (configure with -DTGA_CUDA=ON)");
+    (void)load_cuda;
+#endif
+    if (!ops && strcmp(device, "cuda") == 0)
+        return tga_error(TGA_ERR_BACKEND, "--device cuda: %s", why);
+    if (!ops) {
+        if (strcmp(device, "auto") == 0) TGA_DEBUG("device auto: using the CPU (%s)", why);
+        ops = tga_cpu_ops();
+        snprintf(description, sizeof description, "cpu (%s, %d OpenMP threads)", tga_cpu_simd_level(),
+                 omp_get_max_threads());
+    } else {
+        snprintf(description, sizeof description, "%s", ops->name);
+    }
+    tga_active_ops = ops;
+    return TGA_OK;
+}

@@ -1,0 +1,124 @@
+/* SwiGLU and exact-erf GELU: forward and backward against double-precision formulas, backward
+ * against central finite differences of L = sum(out * G), and finite outputs in the tails where
+ * exp overflows in float. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cpu/cpu_kernels.h"
+#include "tests/testutil.h"
+
+static double silu_d(double x) { return x / (1.0 + exp(-x)); }
+static double silu_grad_d(double x) {
+    double s = 1.0 / (1.0 + exp(-x));
+    return s + x * s * (1.0 - s);
+}
+static double gelu_d(double x) { return 0.5 * x * (1.0 + erf(x / sqrt(2.0))); }
+static double gelu_grad_d(double x) {
+    return 0.5 * (1.0 + erf(x / sqrt(2.0))) + x * exp(-0.5 * x * x) / sqrt(2.0 * 3.14159265358979323846);
+}
+
+typedef struct {
+    size_t n;
+    const float *gate, *up, *in, *G;
+    float *out;
+} act_case;
+
+static double swiglu_loss(const float *x, void *ctx) {
+    (void)x; /* x aliases gate or up, perturbed in place */
+    act_case *c = ctx;
+    tga_cpu_swiglu_forward(c->out, c->gate, c->up, c->n);
+    double sum = 0;
+    for (size_t i = 0; i < c->n; i++) sum += (double)c->out[i] * c->G[i];
+    return sum;
+}
+
+static double gelu_loss(const float *x, void *ctx) {
+    (void)x; /* x aliases in, perturbed in place */
+    act_case *c = ctx;
+    tga_cpu_gelu_forward(c->out, c->in, c->n);
+    double sum = 0;
+    for (size_t i = 0; i < c->n; i++) sum += (double)c->out[i] * c->G[i];
+    return sum;
+}
+
+static void check_swiglu(size_t n, uint64_t *rng) {
+    float *gate = tu_alloc_uniform(n, -8, 8, rng), *up = tu_alloc_uniform(n, -2, 2, rng);
+    float *G = tu_alloc_uniform(n, -1, 1, rng);
+    float *out = malloc(n * sizeof *out), *dgate = malloc(n * sizeof *dgate), *dup = malloc(n * sizeof *dup);
+    float *ref = malloc(n * sizeof *ref), *ref_dgate = malloc(n * sizeof *ref_dgate);
+    float *ref_dup = malloc(n * sizeof *ref_dup);
+    for (size_t i = 0; i < n; i++) {
+        ref[i] = (float)(silu_d(gate[i]) * up[i]);
+        ref_dgate[i] = (float)((double)G[i] * up[i] * silu_grad_d(gate[i]));
+        ref_dup[i] = (float)((double)G[i] * silu_d(gate[i]));
+    }
+    tga_cpu_swiglu_forward(out, gate, up, n);
+    double err = tu_rel_error(out, ref, n);
+    CHECK(err <= 1e-5, "swiglu forward n %zu: rel err %.3g", n, err);
+    tga_cpu_swiglu_backward(dgate, dup, G, gate, up, n);
+    err = tu_rel_error(dgate, ref_dgate, n);
+    CHECK(err <= 1e-5, "swiglu dgate n %zu: rel err %.3g", n, err);
+    err = tu_rel_error(dup, ref_dup, n);
+    CHECK(err <= 1e-5, "swiglu dup n %zu: rel err %.3g", n, err);
+
+    act_case c = {n, gate, up, NULL, G, out};
+    err = tu_fd_check(swiglu_loss, &c, gate, dgate, n, 24, 1e-2f, 1e-1, rng);
+    CHECK(err <= 1e-3, "swiglu finite differences dgate: %.3g", err);
+    err = tu_fd_check(swiglu_loss, &c, up, dup, n, 24, 1e-2f, 1e-1, rng);
+    CHECK(err <= 1e-3, "swiglu finite differences dup: %.3g", err);
+    free(gate), free(up), free(G), free(out), free(dgate), free(dup), free(ref), free(ref_dgate), free(ref_dup);
+}
+
+static void check_gelu(size_t n, uint64_t *rng) {
+    float *in = tu_alloc_uniform(n, -6, 6, rng), *G = tu_alloc_uniform(n, -1, 1, rng);
+    float *out = malloc(n * sizeof *out), *din = malloc(n * sizeof *din);
+    float *ref = malloc(n * sizeof *ref), *ref_din = malloc(n * sizeof *ref_din);
+    for (size_t i = 0; i < n; i++) {
+        ref[i] = (float)gelu_d(in[i]);
+        ref_din[i] = (float)((double)G[i] * gelu_grad_d(in[i]));
+    }
+    tga_cpu_gelu_forward(out, in, n);
+    double err = tu_rel_error(out, ref, n);
+    CHECK(err <= 1e-5, "gelu forward n %zu: rel err %.3g", n, err);
+    tga_cpu_gelu_backward(din, G, in, n);
+    err = tu_rel_error(din, ref_din, n);
+    CHECK(err <= 1e-5, "gelu backward n %zu: rel err %.3g", n, err);
+
+    act_case c = {n, NULL, NULL, in, G, out};
+    err = tu_fd_check(gelu_loss, &c, in, din, n, 24, 1e-2f, 1e-1, rng);
+    CHECK(err <= 1e-3, "gelu finite differences: %.3g", err);
+    free(in), free(G), free(out), free(din), free(ref), free(ref_din);
+}
+
+/* Where exp(-x) overflows or erf saturates the outputs and gradients must stay finite and exact. */
+static void check_tails(void) {
+    enum { N_TAIL = 6 };
+    const float x[N_TAIL] = {-200.0f, -100.0f, -30.0f, 30.0f, 100.0f, 200.0f};
+    const float ones[N_TAIL] = {1, 1, 1, 1, 1, 1};
+    float out[N_TAIL], d1[N_TAIL], d2[N_TAIL];
+    tga_cpu_swiglu_forward(out, x, ones, N_TAIL);
+    tga_cpu_swiglu_backward(d1, d2, ones, x, ones, N_TAIL);
+    for (int i = 0; i < N_TAIL; i++) {
+        CHECK(isfinite(out[i]) && fabs(out[i] - silu_d(x[i])) <= 1e-6 * fmax(1.0, fabs(x[i])),
+              "swiglu(%g) = %g", x[i], out[i]);
+        CHECK(isfinite(d1[i]) && isfinite(d2[i]), "swiglu backward at %g not finite", x[i]);
+    }
+    tga_cpu_gelu_forward(out, x, N_TAIL);
+    tga_cpu_gelu_backward(d1, ones, x, N_TAIL);
+    for (int i = 0; i < N_TAIL; i++) {
+        CHECK(out[i] == (x[i] > 0 ? x[i] : 0.0f), "gelu(%g) = %g", x[i], out[i]);
+        CHECK(d1[i] == (x[i] > 0 ? 1.0f : 0.0f), "gelu'(%g) = %g", x[i], d1[i]);
+    }
+}
+
+int main(void) {
+    uint64_t rng = 0xAC71;
+    check_swiglu(1000, &rng);
+    check_swiglu(100003, &rng); /* above the parallel threshold */
+    check_gelu(1000, &rng);
+    check_gelu(100003, &rng);
+    check_tails();
+    return tu_finish("test_activations");
+}

@@ -1,0 +1,64 @@
+#include "trainer/cli.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/backend.h"
+
+static tga_status need_value(int argc, char **argv, int i) {
+    if (i + 1 >= argc) return tga_error(TGA_ERR_USAGE, "%s needs a value", argv[i]);
+    return TGA_OK;
+}
+
+tga_status tga_cli_int_arg(int argc, char **argv, int *i, long long min, long long max, long long *out) {
+    TGA_TRY(need_value(argc, argv, *i));
+    const char *text = argv[*i + 1];
+    char *end;
+    errno = 0;
+    long long v = strtoll(text, &end, 10);
+    if (errno || end == text || *end || v < min || v > max)
+        return tga_error(TGA_ERR_USAGE, "%s %s: expected an integer in [%lld, %lld]", argv[*i], text, min, max);
+    *out = v;
+    (*i)++;
+    return TGA_OK;
+}
+
+tga_status tga_cli_load_config(int argc, char **argv, tga_common_options *o, tga_config *cfg) {
+    memset(o, 0, sizeof *o);
+    o->rest = calloc((size_t)argc + 1, sizeof *o->rest);
+    if (!o->rest) return tga_error(TGA_ERR_NOMEM, "out of memory");
+    TGA_TRY(tga_config_init(cfg));
+    /* the file first, so --set applies on top of it wherever it appears on the line */
+    for (int i = 0; i < argc; i++)
+        if (strcmp(argv[i], "--config") == 0) {
+            TGA_TRY(need_value(argc, argv, i));
+            o->config_path = argv[++i];
+        }
+    if (o->config_path) TGA_TRY(tga_config_load(cfg, o->config_path));
+    for (int i = 0; i < argc; i++) {
+        long long v;
+        if (strcmp(argv[i], "--config") == 0) {
+            i++;
+        } else if (strcmp(argv[i], "--set") == 0) {
+            TGA_TRY(need_value(argc, argv, i));
+            TGA_TRY(tga_config_override(cfg, argv[++i]));
+        } else if (strcmp(argv[i], "--device") == 0) {
+            TGA_TRY(need_value(argc, argv, i));
+            char assignment[64];
+            snprintf(assignment, sizeof assignment, "runtime.device=%s", argv[++i]);
+            TGA_TRY(tga_config_override(cfg, assignment));
+        } else if (strcmp(argv[i], "--threads") == 0) {
+            TGA_TRY(tga_cli_int_arg(argc, argv, &i, 0, 4096, &v));
+            cfg->runtime.threads = v;
+        } else {
+            o->rest[o->n_rest++] = argv[i];
+        }
+    }
+    TGA_TRY(tga_config_validate(cfg));
+    static const char *devices[] = {"auto", "cpu", "cuda"};
+    o->device = devices[cfg->runtime.device];
+    o->threads = (int)cfg->runtime.threads;
+    tga_log_set_level(cfg->runtime.log_level);
+    return TGA_OK;
+}
