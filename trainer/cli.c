@@ -1,6 +1,7 @@
 #include "trainer/cli.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,7 +36,17 @@ tga_status tga_cli_load_config(int argc, char **argv, tga_common_options *o, tga
             TGA_TRY(need_value(argc, argv, i));
             o->config_path = argv[++i];
         }
-    if (o->config_path) TGA_TRY(tga_config_load(cfg, o->config_path));
+    if (o->config_path) {
+        /* an unreadable config file is fixed on the command line: a configuration error (exit 2),
+         * which the supervisor treats as final */
+        tga_status st = tga_config_load(cfg, o->config_path);
+        if (st == TGA_ERR_IO) {
+            char message[2048];
+            snprintf(message, sizeof message, "%s", tga_error_message());
+            return tga_error_replace(TGA_ERR_CONFIG, "%s", message);
+        }
+        TGA_TRY(st);
+    }
     for (int i = 0; i < argc; i++) {
         long long v;
         if (strcmp(argv[i], "--config") == 0) {
@@ -55,7 +66,13 @@ tga_status tga_cli_load_config(int argc, char **argv, tga_common_options *o, tga
             o->rest[o->n_rest++] = argv[i];
         }
     }
-    TGA_TRY(tga_config_validate(cfg));
+    tga_status st = tga_config_validate(cfg);
+    if (st != TGA_OK) {
+        /* checks across keys have no line; name the file the keys came from */
+        char message[2048];
+        snprintf(message, sizeof message, "%s", tga_error_message());
+        return tga_error_replace(st, "%s: %s", o->config_path ? o->config_path : "defaults with --set", message);
+    }
     static const char *devices[] = {"auto", "cpu", "cuda"};
     o->device = devices[cfg->runtime.device];
     o->threads = (int)cfg->runtime.threads;

@@ -29,21 +29,22 @@ typedef struct {
 
 /* One element; the portable path and the tail of the vector path. fmaf is the hardware
  * instruction where the CPU has FMA (glibc picks it at load time). */
-static inline void update_one(float *param, const float *grad, float *m, float *v, size_t i,
-                              const adamw_coefs *c) {
+static inline void update_one(float *param, const float *grad, float *m, float *v, size_t i, adamw_coefs c) {
     float g = grad[i];
-    float p = param[i] * c->decay;
-    float m_i = fmaf(c->one_minus_beta1, g, m[i] * c->beta1);
-    float v_i = fmaf(c->one_minus_beta2 * g, g, v[i] * c->beta2);
-    float denom = sqrtf(v_i) / c->bias_correction2_sqrt + c->eps;
-    param[i] = p + c->neg_step_size * m_i / denom;
+    float p = param[i] * c.decay;
+    float m_i = fmaf(c.one_minus_beta1, g, m[i] * c.beta1);
+    float v_i = fmaf(c.one_minus_beta2 * g, g, v[i] * c.beta2);
+    float denom = sqrtf(v_i) / c.bias_correction2_sqrt + c.eps;
+    param[i] = p + c.neg_step_size * m_i / denom;
     m[i] = m_i;
     v[i] = v_i;
 }
 
 static void update_range_portable(float *param, const float *grad, float *m, float *v, size_t begin,
                                   size_t end, const adamw_coefs *c) {
-    for (size_t i = begin; i < end; i++) update_one(param, grad, m, v, i, c);
+    /* A copy the stores below cannot alias, so the coefficients stay in registers. */
+    const adamw_coefs local = *c;
+    for (size_t i = begin; i < end; i++) update_one(param, grad, m, v, i, local);
 }
 
 /* The same operations as update_one, sixteen lanes at a time. */
