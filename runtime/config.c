@@ -1,9 +1,10 @@
 /* Schema-driven YAML configuration: see config.h for the file shape and the error contract.
  *
- * Reading goes through libyaml's document loader (it gives every node a line), then walks exactly
- * two levels (sections, keys) and never recurses further, so no input can exhaust the stack. Every
- * value, from a file, a --set or a schema default, goes through apply_scalar, so the three are
- * checked identically. */
+ * Reading: a size limit, a first pass over libyaml's events that refuses deep nesting and many
+ * anchors (libyaml is quadratic on both), then libyaml's document loader (it gives every node a
+ * line) and a walk of exactly two levels, sections and keys, that never recurses. Every value,
+ * from a file, a --set or a schema default, goes through apply_scalar, so all three are checked
+ * identically. */
 #include "runtime/config.h"
 
 #include <errno.h>
@@ -29,7 +30,8 @@ typedef struct {
 static void quote_for_message(const char *text, size_t length, char *buf, size_t size) {
     enum { SHOWN_MAX = 60 };
     size_t shown = length < SHOWN_MAX ? length : SHOWN_MAX;
-    while (shown < length && shown > 0 && ((unsigned char)text[shown] & 0xC0) == 0x80) shown--;
+    while (shown < length && shown > 0 && ((unsigned char)text[shown] & 0xC0) == 0x80)
+        shown--;
     size_t used = (size_t)snprintf(buf, size, "\"");
     for (size_t i = 0; i < shown && used < size; i++) {
         unsigned char c = (unsigned char)text[i];
@@ -58,15 +60,19 @@ static void format_double(double value, char *buf, size_t size) {
         snprintf(buf, size, "%s", shortest);
 }
 
+/* Names longer than this are never suggested, nor close to a schema name. */
+enum { SUGGEST_NAME_MAX = 64 };
+
 /* Optimal-string-alignment distance (a swap of two neighbours counts as one edit), for "did you
- * mean". Names longer than NAME_MAX are never close to a schema name. */
+ * mean". */
 static size_t edit_distance(const char *a, const char *b) {
-    enum { NAME_MAX = 64 };
     size_t la = strlen(a), lb = strlen(b);
-    if (la > NAME_MAX || lb > NAME_MAX) return SIZE_MAX;
-    unsigned short d[NAME_MAX + 1][NAME_MAX + 1];
-    for (size_t i = 0; i <= la; i++) d[i][0] = (unsigned short)i;
-    for (size_t j = 0; j <= lb; j++) d[0][j] = (unsigned short)j;
+    if (la > SUGGEST_NAME_MAX || lb > SUGGEST_NAME_MAX) return SIZE_MAX;
+    unsigned short d[SUGGEST_NAME_MAX + 1][SUGGEST_NAME_MAX + 1];
+    for (size_t i = 0; i <= la; i++)
+        d[i][0] = (unsigned short)i;
+    for (size_t j = 0; j <= lb; j++)
+        d[0][j] = (unsigned short)j;
     for (size_t i = 1; i <= la; i++) {
         for (size_t j = 1; j <= lb; j++) {
             unsigned cost = a[i - 1] != b[j - 1];
@@ -90,7 +96,7 @@ typedef struct {
 } suggestion;
 
 static void suggestion_consider(suggestion *s, const char *candidate, size_t candidate_length) {
-    char name[65];
+    char name[SUGGEST_NAME_MAX + 1];
     if (candidate_length >= sizeof name) return;
     memcpy(name, candidate, candidate_length);
     name[candidate_length] = '\0';
@@ -142,7 +148,8 @@ static bool is_valid_utf8(const char *text) {
 
 static bool layer_set_insert(tga_layer_set *set, int layer) {
     int position = 0;
-    while (position < set->count && set->layers[position] < layer) position++;
+    while (position < set->count && set->layers[position] < layer)
+        position++;
     if (position < set->count && set->layers[position] == layer) return true;
     if (set->count == TGA_LAYER_SET_MAX) return false;
     memmove(&set->layers[position + 1], &set->layers[position],
@@ -153,7 +160,8 @@ static bool layer_set_insert(tga_layer_set *set, int layer) {
 }
 
 static const char *skip_spaces(const char *p) {
-    while (*p == ' ' || *p == '\t') p++;
+    while (*p == ' ' || *p == '\t')
+        p++;
     return p;
 }
 
@@ -173,7 +181,8 @@ static bool parse_layer_index(const char **p, int *index, const char **reason) {
         return false;
     }
     if (**p < '0' || **p > '9') {
-        *reason = **p == ',' || **p == ']' || **p == '\0' ? "an item is empty" : "an item is not a layer index";
+        *reason =
+            **p == ',' || **p == ']' || **p == '\0' ? "an item is empty" : "an item is not a layer index";
         return false;
     }
     long value = 0;
@@ -211,8 +220,10 @@ static tga_status layer_set_add(tga_layer_set *set, const char *text, const char
         if (*p != ',') break;
         p = skip_spaces(p + 1);
     }
-    if (bracketed && *p == ']') p = skip_spaces(p + 1);
-    else if (bracketed) return layer_set_error(where, text, "']' is missing or something follows an item");
+    if (bracketed && *p == ']')
+        p = skip_spaces(p + 1);
+    else if (bracketed)
+        return layer_set_error(where, text, "']' is missing or something follows an item");
     if (*p != '\0') return layer_set_error(where, text, "something other than ',' follows an item");
     return TGA_OK;
 }
@@ -230,7 +241,8 @@ void tga_layer_set_format(const tga_layer_set *set, char *buf, size_t size) {
     size_t used = 0;
     for (int i = 0; i < count && used < size;) {
         int run_end = i;
-        while (run_end + 1 < count && set->layers[run_end + 1] == set->layers[run_end] + 1) run_end++;
+        while (run_end + 1 < count && set->layers[run_end + 1] == set->layers[run_end] + 1)
+            run_end++;
         const char *separator = i ? "," : "";
         if (run_end > i)
             used += (size_t)snprintf(buf + used, size - used, "%s%d-%d", separator, set->layers[i],
@@ -279,15 +291,21 @@ static void describe_expected(const tga_cfg_key *key, char *buf, size_t size) {
         format_range(key, range, sizeof range);
         snprintf(buf, size, "%s in %s", key->type == TGA_CFG_INT ? "an integer" : "a number", range);
         return;
-    case TGA_CFG_BOOL: snprintf(buf, size, "true or false"); return;
-    case TGA_CFG_STRING: snprintf(buf, size, "a string of at most %d bytes", TGA_CFG_STRING_MAX - 1); return;
+    case TGA_CFG_BOOL:
+        snprintf(buf, size, "true or false");
+        return;
+    case TGA_CFG_STRING:
+        snprintf(buf, size, "a string of at most %d bytes", TGA_CFG_STRING_MAX - 1);
+        return;
     case TGA_CFG_ENUM: {
         char choices[200];
         format_choices(key, choices, sizeof choices);
         snprintf(buf, size, "one of %s", choices);
         return;
     }
-    case TGA_CFG_LAYERS: snprintf(buf, size, "a layer set such as \"10-18\" or [10, 11, 12]"); return;
+    case TGA_CFG_LAYERS:
+        snprintf(buf, size, "a layer set such as \"10-18\" or [10, 11, 12]");
+        return;
     }
     snprintf(buf, size, "a value");
 }
@@ -334,8 +352,8 @@ static bool parse_double(const char *text, double *out) {
 static bool parse_int(const char *text, int64_t *out) {
     if (text[0] == '\0' || strspn(text, "0123456789+-") != strlen(text)) {
         double value;
-        const double exact_limit = 9007199254740992.0; /* 2^53: every integer up to it is a double */
-        if (!parse_double(text, &value) || value != floor(value) || fabs(value) > exact_limit) return false;
+        const double exact_limit = 9007199254740992.0; /* 2^53: every integer below it is a double */
+        if (!parse_double(text, &value) || value != floor(value) || fabs(value) >= exact_limit) return false;
         *out = (int64_t)value;
         return true;
     }
@@ -392,7 +410,8 @@ static tga_status apply_string(char *field, const char *where, const cfg_scalar 
 }
 
 /* Check `value` against `key` and store it. `where` starts every message ("run.yaml:7: model.dim"). */
-static tga_status apply_scalar(void *cfg, const tga_cfg_key *key, const cfg_scalar *value, const char *where) {
+static tga_status apply_scalar(void *cfg, const tga_cfg_key *key, const cfg_scalar *value,
+                               const char *where) {
     if (strlen(value->text) != value->length)
         return tga_error(TGA_ERR_CONFIG, "%s: the value contains a NUL character", where);
     void *field = field_of(cfg, key);
@@ -400,7 +419,8 @@ static tga_status apply_scalar(void *cfg, const tga_cfg_key *key, const cfg_scal
     case TGA_CFG_INT: {
         int64_t parsed;
         if (value->quoted || !parse_int(value->text, &parsed)) return type_error(where, key, value);
-        if (!in_range(key, (double)parsed)) return range_error(where, key, value);
+        /* In integers: as doubles, 2^53 + 1 would pass a 2^53 bound. */
+        if (parsed < (int64_t)key->min || parsed > (int64_t)key->max) return range_error(where, key, value);
         *(int64_t *)field = parsed;
         return TGA_OK;
     }
@@ -414,7 +434,8 @@ static tga_status apply_scalar(void *cfg, const tga_cfg_key *key, const cfg_scal
     case TGA_CFG_BOOL:
         if (value->quoted || !parse_bool(value->text, (bool *)field)) return type_error(where, key, value);
         return TGA_OK;
-    case TGA_CFG_STRING: return apply_string(field, where, value);
+    case TGA_CFG_STRING:
+        return apply_string(field, where, value);
     case TGA_CFG_ENUM: {
         int index = choice_index(key->choices, value->text);
         if (index < 0) return choice_error(where, key, value);
@@ -460,11 +481,13 @@ static tga_status unknown_section_error(const char *where, const tga_cfg_key *sc
         if (!starts_section(schema, i)) continue;
         suggestion_consider(&s, schema[i].section, strlen(schema[i].section));
         if (used < sizeof valid)
-            used += (size_t)snprintf(valid + used, sizeof valid - used, "%s%s", used ? ", " : "", schema[i].section);
+            used += (size_t)snprintf(valid + used, sizeof valid - used, "%s%s", used ? ", " : "",
+                                     schema[i].section);
     }
     suggestion_format(&s, hint, sizeof hint);
     quote_for_message(section, strlen(section), quoted, sizeof quoted);
-    return tga_error(TGA_ERR_CONFIG, "%s: unknown section %s%s; valid sections: %s", where, quoted, hint, valid);
+    return tga_error(TGA_ERR_CONFIG, "%s: unknown section %s%s; valid sections: %s", where, quoted, hint,
+                     valid);
 }
 
 static tga_status unknown_key_error(const char *where, const tga_cfg_key *schema, size_t n, size_t section,
@@ -475,7 +498,8 @@ static tga_status unknown_key_error(const char *where, const tga_cfg_key *schema
     for (size_t i = section; i < n && strcmp(schema[i].section, schema[section].section) == 0; i++) {
         suggestion_consider(&s, schema[i].name, strlen(schema[i].name));
         if (used < sizeof valid)
-            used += (size_t)snprintf(valid + used, sizeof valid - used, "%s%s", used ? ", " : "", schema[i].name);
+            used +=
+                (size_t)snprintf(valid + used, sizeof valid - used, "%s%s", used ? ", " : "", schema[i].name);
     }
     suggestion_format(&s, hint, sizeof hint);
     quote_for_message(name, strlen(name), quoted, sizeof quoted);
@@ -543,11 +567,13 @@ static void describe_node(const yaml_node_t *node, char *buf, size_t size) {
 }
 
 /* The text of a mapping key that names a section or a key ("what"). */
-static tga_status node_name(const yaml_walk *w, const yaml_node_t *node, const char *what, const char **name) {
+static tga_status node_name(const yaml_walk *w, const yaml_node_t *node, const char *what,
+                            const char **name) {
     char got[96];
     describe_node(node, got, sizeof got);
     if (node->type != YAML_SCALAR_NODE)
-        return tga_error(TGA_ERR_CONFIG, "%s:%zu: expected a %s name, got %s", w->name, node_line(node), what, got);
+        return tga_error(TGA_ERR_CONFIG, "%s:%zu: expected a %s name, got %s", w->name, node_line(node), what,
+                         got);
     if (strlen((const char *)node->data.scalar.value) != node->data.scalar.length)
         return tga_error(TGA_ERR_CONFIG, "%s:%zu: the %s name %s contains a NUL character", w->name,
                          node_line(node), what, got);
@@ -564,13 +590,15 @@ static void format_where(char *buf, size_t size, const yaml_walk *w, const yaml_
 static tga_status apply_layer_list(yaml_walk *w, const tga_cfg_key *key, const yaml_node_t *list) {
     tga_layer_set *set = field_of(w->cfg, key);
     memset(set, 0, sizeof *set);
-    for (yaml_node_item_t *item = list->data.sequence.items.start; item < list->data.sequence.items.top; item++) {
+    for (yaml_node_item_t *item = list->data.sequence.items.start; item < list->data.sequence.items.top;
+         item++) {
         const yaml_node_t *node = yaml_document_get_node(w->document, *item);
         char where[1200], got[96];
         format_where(where, sizeof where, w, node ? node : list, key);
         if (!node || node->type != YAML_SCALAR_NODE) {
             describe_node(node ? node : list, got, sizeof got);
-            return tga_error(TGA_ERR_CONFIG, "%s: expected layer indices or ranges in the list, got %s", where, got);
+            return tga_error(TGA_ERR_CONFIG, "%s: expected layer indices or ranges in the list, got %s",
+                             where, got);
         }
         cfg_scalar value = node_scalar(node);
         if (strlen(value.text) != value.length)
@@ -587,7 +615,8 @@ static tga_status apply_node(yaml_walk *w, const tga_cfg_key *key, const yaml_no
         cfg_scalar scalar = node_scalar(value);
         return apply_scalar(w->cfg, key, &scalar, where);
     }
-    if (value->type == YAML_SEQUENCE_NODE && key->type == TGA_CFG_LAYERS) return apply_layer_list(w, key, value);
+    if (value->type == YAML_SEQUENCE_NODE && key->type == TGA_CFG_LAYERS)
+        return apply_layer_list(w, key, value);
     char expected[256], got[96];
     describe_expected(key, expected, sizeof expected);
     describe_node(value, got, sizeof got);
@@ -621,9 +650,10 @@ static tga_status apply_root(yaml_walk *w, const yaml_node_t *root) {
     char got[96];
     describe_node(root, got, sizeof got);
     if (root->type != YAML_MAPPING_NODE)
-        return tga_error(TGA_ERR_CONFIG, "%s:%zu: expected a mapping of sections such as 'model:', got %s", w->name,
-                         node_line(root), got);
-    for (yaml_node_pair_t *pair = root->data.mapping.pairs.start; pair < root->data.mapping.pairs.top; pair++) {
+        return tga_error(TGA_ERR_CONFIG, "%s:%zu: expected a mapping of sections such as 'model:', got %s",
+                         w->name, node_line(root), got);
+    for (yaml_node_pair_t *pair = root->data.mapping.pairs.start; pair < root->data.mapping.pairs.top;
+         pair++) {
         const yaml_node_t *key_node = yaml_document_get_node(w->document, pair->key);
         const yaml_node_t *value_node = yaml_document_get_node(w->document, pair->value);
         if (!key_node || !value_node) return tga_error(TGA_ERR_INTERNAL, "%s: libyaml lost a node", w->name);
@@ -636,8 +666,8 @@ static tga_status apply_root(yaml_walk *w, const yaml_node_t *root) {
             return unknown_section_error(where, w->schema, w->n, name);
         }
         if (w->section_line[section])
-            return tga_error(TGA_ERR_CONFIG, "%s:%zu: duplicate section '%s' (first opened at line %zu)", w->name,
-                             node_line(key_node), name, w->section_line[section]);
+            return tga_error(TGA_ERR_CONFIG, "%s:%zu: duplicate section '%s' (first opened at line %zu)",
+                             w->name, node_line(key_node), name, w->section_line[section]);
         w->section_line[section] = node_line(key_node);
         if (value_node->type == YAML_MAPPING_NODE) {
             TGA_TRY(apply_section(w, section, value_node));
@@ -648,7 +678,8 @@ static tga_status apply_root(yaml_walk *w, const yaml_node_t *root) {
             if (is_null(&scalar)) continue; /* "model:" with nothing under it */
         }
         describe_node(value_node, got, sizeof got);
-        return tga_error(TGA_ERR_CONFIG, "%s:%zu: section '%s' must be a mapping of keys (such as '  %s: %s'), got %s",
+        return tga_error(TGA_ERR_CONFIG,
+                         "%s:%zu: section '%s' must be a mapping of keys (such as '  %s: %s'), got %s",
                          w->name, node_line(value_node), name, w->schema[section].name,
                          w->schema[section].default_value, got);
     }
@@ -657,21 +688,62 @@ static tga_status apply_root(yaml_walk *w, const yaml_node_t *root) {
 
 static size_t line_of_offset(const char *data, size_t size, size_t offset) {
     size_t line = 1;
-    for (size_t i = 0; i < offset && i < size; i++) line += data[i] == '\n';
+    for (size_t i = 0; i < offset && i < size; i++)
+        line += data[i] == '\n';
     return line;
 }
 
 static tga_status parser_error(const yaml_parser_t *parser, const char *name, const char *data, size_t size) {
-    if (parser->error == YAML_MEMORY_ERROR) return tga_error(TGA_ERR_NOMEM, "%s: out of memory reading YAML", name);
+    if (parser->error == YAML_MEMORY_ERROR)
+        return tga_error(TGA_ERR_NOMEM, "%s: out of memory reading YAML", name);
     const char *problem = parser->problem ? parser->problem : "unknown problem";
     if (parser->error == YAML_READER_ERROR)
         return tga_error(TGA_ERR_CONFIG, "%s:%zu: not YAML text (%s at byte %zu)", name,
                          line_of_offset(data, size, parser->problem_offset), problem, parser->problem_offset);
     char context[160] = "";
     if (parser->context)
-        snprintf(context, sizeof context, " (%s at line %zu)", parser->context, parser->context_mark.line + 1);
+        snprintf(context, sizeof context, " (%s at line %zu)", parser->context,
+                 parser->context_mark.line + 1);
     return tga_error(TGA_ERR_CONFIG, "%s:%zu: malformed YAML at column %zu: %s%s", name,
                      parser->problem_mark.line + 1, parser->problem_mark.column + 1, problem, context);
+}
+
+/* libyaml takes quadratic time on deep flow nesting ("[[[[...", its scanner rescans every open
+ * level at each token) and on many anchors and aliases (its loader looks them up linearly). A
+ * config needs three levels and few anchors, so a first pass over the parser's events (which
+ * look ahead at most 1024 characters) refuses more before the loader builds the document. */
+static tga_status check_structure(const char *data, size_t size, const char *name) {
+    enum { DEPTH_MAX = 16, ANCHORS_MAX = 64 };
+    yaml_parser_t parser;
+    if (!yaml_parser_initialize(&parser))
+        return tga_error(TGA_ERR_NOMEM, "%s: out of memory reading YAML", name);
+    yaml_parser_set_input_string(&parser, (const unsigned char *)data, size);
+    tga_status status = TGA_OK;
+    int depth = 0, anchors = 0;
+    for (bool stream_end = false; !stream_end && status == TGA_OK;) {
+        yaml_event_t event;
+        if (!yaml_parser_parse(&parser, &event)) {
+            status = parser_error(&parser, name, data, size);
+            break;
+        }
+        stream_end = event.type == YAML_STREAM_END_EVENT;
+        depth += event.type == YAML_SEQUENCE_START_EVENT || event.type == YAML_MAPPING_START_EVENT;
+        depth -= event.type == YAML_SEQUENCE_END_EVENT || event.type == YAML_MAPPING_END_EVENT;
+        anchors += event.type == YAML_ALIAS_EVENT ||
+                   (event.type == YAML_SCALAR_EVENT && event.data.scalar.anchor) ||
+                   (event.type == YAML_SEQUENCE_START_EVENT && event.data.sequence_start.anchor) ||
+                   (event.type == YAML_MAPPING_START_EVENT && event.data.mapping_start.anchor);
+        size_t line = event.start_mark.line + 1;
+        yaml_event_delete(&event);
+        if (depth > DEPTH_MAX)
+            status = tga_error(TGA_ERR_CONFIG, "%s:%zu: nested deeper than %d levels: not a tga config", name,
+                               line, DEPTH_MAX);
+        else if (anchors > ANCHORS_MAX)
+            status = tga_error(TGA_ERR_CONFIG, "%s:%zu: more than %d anchors and aliases: not a tga config",
+                               name, line, ANCHORS_MAX);
+    }
+    yaml_parser_delete(&parser);
+    return status;
 }
 
 /* Apply the first document, then insist there is no second one: it would be silently ignored. */
@@ -682,8 +754,8 @@ static tga_status load_documents(yaml_parser_t *parser, yaml_walk *w, const char
     const yaml_node_t *root = yaml_document_get_root_node(&document);
     tga_status status =
         root ? apply_root(w, root)
-             : tga_error(TGA_ERR_CONFIG, "%s: the config is empty (expected sections such as 'model:' with keys)",
-                         w->name);
+             : tga_error(TGA_ERR_CONFIG,
+                         "%s: the config is empty (expected sections such as 'model:' with keys)", w->name);
     yaml_document_delete(&document);
     if (status != TGA_OK) return status;
     if (!yaml_parser_load(parser, &document)) return parser_error(parser, w->name, data, size);
@@ -691,8 +763,8 @@ static tga_status load_documents(yaml_parser_t *parser, yaml_walk *w, const char
     size_t second_line = root ? node_line(root) : 0;
     yaml_document_delete(&document);
     if (second_line)
-        return tga_error(TGA_ERR_CONFIG, "%s:%zu: a second YAML document; a config file holds exactly one", w->name,
-                         second_line);
+        return tga_error(TGA_ERR_CONFIG, "%s:%zu: a second YAML document; a config file holds exactly one",
+                         w->name, second_line);
     return TGA_OK;
 }
 
@@ -701,20 +773,23 @@ tga_status tga_cfg_load_buffer(void *cfg, const tga_cfg_key *schema, size_t n, c
     if (!cfg || !schema || !name || (!data && size))
         return tga_error(TGA_ERR_INTERNAL, "tga_cfg_load_buffer: NULL argument");
     if (size > TGA_CFG_FILE_MAX)
-        return tga_error(TGA_ERR_CONFIG, "%s: larger than %u bytes: not a config file", name, TGA_CFG_FILE_MAX);
+        return tga_error(TGA_ERR_CONFIG, "%s: larger than %u bytes: not a config file", name,
+                         TGA_CFG_FILE_MAX);
     const char *nul = size ? memchr(data, '\0', size) : NULL;
     if (nul)
         return tga_error(TGA_ERR_CONFIG, "%s:%zu: a NUL byte: not a text file (expected a YAML config)", name,
                          line_of_offset(data, size, (size_t)(nul - data)));
+    if (!data) data = "";
+    TGA_TRY(check_structure(data, size, name));
     size_t *lines = calloc(2 * n + 1, sizeof *lines);
     yaml_parser_t parser;
     if (!lines || !yaml_parser_initialize(&parser)) {
         free(lines);
         return tga_error(TGA_ERR_NOMEM, "%s: out of memory reading YAML", name);
     }
-    yaml_parser_set_input_string(&parser, (const unsigned char *)(data ? data : ""), size);
-    yaml_walk walk = {.cfg = cfg, .schema = schema, .n = n, .name = name, .key_line = lines,
-                      .section_line = lines + n};
+    yaml_parser_set_input_string(&parser, (const unsigned char *)data, size);
+    yaml_walk walk = {
+        .cfg = cfg, .schema = schema, .n = n, .name = name, .key_line = lines, .section_line = lines + n};
     tga_status status = load_documents(&parser, &walk, data, size);
     yaml_parser_delete(&parser);
     free(lines);
@@ -735,8 +810,9 @@ tga_status tga_cfg_load_file(void *cfg, const tga_cfg_key *schema, size_t n, con
     int read_errno = errno;
     bool failed = ferror(file);
     fclose(file);
-    tga_status status = failed ? tga_error(TGA_ERR_IO, "cannot read config file %s: %s", path, strerror(read_errno))
-                               : tga_cfg_load_buffer(cfg, schema, n, data, size, path);
+    tga_status status =
+        failed ? tga_error(TGA_ERR_IO, "cannot read config file %s: %s", path, strerror(read_errno))
+               : tga_cfg_load_buffer(cfg, schema, n, data, size, path);
     free(data);
     return status;
 }
@@ -746,7 +822,8 @@ tga_status tga_cfg_load_file(void *cfg, const tga_cfg_key *schema, size_t n, con
 static char *copy_trimmed(const char *text) {
     const char *begin = skip_spaces(text);
     size_t length = strlen(begin);
-    while (length && (begin[length - 1] == ' ' || begin[length - 1] == '\t')) length--;
+    while (length && (begin[length - 1] == ' ' || begin[length - 1] == '\t'))
+        length--;
     char *copy = malloc(length + 1);
     if (copy) {
         memcpy(copy, begin, length);
@@ -760,14 +837,17 @@ tga_status tga_cfg_set(void *cfg, const tga_cfg_key *schema, size_t n, const cha
     const char *equals = strchr(assignment, '=');
     size_t name_length = equals ? (size_t)(equals - assignment) : strlen(assignment);
     const char *dot = memchr(assignment, '.', name_length);
-    char section[128], name[128], where[300];
-    if (!equals || !dot || (size_t)(dot - assignment) >= sizeof section ||
-        (size_t)(equals - dot - 1) >= sizeof name) {
+    bool printable_name = true; /* so that messages naming it stay on one line */
+    for (size_t i = 0; i < name_length; i++)
+        printable_name &= (unsigned char)assignment[i] >= 0x20 && assignment[i] != 0x7F;
+    if (!equals || !dot || !printable_name) {
         char quoted[96];
         quote_for_message(assignment, strlen(assignment), quoted, sizeof quoted);
-        return tga_error(TGA_ERR_CONFIG, "--set %s: expected section.key=value (for example --set train.lr=1e-4)",
-                         quoted);
+        return tga_error(TGA_ERR_CONFIG,
+                         "--set %s: expected section.key=value (for example --set train.lr=1e-4)", quoted);
     }
+    /* Names too long for these buffers are cut, and then match no key of the schema. */
+    char section[128], name[128], where[300];
     snprintf(section, sizeof section, "%.*s", (int)(dot - assignment), assignment);
     snprintf(name, sizeof name, "%.*s", (int)(equals - dot - 1), dot + 1);
     snprintf(where, sizeof where, "--set %s.%s", section, name);
@@ -775,7 +855,8 @@ tga_status tga_cfg_set(void *cfg, const tga_cfg_key *schema, size_t n, const cha
     if (section_index == n) return unknown_section_error(where, schema, n, section);
     size_t key = find_key(schema, n, section_index, name);
     if (key == n) return unknown_key_error(where, schema, n, section_index, name);
-    if (!is_valid_utf8(equals + 1)) return tga_error(TGA_ERR_CONFIG, "%s: the value is not valid UTF-8", where);
+    if (!is_valid_utf8(equals + 1))
+        return tga_error(TGA_ERR_CONFIG, "%s: the value is not valid UTF-8", where);
     char *text = copy_trimmed(equals + 1);
     if (!text) return tga_error(TGA_ERR_NOMEM, "%s: out of memory", where);
     cfg_scalar value = {text, strlen(text), false};
@@ -790,8 +871,8 @@ tga_status tga_cfg_set(void *cfg, const tga_cfg_key *schema, size_t n, const cha
  * neither a line break (NEL, LS, PS: they would be folded) nor a byte-order mark. */
 static bool is_raw_in_double_quotes(uint32_t c) {
     return (c >= 0x20 && c <= 0x7E && c != '"' && c != '\\') ||
-           (c >= 0xA0 && c <= 0xD7FF && c != 0x2028 && c != 0x2029) || (c >= 0xE000 && c <= 0xFFFD && c != 0xFEFF) ||
-           (c >= 0x10000 && c <= 0x10FFFF);
+           (c >= 0xA0 && c <= 0xD7FF && c != 0x2028 && c != 0x2029) ||
+           (c >= 0xE000 && c <= 0xFFFD && c != 0xFEFF) || (c >= 0x10000 && c <= 0x10FFFF);
 }
 
 static tga_status write_quoted(FILE *out, const char *text) {
@@ -818,10 +899,11 @@ static tga_status write_quoted(FILE *out, const char *text) {
 
 static tga_status write_choice(FILE *out, const tga_cfg_key *key, int index) {
     const char *c = key->choices;
-    for (int i = 0; i < index && c; i++) c = strchr(c, '|') ? strchr(c, '|') + 1 : NULL;
+    for (int i = 0; i < index && c; i++)
+        c = strchr(c, '|') ? strchr(c, '|') + 1 : NULL;
     if (index < 0 || !c)
-        return tga_error(TGA_ERR_INTERNAL, "%s.%s holds %d, not an index into %s", key->section, key->name, index,
-                         key->choices);
+        return tga_error(TGA_ERR_INTERNAL, "%s.%s holds %d, not an index into %s", key->section, key->name,
+                         index, key->choices);
     fprintf(out, "%.*s", (int)strcspn(c, "|"), c);
     return TGA_OK;
 }
@@ -830,17 +912,22 @@ static tga_status write_value(FILE *out, const void *cfg, const tga_cfg_key *key
     const void *field = const_field_of(cfg, key);
     char text[TGA_LAYER_SET_TEXT_MAX];
     switch (key->type) {
-    case TGA_CFG_INT: fprintf(out, "%" PRId64, *(const int64_t *)field); return TGA_OK;
+    case TGA_CFG_INT:
+        fprintf(out, "%" PRId64, *(const int64_t *)field);
+        return TGA_OK;
     case TGA_CFG_FLOAT:
         format_double(*(const double *)field, text, sizeof text);
         fputs(text, out);
         return TGA_OK;
-    case TGA_CFG_BOOL: fputs(*(const bool *)field ? "true" : "false", out); return TGA_OK;
+    case TGA_CFG_BOOL:
+        fputs(*(const bool *)field ? "true" : "false", out);
+        return TGA_OK;
     case TGA_CFG_STRING:
         if (!memchr(field, '\0', TGA_CFG_STRING_MAX))
             return tga_error(TGA_ERR_INTERNAL, "%s.%s is not NUL-terminated", key->section, key->name);
         return write_quoted(out, field);
-    case TGA_CFG_ENUM: return write_choice(out, key, *(const int *)field);
+    case TGA_CFG_ENUM:
+        return write_choice(out, key, *(const int *)field);
     case TGA_CFG_LAYERS:
         tga_layer_set_format(field, text, sizeof text);
         fprintf(out, "\"%s\"", text);
@@ -857,7 +944,8 @@ tga_status tga_cfg_write_yaml(const void *cfg, const tga_cfg_key *schema, size_t
         TGA_TRY(write_value(out, cfg, &schema[i]));
         fputc('\n', out);
     }
-    if (fflush(out) != 0 || ferror(out)) return tga_error(TGA_ERR_IO, "cannot write the config: %s", strerror(errno));
+    if (fflush(out) != 0 || ferror(out))
+        return tga_error(TGA_ERR_IO, "cannot write the config: %s", strerror(errno));
     return TGA_OK;
 }
 
@@ -875,7 +963,7 @@ void tga_cfg_print_help(const tga_cfg_key *schema, size_t n, FILE *out) {
         }
         const char *quote = key->type == TGA_CFG_STRING || key->type == TGA_CFG_LAYERS ? "\"" : "";
         if (starts_section(schema, i) && i) fputc('\n', out);
-        fprintf(out, "%s.%s: %s, default %s%s%s%s\n    %s\n", key->section, key->name, type_names[key->type], quote,
-                key->default_value, quote, allowed, key->help);
+        fprintf(out, "%s.%s: %s, default %s%s%s%s\n    %s\n", key->section, key->name, type_names[key->type],
+                quote, key->default_value, quote, allowed, key->help);
     }
 }

@@ -28,8 +28,9 @@
 #define TGA_CFG_STRING_MAX 512 /* bytes, including the terminating NUL */
 typedef char tga_cfg_string[TGA_CFG_STRING_MAX];
 
-/* Input larger than this is not a config file (and would only feed a fuzzer's memory blow-up). */
-#define TGA_CFG_FILE_MAX (1u << 20)
+/* Larger input is not a config file (a full one is about 3 KB). The limit also bounds the
+ * quadratic corners of libyaml (e.g. thousands of %TAG directives). */
+#define TGA_CFG_FILE_MAX (1u << 16)
 
 /* A set of layer indices, sorted ascending, no duplicates; unused entries are zero so that
  * equal sets compare equal with memcmp. Index 0 is the embedding output, l the output of
@@ -44,9 +45,17 @@ typedef struct {
 /* A buffer of this size holds any formatted layer set. */
 #define TGA_LAYER_SET_TEXT_MAX (TGA_LAYER_SET_MAX * 16)
 
-typedef enum { TGA_CFG_INT, TGA_CFG_FLOAT, TGA_CFG_BOOL, TGA_CFG_STRING, TGA_CFG_ENUM, TGA_CFG_LAYERS } tga_cfg_type;
+typedef enum {
+    TGA_CFG_INT,
+    TGA_CFG_FLOAT,
+    TGA_CFG_BOOL,
+    TGA_CFG_STRING,
+    TGA_CFG_ENUM,
+    TGA_CFG_LAYERS
+} tga_cfg_type;
 
-/* Bound flags: a range is inclusive unless marked, so "(0, 1]" is min 0 with TGA_CFG_MIN_OPEN. */
+/* Bound flags for FLOAT keys: a range is inclusive unless marked, so "(0, 1]" is min 0 with
+ * TGA_CFG_MIN_OPEN. INT ranges are always inclusive and their bounds exact integers. */
 enum { TGA_CFG_MIN_OPEN = 1u << 0, TGA_CFG_MAX_OPEN = 1u << 1 };
 
 typedef struct tga_cfg_key {

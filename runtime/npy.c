@@ -35,8 +35,9 @@ static const struct {
     const char *descr, *name;
     size_t size;
 } npy_types[] = {
-    {TGA_NPY_F32, "<f4", "float32", 4}, {TGA_NPY_F16, "<f2", "float16", 2}, {TGA_NPY_F64, "<f8", "float64", 8},
-    {TGA_NPY_I32, "<i4", "int32", 4},   {TGA_NPY_I64, "<i8", "int64", 8},   {TGA_NPY_U8, "|u1", "uint8", 1},
+    {TGA_NPY_F32, "<f4", "float32", 4}, {TGA_NPY_F16, "<f2", "float16", 2},
+    {TGA_NPY_F64, "<f8", "float64", 8}, {TGA_NPY_I32, "<i4", "int32", 4},
+    {TGA_NPY_I64, "<i8", "int64", 8},   {TGA_NPY_U8, "|u1", "uint8", 1},
 };
 #define NPY_N_TYPES (sizeof npy_types / sizeof npy_types[0])
 
@@ -75,8 +76,8 @@ typedef struct {
 enum { KEY_DESCR = 1, KEY_FORTRAN_ORDER = 2, KEY_SHAPE = 4, ALL_KEYS = 7 };
 
 static tga_status dict_error(const dict_cursor *c, const char *expected) {
-    return tga_error(TGA_ERR_FORMAT, "%s: bad .npy header: expected %s at byte %zu of the header dict", c->path,
-                     expected, c->pos);
+    return tga_error(TGA_ERR_FORMAT, "%s: bad .npy header: expected %s at byte %zu of the header dict",
+                     c->path, expected, c->pos);
 }
 
 static void skip_space(dict_cursor *c) {
@@ -113,7 +114,8 @@ static bool accept_word(dict_cursor *c, const char *word) {
 /* A quoted string without escapes, at most cap - 1 characters. */
 static tga_status parse_string(dict_cursor *c, char *out, size_t cap, const char *expected) {
     skip_space(c);
-    if (c->pos >= c->len || (c->text[c->pos] != '\'' && c->text[c->pos] != '"')) return dict_error(c, expected);
+    if (c->pos >= c->len || (c->text[c->pos] != '\'' && c->text[c->pos] != '"'))
+        return dict_error(c, expected);
     char quote = c->text[c->pos++];
     size_t n = 0;
     for (; c->pos < c->len && c->text[c->pos] != quote; c->pos++) {
@@ -137,18 +139,19 @@ static tga_status parse_descr(dict_cursor *c, tga_npy_header *h) {
         }
     }
     if (descr[0] == '>')
-        return tga_error(TGA_ERR_FORMAT, "%s: big-endian data ('%s') is not supported; save it little-endian", c->path,
-                         descr);
-    return tga_error(TGA_ERR_FORMAT, "%s: unsupported dtype '%s' (expected one of <f4 <f2 <f8 <i4 <i8 |u1)", c->path,
-                     descr);
+        return tga_error(TGA_ERR_FORMAT, "%s: big-endian data ('%s') is not supported; save it little-endian",
+                         c->path, descr);
+    return tga_error(TGA_ERR_FORMAT, "%s: unsupported dtype '%s' (expected one of <f4 <f2 <f8 <i4 <i8 |u1)",
+                     c->path, descr);
 }
 
 static tga_status parse_fortran_order(dict_cursor *c) {
     if (accept_word(c, "False")) return TGA_OK;
     if (accept_word(c, "True"))
-        return tga_error(TGA_ERR_FORMAT,
-                         "%s: Fortran-order arrays are not supported; save a C-order copy (np.ascontiguousarray)",
-                         c->path);
+        return tga_error(
+            TGA_ERR_FORMAT,
+            "%s: Fortran-order arrays are not supported; save a C-order copy (np.ascontiguousarray)",
+            c->path);
     return dict_error(c, "True or False as the value of 'fortran_order'");
 }
 
@@ -162,7 +165,8 @@ static tga_status parse_dim(dict_cursor *c, int64_t *dim) {
     for (; c->pos < c->len && isdigit((unsigned char)c->text[c->pos]); c->pos++) {
         int digit = c->text[c->pos] - '0';
         if (value > (INT64_MAX - digit) / 10)
-            return tga_error(TGA_ERR_FORMAT, "%s: bad .npy header: a dimension in 'shape' exceeds 64 bits", c->path);
+            return tga_error(TGA_ERR_FORMAT, "%s: bad .npy header: a dimension in 'shape' exceeds 64 bits",
+                             c->path);
         value = value * 10 + digit;
     }
     *dim = value;
@@ -175,7 +179,8 @@ static tga_status parse_shape(dict_cursor *c, tga_npy_header *h) {
     if (accept_char(c, ')')) return TGA_OK;
     for (;;) {
         if (h->ndim == TGA_NPY_MAX_DIMS)
-            return tga_error(TGA_ERR_FORMAT, "%s: 'shape' has more than %d dimensions", c->path, TGA_NPY_MAX_DIMS);
+            return tga_error(TGA_ERR_FORMAT, "%s: 'shape' has more than %d dimensions", c->path,
+                             TGA_NPY_MAX_DIMS);
         TGA_TRY(parse_dim(c, &h->shape[h->ndim++]));
         bool comma = accept_char(c, ',');
         if (accept_char(c, ')')) {
@@ -195,10 +200,12 @@ static tga_status parse_entry(dict_cursor *c, tga_npy_header *h, unsigned *seen)
                    : strcmp(key, "shape") == 0         ? KEY_SHAPE
                                                        : 0;
     if (!bit)
-        return tga_error(TGA_ERR_FORMAT,
-                         "%s: bad .npy header: unknown key '%s' (expected exactly descr, fortran_order, shape)",
-                         c->path, key);
-    if (*seen & bit) return tga_error(TGA_ERR_FORMAT, "%s: bad .npy header: key '%s' appears twice", c->path, key);
+        return tga_error(
+            TGA_ERR_FORMAT,
+            "%s: bad .npy header: unknown key '%s' (expected exactly descr, fortran_order, shape)", c->path,
+            key);
+    if (*seen & bit)
+        return tga_error(TGA_ERR_FORMAT, "%s: bad .npy header: key '%s' appears twice", c->path, key);
     *seen |= bit;
     if (bit == KEY_DESCR) return parse_descr(c, h);
     if (bit == KEY_FORTRAN_ORDER) return parse_fortran_order(c);
@@ -216,7 +223,9 @@ static tga_status parse_dict(dict_cursor *c, tga_npy_header *h) {
     skip_space(c);
     if (c->pos != c->len) return dict_error(c, "only spaces and a newline after the header dict");
     if (seen != ALL_KEYS) {
-        const char *missing = !(seen & KEY_DESCR) ? "descr" : !(seen & KEY_FORTRAN_ORDER) ? "fortran_order" : "shape";
+        const char *missing = !(seen & KEY_DESCR)           ? "descr"
+                              : !(seen & KEY_FORTRAN_ORDER) ? "fortran_order"
+                                                            : "shape";
         return tga_error(TGA_ERR_FORMAT, "%s: bad .npy header: key '%s' is missing", c->path, missing);
     }
     return TGA_OK;
@@ -241,20 +250,22 @@ static tga_status set_count(const char *path, tga_npy_header *h) {
 /* The file must hold exactly the data the header declares: a shorter one was cut off, a longer
  * one was not written by a .npy writer (or the header belongs to another array). */
 static tga_status check_data_size(FILE *f, const char *path, const tga_npy_header *h) {
-    if (fseeko(f, 0, SEEK_END) != 0) return tga_error(TGA_ERR_IO, "%s: cannot seek: %s", path, strerror(errno));
+    if (fseeko(f, 0, SEEK_END) != 0)
+        return tga_error(TGA_ERR_IO, "%s: cannot seek: %s", path, strerror(errno));
     off_t end = ftello(f);
     if (end < 0) return tga_error(TGA_ERR_IO, "%s: cannot tell the file size: %s", path, strerror(errno));
     int64_t have = (int64_t)end - (int64_t)h->data_offset;
     int64_t need = h->count * (int64_t)tga_npy_dtype_size(h->dtype);
     if (have < need)
         return tga_error(TGA_ERR_FORMAT,
-                         "%s: truncated: header declares %" PRId64 " %s values (%" PRId64 " bytes) but only %" PRId64
-                         " bytes follow",
+                         "%s: truncated: header declares %" PRId64 " %s values (%" PRId64
+                         " bytes) but only %" PRId64 " bytes follow",
                          path, h->count, tga_npy_dtype_name(h->dtype), need, have);
     if (have > need)
         return tga_error(TGA_ERR_FORMAT,
-                         "%s: %" PRId64 " unexpected bytes after the %" PRId64 " %s values the header declares", path,
-                         have - need, h->count, tga_npy_dtype_name(h->dtype));
+                         "%s: %" PRId64 " unexpected bytes after the %" PRId64
+                         " %s values the header declares",
+                         path, have - need, h->count, tga_npy_dtype_name(h->dtype));
     if (fseeko(f, (off_t)h->data_offset, SEEK_SET) != 0)
         return tga_error(TGA_ERR_IO, "%s: cannot seek: %s", path, strerror(errno));
     return TGA_OK;
@@ -270,27 +281,31 @@ static tga_status read_exact(FILE *f, const char *path, void *out, size_t n, con
 
 tga_status tga_npy_read_header(FILE *f, const char *path, tga_npy_header *h) {
     memset(h, 0, sizeof *h);
-    if (fseeko(f, 0, SEEK_SET) != 0) return tga_error(TGA_ERR_IO, "%s: cannot seek: %s", path, strerror(errno));
+    if (fseeko(f, 0, SEEK_SET) != 0)
+        return tga_error(TGA_ERR_IO, "%s: cannot seek: %s", path, strerror(errno));
     unsigned char prefix[12];
     size_t got = fread(prefix, 1, 8, f);
     if (got < 8 && ferror(f)) return tga_error(TGA_ERR_IO, "%s: read error: %s", path, strerror(errno));
     if (got < 6 || memcmp(prefix, npy_magic, 6) != 0)
         return tga_error(TGA_ERR_FORMAT, "%s: not a .npy file (it does not start with \\x93NUMPY)", path);
-    if (got < 8) return tga_error(TGA_ERR_FORMAT, "%s: truncated .npy file: the version bytes are missing", path);
+    if (got < 8)
+        return tga_error(TGA_ERR_FORMAT, "%s: truncated .npy file: the version bytes are missing", path);
     int major = prefix[6], minor = prefix[7];
     if (major < 1 || major > 3 || minor != 0)
-        return tga_error(TGA_ERR_FORMAT, "%s: unsupported .npy format version %d.%d (expected 1.0, 2.0 or 3.0)", path,
-                         major, minor);
+        return tga_error(TGA_ERR_FORMAT,
+                         "%s: unsupported .npy format version %d.%d (expected 1.0, 2.0 or 3.0)", path, major,
+                         minor);
     /* Version 1.0 stores the header length in 2 bytes, 2.0 and 3.0 (UTF-8 header) in 4. */
     size_t length_bytes = major == 1 ? 2 : 4;
     TGA_TRY(read_exact(f, path, prefix + 8, length_bytes, "header length"));
     uint32_t header_len = (uint32_t)prefix[8] | (uint32_t)prefix[9] << 8;
     if (length_bytes == 4) header_len |= (uint32_t)prefix[10] << 16 | (uint32_t)prefix[11] << 24;
     if (header_len > NPY_MAX_HEADER_BYTES)
-        return tga_error(TGA_ERR_FORMAT, "%s: header length %" PRIu32 " exceeds the %u-byte limit", path, header_len,
-                         NPY_MAX_HEADER_BYTES);
+        return tga_error(TGA_ERR_FORMAT, "%s: header length %" PRIu32 " exceeds the %u-byte limit", path,
+                         header_len, NPY_MAX_HEADER_BYTES);
     char *text = malloc(header_len ? header_len : 1);
-    if (!text) return tga_error(TGA_ERR_NOMEM, "%s: no memory for a %" PRIu32 "-byte header", path, header_len);
+    if (!text)
+        return tga_error(TGA_ERR_NOMEM, "%s: no memory for a %" PRIu32 "-byte header", path, header_len);
     tga_status st = read_exact(f, path, text, header_len, "header");
     dict_cursor cursor = {text, header_len, 0, path};
     if (st == TGA_OK) st = parse_dict(&cursor, h);
@@ -348,15 +363,16 @@ static double stored_float(tga_npy_dtype src, const unsigned char *in, size_t i)
 
 /* Convert n stored values (element index first_index.. for messages) into `out` of type dst. The
  * caller has checked that src is one of dst's accepted sources. */
-static tga_status convert_values(const char *path, tga_npy_dtype src, const unsigned char *in, tga_npy_dtype dst,
-                                 void *out, size_t n, int64_t first_index) {
+static tga_status convert_values(const char *path, tga_npy_dtype src, const unsigned char *in,
+                                 tga_npy_dtype dst, void *out, size_t n, int64_t first_index) {
     for (size_t i = 0; i < n; i++) {
         if (dst == TGA_NPY_F32) {
             double value = stored_float(src, in, i);
             float narrowed = (float)value;
             if (isfinite(value) && !isfinite(narrowed))
-                return tga_error(TGA_ERR_FORMAT, "%s: value %g at element %" PRId64 " does not fit in float32", path,
-                                 value, first_index + (int64_t)i);
+                return tga_error(TGA_ERR_FORMAT,
+                                 "%s: value %g at element %" PRId64 " does not fit in float32", path, value,
+                                 first_index + (int64_t)i);
             ((float *)out)[i] = narrowed;
         } else if (dst == TGA_NPY_F64) {
             ((double *)out)[i] = stored_float(src, in, i);
@@ -364,8 +380,9 @@ static tga_status convert_values(const char *path, tga_npy_dtype src, const unsi
             int64_t value;
             memcpy(&value, in + 8 * i, 8); /* src is int64: int32 sources take the copy path */
             if (value < INT32_MIN || value > INT32_MAX)
-                return tga_error(TGA_ERR_FORMAT, "%s: value %" PRId64 " at element %" PRId64 " does not fit in int32",
-                                 path, value, first_index + (int64_t)i);
+                return tga_error(TGA_ERR_FORMAT,
+                                 "%s: value %" PRId64 " at element %" PRId64 " does not fit in int32", path,
+                                 value, first_index + (int64_t)i);
             ((int32_t *)out)[i] = (int32_t)value;
         }
     }
@@ -373,8 +390,8 @@ static tga_status convert_values(const char *path, tga_npy_dtype src, const unsi
 }
 
 /* Read n values from the file position (stored type src) into out (type dst). */
-static tga_status read_values(FILE *f, const char *path, tga_npy_dtype src, tga_npy_dtype dst, int64_t first_index,
-                              int64_t n, void *out) {
+static tga_status read_values(FILE *f, const char *path, tga_npy_dtype src, tga_npy_dtype dst,
+                              int64_t first_index, int64_t n, void *out) {
     size_t src_size = tga_npy_dtype_size(src), dst_size = tga_npy_dtype_size(dst);
     if (src == dst) return read_exact(f, path, out, (size_t)n * src_size, "data");
     unsigned char *chunk = malloc(NPY_CHUNK_VALUES * src_size);
@@ -398,12 +415,14 @@ tga_status tga_npy_read_rows_f32(FILE *f, const char *path, const tga_npy_header
                          tga_npy_dtype_name(h->dtype));
     if (h->ndim < 1) return tga_error(TGA_ERR_FORMAT, "%s: a 0-d array has no rows to read", path);
     if (first_row < 0 || n_rows < 0 || first_row > h->shape[0] - n_rows)
-        return tga_error(TGA_ERR_FORMAT, "%s: rows [%" PRId64 ", %" PRId64 ") requested but the file has %" PRId64,
-                         path, first_row, first_row + n_rows, h->shape[0]);
+        return tga_error(TGA_ERR_FORMAT,
+                         "%s: rows [%" PRId64 ", %" PRId64 ") requested but the file has %" PRId64, path,
+                         first_row, first_row + n_rows, h->shape[0]);
     int64_t row_values = h->shape[0] ? h->count / h->shape[0] : 0;
     int64_t offset = (int64_t)h->data_offset + first_row * row_values * (int64_t)tga_npy_dtype_size(h->dtype);
     if (fseeko(f, (off_t)offset, SEEK_SET) != 0)
-        return tga_error(TGA_ERR_IO, "%s: cannot seek to row %" PRId64 ": %s", path, first_row, strerror(errno));
+        return tga_error(TGA_ERR_IO, "%s: cannot seek to row %" PRId64 ": %s", path, first_row,
+                         strerror(errno));
     return read_values(f, path, h->dtype, TGA_NPY_F32, first_row * row_values, n_rows * row_values, out);
 }
 
@@ -419,8 +438,10 @@ static tga_status load_values(const char *path, unsigned accepted, const char *e
     void *values = NULL;
     tga_status st = TGA_OK;
     if (!(accepted & (1u << h->dtype)))
-        st = tga_error(TGA_ERR_FORMAT, "%s: expected %s data, found %s", path, expected, tga_npy_dtype_name(h->dtype));
-    else if ((uint64_t)h->count > SIZE_MAX / value_size || !(values = malloc(h->count ? h->count * value_size : 1)))
+        st = tga_error(TGA_ERR_FORMAT, "%s: expected %s data, found %s", path, expected,
+                       tga_npy_dtype_name(h->dtype));
+    else if ((uint64_t)h->count > SIZE_MAX / value_size ||
+             !(values = malloc(h->count ? h->count * value_size : 1)))
         st = tga_error(TGA_ERR_NOMEM, "%s: no memory for %" PRId64 " %s values", path, h->count,
                        tga_npy_dtype_name(target));
     else
@@ -464,7 +485,8 @@ tga_status tga_npy_load_i32(const char *path, int32_t **data, tga_npy_header *h)
 /* Magic, version 1.0, length, then the dict padded with spaces and a newline so that the data
  * starts at a multiple of 64 bytes, as NumPy writes it. Eight 19-digit dimensions need about 230
  * bytes, far below version 1.0's 65535-byte limit, so version 2.0 is never needed for writing. */
-static size_t build_header(unsigned char *out, size_t cap, tga_npy_dtype dtype, int ndim, const int64_t *shape) {
+static size_t build_header(unsigned char *out, size_t cap, tga_npy_dtype dtype, int ndim,
+                           const int64_t *shape) {
     char dims[TGA_NPY_MAX_DIMS * 24] = "";
     size_t used = 0;
     for (int i = 0; i < ndim; i++)
@@ -489,24 +511,26 @@ static size_t build_header(unsigned char *out, size_t cap, tga_npy_dtype dtype, 
 
 static tga_status check_save_args(const char *path, tga_npy_dtype dtype, const void *data, int ndim,
                                   const int64_t *shape, int64_t *bytes) {
-    if (!dtype_descr(dtype)) return tga_error(TGA_ERR_INTERNAL, "%s: saving an unknown dtype %d", path, (int)dtype);
+    if (!dtype_descr(dtype))
+        return tga_error(TGA_ERR_INTERNAL, "%s: saving an unknown dtype %d", path, (int)dtype);
     if (ndim < 0 || ndim > TGA_NPY_MAX_DIMS || (ndim > 0 && !shape))
-        return tga_error(TGA_ERR_INTERNAL, "%s: saving an array with %d dimensions (0..%d allowed)", path, ndim,
-                         TGA_NPY_MAX_DIMS);
+        return tga_error(TGA_ERR_INTERNAL, "%s: saving an array with %d dimensions (0..%d allowed)", path,
+                         ndim, TGA_NPY_MAX_DIMS);
     int64_t count = 1, max_count = INT64_MAX / (int64_t)tga_npy_dtype_size(dtype);
     for (int i = 0; i < ndim; i++) {
         if (shape[i] < 0 || (shape[i] > 0 && count > max_count / shape[i]))
-            return tga_error(TGA_ERR_INTERNAL, "%s: saving an array with bad dimension %d (%" PRId64 ")", path, i,
-                             shape[i]);
+            return tga_error(TGA_ERR_INTERNAL, "%s: saving an array with bad dimension %d (%" PRId64 ")",
+                             path, i, shape[i]);
         count *= shape[i];
     }
-    if (count > 0 && !data) return tga_error(TGA_ERR_INTERNAL, "%s: saving %" PRId64 " values from NULL", path, count);
+    if (count > 0 && !data)
+        return tga_error(TGA_ERR_INTERNAL, "%s: saving %" PRId64 " values from NULL", path, count);
     *bytes = count * (int64_t)tga_npy_dtype_size(dtype);
     return TGA_OK;
 }
 
-static tga_status write_file(const char *tmp_path, const char *path, const unsigned char *header, size_t header_bytes,
-                             const void *data, size_t data_bytes) {
+static tga_status write_file(const char *tmp_path, const char *path, const unsigned char *header,
+                             size_t header_bytes, const void *data, size_t data_bytes) {
     FILE *f = fopen(tmp_path, "wb");
     if (!f) return tga_error(TGA_ERR_IO, "cannot create %s (for %s): %s", tmp_path, path, strerror(errno));
     bool ok = fwrite(header, 1, header_bytes, f) == header_bytes &&
@@ -517,11 +541,13 @@ static tga_status write_file(const char *tmp_path, const char *path, const unsig
         ok = false;
         saved_errno = errno;
     }
-    if (!ok) return tga_error(TGA_ERR_IO, "cannot write %s (for %s): %s", tmp_path, path, strerror(saved_errno));
+    if (!ok)
+        return tga_error(TGA_ERR_IO, "cannot write %s (for %s): %s", tmp_path, path, strerror(saved_errno));
     return TGA_OK;
 }
 
-tga_status tga_npy_save(const char *path, tga_npy_dtype dtype, const void *data, int ndim, const int64_t *shape) {
+tga_status tga_npy_save(const char *path, tga_npy_dtype dtype, const void *data, int ndim,
+                        const int64_t *shape) {
     int64_t data_bytes = 0;
     TGA_TRY(check_save_args(path, dtype, data, ndim, shape, &data_bytes));
     unsigned char header[512];

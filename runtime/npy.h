@@ -23,10 +23,10 @@ typedef enum { TGA_NPY_F32, TGA_NPY_F16, TGA_NPY_F64, TGA_NPY_I32, TGA_NPY_I64, 
 
 typedef struct {
     tga_npy_dtype dtype;
-    int ndim;                         /* 0 (a scalar, count 1) .. TGA_NPY_MAX_DIMS */
-    int64_t shape[TGA_NPY_MAX_DIMS];  /* entries past ndim are 0 */
-    int64_t count;                    /* product of shape; count * element size fits in int64 */
-    size_t data_offset;               /* absolute byte offset of element 0 in the file */
+    int ndim;                        /* 0 (a scalar, count 1) .. TGA_NPY_MAX_DIMS */
+    int64_t shape[TGA_NPY_MAX_DIMS]; /* entries past ndim are 0 */
+    int64_t count;                   /* product of shape; count * element size fits in int64 */
+    size_t data_offset;              /* absolute byte offset of element 0 in the file */
 } tga_npy_header;
 
 size_t tga_npy_dtype_size(tga_npy_dtype dtype);
@@ -57,6 +57,7 @@ tga_status tga_npy_load_i32(const char *path, int32_t **data, tga_npy_header *h)
 
 /* Write `data` (count * element size bytes, float16 as uint16 bit patterns) as a version-1.0 file,
  * through path.tmp and a rename, so that `path` is either the old file or the complete new one. */
-tga_status tga_npy_save(const char *path, tga_npy_dtype dtype, const void *data, int ndim, const int64_t *shape);
+tga_status tga_npy_save(const char *path, tga_npy_dtype dtype, const void *data, int ndim,
+                        const int64_t *shape);
 
 #endif

@@ -9,7 +9,9 @@ source "$root/tests/deps.sh"
 tga_install_deps
 
 build=${TGA_BUILD_DIR:-$root/build}
-cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release ${TGA_CMAKE_ARGS:-}
+mkdir -p "$build"
+python=$(tga_python_env "$build/pyenv")
+cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTGA_PYTHON="$python" ${TGA_CMAKE_ARGS:-}
 cmake --build "$build" -j "$(nproc)"
 
 # MPI as root, oversubscribed, loopback only (ENV.md); OpenBLAS core type is left as the machine has it.

@@ -9,21 +9,21 @@
 
 /* The offset of cfg.<section>.<name>, and a compile error unless the field has the C type the
  * key's tga_cfg_type is stored as (runtime/config.h). */
-#define FIELD(section, name, ctype)                                                                 \
-    _Generic(&((tga_config *)0)->section.name, ctype *: offsetof(tga_config, section.name))
+#define FIELD(section, name, ctype)                                                                          \
+    _Generic(&((tga_config *)0)->section.name, ctype * : offsetof(tga_config, section.name))
 
-#define INT(section, name, def, lo, hi, text)                                                       \
-    {#section, #name, TGA_CFG_INT, def, lo, hi, 0, NULL, text, FIELD(section, name, int64_t)}
-#define FLOAT(section, name, def, lo, hi, bounds, text)                                             \
-    {#section, #name, TGA_CFG_FLOAT, def, lo, hi, bounds, NULL, text, FIELD(section, name, double)}
-#define BOOL(section, name, def, text)                                                              \
-    {#section, #name, TGA_CFG_BOOL, def, 0, 0, 0, NULL, text, FIELD(section, name, bool)}
-#define STRING(section, name, def, text)                                                            \
-    {#section, #name, TGA_CFG_STRING, def, 0, 0, 0, NULL, text, FIELD(section, name, tga_cfg_string)}
-#define ENUM(section, name, ctype, def, choices, text)                                              \
-    {#section, #name, TGA_CFG_ENUM, def, 0, 0, 0, choices, text, FIELD(section, name, ctype)}
-#define LAYERS(section, name, def, text)                                                            \
-    {#section, #name, TGA_CFG_LAYERS, def, 0, 0, 0, NULL, text, FIELD(section, name, tga_layer_set)}
+#define INT(section, name, def, lo, hi, text)                                                                \
+    { #section, #name, TGA_CFG_INT, def, lo, hi, 0, NULL, text, FIELD(section, name, int64_t) }
+#define FLOAT(section, name, def, lo, hi, bounds, text)                                                      \
+    { #section, #name, TGA_CFG_FLOAT, def, lo, hi, bounds, NULL, text, FIELD(section, name, double) }
+#define BOOL(section, name, def, text)                                                                       \
+    { #section, #name, TGA_CFG_BOOL, def, 0, 0, 0, NULL, text, FIELD(section, name, bool) }
+#define STRING(section, name, def, text)                                                                     \
+    { #section, #name, TGA_CFG_STRING, def, 0, 0, 0, NULL, text, FIELD(section, name, tga_cfg_string) }
+#define ENUM(section, name, ctype, def, choices, text)                                                       \
+    { #section, #name, TGA_CFG_ENUM, def, 0, 0, 0, choices, text, FIELD(section, name, ctype) }
+#define LAYERS(section, name, def, text)                                                                     \
+    { #section, #name, TGA_CFG_LAYERS, def, 0, 0, 0, NULL, text, FIELD(section, name, tga_layer_set) }
 
 /* Enum fields are written through an int (the choice index). */
 _Static_assert(sizeof(tga_projector_type) == sizeof(int) && sizeof(tga_trainable_set) == sizeof(int) &&
@@ -50,7 +50,8 @@ static const tga_cfg_key schema[] = {
 
     ENUM(projector, type, tga_projector_type, "mlp2x_gelu", "mlp2x_gelu|linear",
          "Vision-to-LLM projector: Linear-GELU-Linear (LLaVA-1.5) or one Linear."),
-    INT(projector, vision_dim, "32", 1, 65536, "Width of the stored vision features (CLIP ViT-L/14-336: 1024)."),
+    INT(projector, vision_dim, "32", 1, 65536,
+        "Width of the stored vision features (CLIP ViT-L/14-336: 1024)."),
 
     ENUM(train, trainable, tga_trainable_set, "stage1", "lm|stage1|stage2",
          "What trains: lm = the decoder alone on text, stage1 = the projector only, stage2 = projector and "
@@ -62,7 +63,8 @@ static const tga_cfg_key schema[] = {
     INT(train, global_batch, "0", 0, 1 << 24, "Samples per optimizer step over all ranks; 0 = derive."),
     FLOAT(train, lr, "1e-3", 0, 10, CLOSED, "Peak learning rate."),
     FLOAT(train, warmup_ratio, "0.03", 0, 1, CLOSED, "Share of the steps spent in linear warmup."),
-    ENUM(train, schedule, tga_lr_schedule, "cosine", "cosine|constant", "Learning-rate schedule after warmup."),
+    ENUM(train, schedule, tga_lr_schedule, "cosine", "cosine|constant",
+         "Learning-rate schedule after warmup."),
     FLOAT(train, weight_decay, "0", 0, 10, CLOSED, "AdamW decoupled weight decay."),
     FLOAT(train, beta1, "0.9", 0, 1, OPEN_MAX, "AdamW first-moment decay."),
     FLOAT(train, beta2, "0.999", 0, 1, OPEN_MAX, "AdamW second-moment decay."),
@@ -75,7 +77,8 @@ static const tga_cfg_key schema[] = {
     INT(train, eval_every, "0", 0, 1e9, "Evaluate on data.eval every this many steps; 0 = never."),
     STRING(train, out_dir, "runs/tiny", "Directory for checkpoints and logs."),
     STRING(train, init_from, "", "Checkpoint or model file to start from; empty = random init."),
-    INT(train, ce_chunk, "64", 1, 1 << 20, "Rows per LM-head chunk in the cross-entropy (bounds logits memory)."),
+    INT(train, ce_chunk, "64", 1, 1 << 20,
+        "Rows per LM-head chunk in the cross-entropy (bounds logits memory)."),
 
     ENUM(tga, mode, tga_align_mode, "intended", "intended|released|off",
          "Alignment loss: intended = differentiable, released = upstream (logged, no gradient), off."),
@@ -92,10 +95,12 @@ static const tga_cfg_key schema[] = {
     ENUM(data, template, tga_chat_template, "plain_retrieval",
          "plain|plain_retrieval|llama_2|mistral_instruct|chatml",
          "Prompt template; plain_retrieval puts the retrieved text before the image."),
-    INT(data, max_len, "256", 8, 1 << 20, "Tokens per sequence, image patches included; longer ones are cut."),
+    INT(data, max_len, "256", 8, 1 << 20,
+        "Tokens per sequence, image patches included; longer ones are cut."),
     INT(data, image_tokens, "16", 1, 1 << 16, "Patches per image (CLIP ViT-L/14-336: 576)."),
 
-    ENUM(runtime, device, tga_device_request, "auto", "auto|cpu|cuda", "Backend: auto = CUDA when available."),
+    ENUM(runtime, device, tga_device_request, "auto", "auto|cpu|cuda",
+         "Backend: auto = CUDA when available."),
     INT(runtime, threads, "0", 0, 4096, "CPU threads; 0 = OpenMP's default."),
     ENUM(runtime, log_level, tga_log_level, "info", "debug|info|warn|error", "Least severe message logged."),
 };
@@ -139,7 +144,9 @@ static tga_status validate_model(const tga_config *cfg) {
     if (cfg->model.n_heads < 1 || cfg->model.n_kv_heads < 1)
         return tga_error(TGA_ERR_CONFIG, "config: model.n_heads and model.n_kv_heads must be at least 1");
     if (cfg->model.n_heads % cfg->model.n_kv_heads != 0)
-        return tga_error(TGA_ERR_CONFIG, "config: model.n_heads (%" PRId64 ") must be a multiple of model.n_kv_heads (%" PRId64 ")",
+        return tga_error(TGA_ERR_CONFIG,
+                         "config: model.n_heads (%" PRId64
+                         ") must be a multiple of model.n_kv_heads (%" PRId64 ")",
                          cfg->model.n_heads, cfg->model.n_kv_heads);
     if (cfg->model.head_dim == 0 && cfg->model.dim % cfg->model.n_heads != 0)
         return tga_error(TGA_ERR_CONFIG,
@@ -147,10 +154,11 @@ static tga_status validate_model(const tga_config *cfg) {
                          ") when model.head_dim is 0; or set model.head_dim",
                          cfg->model.dim, cfg->model.n_heads);
     if (tga_config_head_dim(cfg) % 2 != 0)
-        return tga_error(TGA_ERR_CONFIG,
-                         "config: the head width (model.head_dim, or model.dim / model.n_heads when it is 0) is "
-                         "%" PRId64 "; RoPE needs it even",
-                         tga_config_head_dim(cfg));
+        return tga_error(
+            TGA_ERR_CONFIG,
+            "config: the head width (model.head_dim, or model.dim / model.n_heads when it is 0) is "
+            "%" PRId64 "; RoPE needs it even",
+            tga_config_head_dim(cfg));
     return TGA_OK;
 }
 
@@ -159,23 +167,27 @@ static tga_status validate_alignment(const tga_config *cfg) {
     if (layers->count > 0 && layers->layers[layers->count - 1] > cfg->model.n_layers) {
         char text[TGA_LAYER_SET_TEXT_MAX];
         tga_layer_set_format(layers, text, sizeof text);
-        return tga_error(TGA_ERR_CONFIG,
-                         "config: tga.layers \"%s\" reaches layer %d, but the model has hidden states 0..%" PRId64
-                         " (model.n_layers)",
-                         text, layers->layers[layers->count - 1], cfg->model.n_layers);
+        return tga_error(
+            TGA_ERR_CONFIG,
+            "config: tga.layers \"%s\" reaches layer %d, but the model has hidden states 0..%" PRId64
+            " (model.n_layers)",
+            text, layers->layers[layers->count - 1], cfg->model.n_layers);
     }
     if (layers->count == 0 && cfg->tga.mode != TGA_ALIGN_OFF)
-        return tga_error(TGA_ERR_CONFIG, "config: tga.layers is empty; name the layers to align or set tga.mode=off");
+        return tga_error(TGA_ERR_CONFIG,
+                         "config: tga.layers is empty; name the layers to align or set tga.mode=off");
     return TGA_OK;
 }
 
 static tga_status validate_data(const tga_config *cfg) {
     if (cfg->data.max_len > cfg->model.max_seq_len)
-        return tga_error(TGA_ERR_CONFIG, "config: data.max_len (%" PRId64 ") exceeds model.max_seq_len (%" PRId64 ")",
+        return tga_error(TGA_ERR_CONFIG,
+                         "config: data.max_len (%" PRId64 ") exceeds model.max_seq_len (%" PRId64 ")",
                          cfg->data.max_len, cfg->model.max_seq_len);
     if (cfg->data.image_tokens >= cfg->data.max_len)
         return tga_error(TGA_ERR_CONFIG,
-                         "config: data.image_tokens (%" PRId64 ") leaves no room for text in data.max_len (%" PRId64 ")",
+                         "config: data.image_tokens (%" PRId64
+                         ") leaves no room for text in data.max_len (%" PRId64 ")",
                          cfg->data.image_tokens, cfg->data.max_len);
     return TGA_OK;
 }

@@ -1,36 +1,118 @@
 /* Pointwise activations: SwiGLU (Llama MLP, silu(gate) * up) and exact-erf GELU (the projector's
- * nn.GELU()). Formulas and their operation order follow torch's CPU kernels. */
+ * nn.GELU()). Formulas and their operation order follow torch's CPU kernels.
+ *
+ * SwiGLU runs over every MLP activation of the decoder, so it has an AVX-512 build of the same
+ * loop with an exp the compiler can vectorise (libm's expf is a call and would leave it
+ * scalar). GELU runs only in the projector and keeps libm's erff and expf. */
 #include <math.h>
+#include <stdint.h>
+#include <string.h>
 
 #include "kernels/cpu/cpu_kernels.h"
 
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
 /* Below this many elements a parallel region costs more than it saves. */
 #define PARALLEL_MIN 32768
+/* Elements per parallel task. */
+#define ACTIVATION_CHUNK 8192
 
 /* <math.h>'s M_ constants are POSIX, not C17. */
 #define SQRT1_2 0.70710678118654752440
 #define INV_SQRT_2PI 0.39894228040143267794
 
-static inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+/* e^x by Cody-Waite reduction x = n ln2 + r (|r| <= ln2 / 2), Cephes' expf polynomial for e^r
+ * and 2^n assembled in the exponent bits; about 1 ulp from the exact value. n is rounded with
+ * the 1.5 * 2^23 trick and read back from the sum's low mantissa bits, so there is no
+ * float-to-int conversion. x is clamped to [-87.3, 89]: below, e^x stops at ~1e-38 instead of
+ * going subnormal (1 + e^x is 1 either way); above 88.38, n = 128 writes the exponent of +inf,
+ * so e^x overflows to inf slightly before expf would. NaN becomes the lower bound; the SwiGLU
+ * formulas still propagate it through their other factor of the gate. */
+ALWAYS_INLINE float exp_vectorizable(float x) {
+    const float round_magic = 12582912.0f; /* 1.5 * 2^23 */
+    const uint32_t round_magic_bits = 0x4B400000u;
+    x = x >= -87.3f ? x : -87.3f;
+    x = x <= 89.0f ? x : 89.0f;
+    float shifted = x * 1.44269504088896341f + round_magic;
+    float n = shifted - round_magic;
+    float r = x - n * 0.693359375f - n * -2.12194440e-4f; /* ln2 split in two for exactness */
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    uint32_t bits;
+    memcpy(&bits, &shifted, sizeof bits);
+    bits = (bits - round_magic_bits + 127u) << 23;
+    float two_to_n;
+    memcpy(&two_to_n, &bits, sizeof two_to_n);
+    return p * two_to_n;
+}
 
-void tga_cpu_swiglu_forward(float *out, const float *gate, const float *up, size_t n) {
-#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
-    for (size_t i = 0; i < n; i++) {
+typedef struct {
+    float *out, *dgate, *dup;
+    const float *dout, *gate, *up;
+} swiglu_args;
+
+/* out = silu(gate) * up with silu(g) = g / (1 + e^-g), as torch's silu. */
+ALWAYS_INLINE void swiglu_forward_range(const swiglu_args *a, size_t begin, size_t end) {
+    float *out = a->out;
+    const float *gate = a->gate, *up = a->up;
+    for (size_t i = begin; i < end; i++) {
         float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
+        out[i] = g / (1.0f + exp_vectorizable(-g)) * up[i];
     }
 }
 
-/* d silu(g) / dg = s * (1 + g * (1 - s)) with s = sigmoid(g). */
-void tga_cpu_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
-                             size_t n) {
-#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
-    for (size_t i = 0; i < n; i++) {
+/* d silu(g) / dg = s * (1 + g * (1 - s)) with s = sigmoid(g), as torch's silu_backward. */
+ALWAYS_INLINE void swiglu_backward_range(const swiglu_args *a, size_t begin, size_t end) {
+    float *dgate = a->dgate, *dup = a->dup;
+    const float *dout = a->dout, *gate = a->gate, *up = a->up;
+    for (size_t i = begin; i < end; i++) {
         float g = gate[i];
-        float s = sigmoid(g);
+        float s = 1.0f / (1.0f + exp_vectorizable(-g));
         dgate[i] = dout[i] * up[i] * (s * (1.0f + g * (1.0f - s)));
         dup[i] = dout[i] * (g * s);
     }
+}
+
+static void swiglu_forward_portable(const swiglu_args *a, size_t begin, size_t end) {
+    swiglu_forward_range(a, begin, end);
+}
+__attribute__((target("avx512f"))) static void swiglu_forward_avx512(const swiglu_args *a, size_t begin,
+                                                                     size_t end) {
+    swiglu_forward_range(a, begin, end);
+}
+static void swiglu_backward_portable(const swiglu_args *a, size_t begin, size_t end) {
+    swiglu_backward_range(a, begin, end);
+}
+__attribute__((target("avx512f"))) static void swiglu_backward_avx512(const swiglu_args *a, size_t begin,
+                                                                      size_t end) {
+    swiglu_backward_range(a, begin, end);
+}
+
+typedef void (*swiglu_range_fn)(const swiglu_args *a, size_t begin, size_t end);
+
+static void run_in_chunks(swiglu_range_fn fn, const swiglu_args *a, size_t n) {
+    size_t n_chunks = (n + ACTIVATION_CHUNK - 1) / ACTIVATION_CHUNK;
+#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
+    for (size_t chunk = 0; chunk < n_chunks; chunk++) {
+        size_t begin = chunk * ACTIVATION_CHUNK;
+        fn(a, begin, n - begin < ACTIVATION_CHUNK ? n : begin + ACTIVATION_CHUNK);
+    }
+}
+
+void tga_cpu_swiglu_forward(float *out, const float *gate, const float *up, size_t n) {
+    const swiglu_args a = {.out = out, .gate = gate, .up = up};
+    run_in_chunks(tga_cpu_has_avx512() ? swiglu_forward_avx512 : swiglu_forward_portable, &a, n);
+}
+
+void tga_cpu_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                             size_t n) {
+    const swiglu_args a = {.dgate = dgate, .dup = dup, .dout = dout, .gate = gate, .up = up};
+    run_in_chunks(tga_cpu_has_avx512() ? swiglu_backward_avx512 : swiglu_backward_portable, &a, n);
 }
 
 void tga_cpu_gelu_forward(float *out, const float *in, size_t n) {

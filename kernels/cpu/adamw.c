@@ -18,17 +18,19 @@
 #define ADAMW_CHUNK 8192
 
 typedef struct {
-    float decay;           /* param.mul_(1 - lr * wd) */
+    float decay; /* param.mul_(1 - lr * wd) */
     float beta1, beta2;
     float one_minus_beta1; /* exp_avg.add_(grad, alpha=1 - beta1) */
     float one_minus_beta2; /* exp_avg_sq.addcmul_(grad, grad, value=1 - beta2) */
     float bias_correction2_sqrt;
     float eps;
-    float neg_step_size;   /* param.addcdiv_(exp_avg, denom, value=-step_size) */
+    float neg_step_size; /* param.addcdiv_(exp_avg, denom, value=-step_size) */
 } adamw_coefs;
 
-/* One element; the portable path and the tail of the vector path. fmaf is the hardware
- * instruction where the CPU has FMA (glibc picks it at load time). */
+/* One element of the portable path. fmaf is the hardware
+ * instruction where the CPU has FMA (glibc picks it at load time). The kernels are built for
+ * baseline x86-64, which has no FMA, so -ffp-contract cannot fuse p + step here; torch rounds
+ * p first (test_adamw checks the bits in both paths). */
 static inline void update_one(float *param, const float *grad, float *m, float *v, size_t i, adamw_coefs c) {
     float g = grad[i];
     float p = param[i] * c.decay;
@@ -44,10 +46,12 @@ static void update_range_portable(float *param, const float *grad, float *m, flo
                                   size_t end, const adamw_coefs *c) {
     /* A copy the stores below cannot alias, so the coefficients stay in registers. */
     const adamw_coefs local = *c;
-    for (size_t i = begin; i < end; i++) update_one(param, grad, m, v, i, local);
+    for (size_t i = begin; i < end; i++)
+        update_one(param, grad, m, v, i, local);
 }
 
-/* The same operations as update_one, sixteen lanes at a time. */
+/* The same operations as update_one, sixteen lanes at a time; the tail runs masked rather than
+ * through update_one, where inlining into this AVX-512 function would allow FMA contraction. */
 __attribute__((target("avx512f"))) static void update_range_avx512(float *param, const float *grad, float *m,
                                                                    float *v, size_t begin, size_t end,
                                                                    const adamw_coefs *c) {
@@ -56,19 +60,22 @@ __attribute__((target("avx512f"))) static void update_range_avx512(float *param,
     const __m512 one_minus_beta2 = _mm512_set1_ps(c->one_minus_beta2);
     const __m512 bc2_sqrt = _mm512_set1_ps(c->bias_correction2_sqrt), eps = _mm512_set1_ps(c->eps);
     const __m512 neg_step_size = _mm512_set1_ps(c->neg_step_size);
-    size_t i = begin;
-    for (; i + AVX512_FLOATS <= end; i += AVX512_FLOATS) {
-        __m512 g = _mm512_loadu_ps(grad + i);
-        __m512 p = _mm512_mul_ps(_mm512_loadu_ps(param + i), decay);
-        __m512 m_i = _mm512_fmadd_ps(one_minus_beta1, g, _mm512_mul_ps(_mm512_loadu_ps(m + i), beta1));
-        __m512 v_i = _mm512_fmadd_ps(_mm512_mul_ps(one_minus_beta2, g), g, _mm512_mul_ps(_mm512_loadu_ps(v + i), beta2));
+    for (size_t i = begin; i < end; i += AVX512_FLOATS) {
+        __mmask16 lanes = end - i >= AVX512_FLOATS ? 0xFFFF : (__mmask16)((1u << (end - i)) - 1);
+        __m512 g = _mm512_maskz_loadu_ps(lanes, grad + i);
+        /* torch rounds param * decay before the final add (param.mul_ is its own kernel); the
+         * explicitly rounded multiply keeps -ffp-contract from fusing the two. */
+        __m512 p =
+            _mm512_mul_round_ps(_mm512_maskz_loadu_ps(lanes, param + i), decay, _MM_FROUND_CUR_DIRECTION);
+        __m512 m_old = _mm512_maskz_loadu_ps(lanes, m + i), v_old = _mm512_maskz_loadu_ps(lanes, v + i);
+        __m512 m_i = _mm512_fmadd_ps(one_minus_beta1, g, _mm512_mul_ps(m_old, beta1));
+        __m512 v_i = _mm512_fmadd_ps(_mm512_mul_ps(one_minus_beta2, g), g, _mm512_mul_ps(v_old, beta2));
         __m512 denom = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(v_i), bc2_sqrt), eps);
         __m512 step = _mm512_div_ps(_mm512_mul_ps(neg_step_size, m_i), denom);
-        _mm512_storeu_ps(param + i, _mm512_add_ps(p, step));
-        _mm512_storeu_ps(m + i, m_i);
-        _mm512_storeu_ps(v + i, v_i);
+        _mm512_mask_storeu_ps(param + i, lanes, _mm512_add_ps(p, step));
+        _mm512_mask_storeu_ps(m + i, lanes, m_i);
+        _mm512_mask_storeu_ps(v + i, lanes, v_i);
     }
-    update_range_portable(param, grad, m, v, i, end, c);
 }
 
 void tga_cpu_adamw(float *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1,

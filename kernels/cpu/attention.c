@@ -23,7 +23,8 @@
 
 enum {
     ATTN_TILE = 64,          /* queries per tile and keys per tile */
-    ATTN_MAX_HEAD_DIM = 256, /* sizes the per-thread tile buffers (<= 240 KiB of stack) */
+    ATTN_MAX_HEAD_DIM = 256, /* sizes the per-thread tile buffers (<= 360 KiB of stack) */
+    ATTN_MAX_BLOCK_COLS = 64, /* output columns per register block */
 };
 
 typedef struct attn_dims {
@@ -101,82 +102,159 @@ ATTN_INLINE void load_transposed(float *dst, const float *rows, size_t stride, i
     }
 }
 
-/* out[i][j] = dot(scale * a_i, b_j) for i < n_rows, all ATTN_TILE columns; b given transposed. */
-ATTN_INLINE void tile_dots(float *out, const float *a, size_t a_stride, int n_rows, const float *b_t,
-                           int head_dim, float scale) {
-    for (int i = 0; i < n_rows; i++) {
-        float *row = out + i * ATTN_TILE;
-        const float *a_row = a + i * a_stride;
-        for (int j = 0; j < ATTN_TILE; j++) row[j] = 0.0f;
-        for (int d = 0; d < head_dim; d++) {
-            float a_scaled = a_row[d] * scale;
-            const float *b_col = b_t + d * ATTN_TILE;
-            for (int j = 0; j < ATTN_TILE; j++) row[j] += a_scaled * b_col[j];
-        }
-    }
+/* dst[j][d] = rows[j][d] for the n_rows rows of a tile, packed: operands read along their
+ * rows by the register blocks below must be contiguous, since a row stride of H * hd floats
+ * (often a multiple of 4 KiB) maps every row to the same L1 sets. */
+ATTN_INLINE void load_rows(float *dst, const float *rows, size_t stride, int n_rows, int head_dim) {
+    for (int j = 0; j < n_rows; j++) memcpy(dst + j * head_dim, rows + j * stride, (size_t)head_dim * sizeof(float));
 }
 
-/* Query q0+i sees key k0+j iff k0+j <= q0+i; the rest of its row becomes -inf. Lengths need no
- * mask: a tile only holds keys up to its last query, which is a real token. */
-ATTN_INLINE void mask_future(float *scores, int q0, int n_q, int k0) {
+/* c_row[0:width] += sum over p < k of a_row[p * a_step] * b[p * b_stride + 0:width], summed in
+ * ascending p. Inlined with a constant width into a small function, the sums stay in
+ * registers. */
+ATTN_INLINE void accumulate_columns(float *c_row, const float *a_row, size_t a_step, const float *b,
+                                    size_t b_stride, int k, int width) {
+    float acc[ATTN_MAX_BLOCK_COLS];
+    for (int j = 0; j < width; j++) acc[j] = c_row[j];
+    for (int p = 0; p < k; p++) {
+        float a = a_row[p * a_step];
+        const float *b_row = b + p * b_stride;
+        for (int j = 0; j < width; j++) acc[j] += a * b_row[j];
+    }
+    for (int j = 0; j < width; j++) c_row[j] = acc[j];
+}
+
+/* One row of C[m,n] += A[m,k] B[k,n]: columns in register blocks of block_cols, then halves of
+ * it down to 8, then the rest; every element sums over p in ascending order. */
+ATTN_INLINE void matmul_row(float *c_row, const float *a_row, size_t a_step, const float *b, size_t b_stride,
+                            int k, int n, int block_cols) {
+    int c0 = 0;
+    for (; c0 + block_cols <= n; c0 += block_cols) {
+        accumulate_columns(c_row + c0, a_row, a_step, b + c0, b_stride, k, block_cols);
+    }
+    for (int width = block_cols / 2; width >= 8; width /= 2) {
+        if (c0 + width <= n) {
+            accumulate_columns(c_row + c0, a_row, a_step, b + c0, b_stride, k, width);
+            c0 += width;
+        }
+    }
+    if (c0 < n) accumulate_columns(c_row + c0, a_row, a_step, b + c0, b_stride, k, n - c0);
+}
+
+/* ---- the inner loops, compiled once per instruction set ------------------------------------ */
+
+typedef void (*matmul_row_fn)(float *c_row, const float *a_row, size_t a_step, const float *b, size_t b_stride,
+                              int k, int n);
+typedef void (*exp_row_fn)(float *row, float shift);
+
+typedef struct attn_kernels {
+    matmul_row_fn matmul_row;
+    exp_row_fn exp_shifted_row;
+} attn_kernels;
+
+/* Block widths fill half of the vector registers: 8 SSE, 8 AVX2 or 4 AVX-512 ones. */
+static void matmul_row_baseline(float *c_row, const float *a_row, size_t a_step, const float *b,
+                                size_t b_stride, int k, int n) {
+    matmul_row(c_row, a_row, a_step, b, b_stride, k, n, 32);
+}
+__attribute__((target("avx2,fma"))) static void matmul_row_avx2(float *c_row, const float *a_row, size_t a_step,
+                                                                const float *b, size_t b_stride, int k, int n) {
+    matmul_row(c_row, a_row, a_step, b, b_stride, k, n, ATTN_MAX_BLOCK_COLS);
+}
+__attribute__((target("avx512f"))) static void matmul_row_avx512(float *c_row, const float *a_row, size_t a_step,
+                                                                 const float *b, size_t b_stride, int k, int n) {
+    matmul_row(c_row, a_row, a_step, b, b_stride, k, n, ATTN_MAX_BLOCK_COLS);
+}
+
+static void exp_shifted_row_baseline(float *row, float shift) { exp_shifted_row(row, shift); }
+__attribute__((target("avx2,fma"))) static void exp_shifted_row_avx2(float *row, float shift) {
+    exp_shifted_row(row, shift);
+}
+__attribute__((target("avx512f"))) static void exp_shifted_row_avx512(float *row, float shift) {
+    exp_shifted_row(row, shift);
+}
+
+static const attn_kernels kernels_baseline = {matmul_row_baseline, exp_shifted_row_baseline};
+static const attn_kernels kernels_avx2 = {matmul_row_avx2, exp_shifted_row_avx2};
+static const attn_kernels kernels_avx512 = {matmul_row_avx512, exp_shifted_row_avx512};
+
+static const attn_kernels *pick_kernels(void) {
+    if (tga_cpu_has_avx512()) return &kernels_avx512;
+    if (strcmp(tga_cpu_simd_level(), "avx2") == 0) return &kernels_avx2;
+    return &kernels_baseline;
+}
+
+/* C[m,n] += A[m,k] B[k,n] with a(i,p) = a[i * a_row_step + p * a_col_step] (so A may be read
+ * transposed) and row strides for B and C. */
+static void matmul_accumulate(const attn_kernels *kern, float *c, size_t c_stride, const float *a,
+                              size_t a_row_step, size_t a_col_step, const float *b, size_t b_stride, int m, int k,
+                              int n) {
+    for (int i = 0; i < m; i++) kern->matmul_row(c + i * c_stride, a + i * a_row_step, a_col_step, b, b_stride, k, n);
+}
+
+/* scores[n_q][ATTN_TILE] = scale * rows[n_q] . keys_t, with query q0+i seeing key k0+j iff
+ * k0+j <= q0+i (-inf elsewhere). Lengths need no mask: a tile only holds keys up to its last
+ * query, which is a real token. */
+ATTN_INLINE void tile_scores(float *scores, const float *rows, size_t row_stride, const float *keys_t,
+                             int head_dim, int q0, int n_q, int k0, float scale, const attn_kernels *kern) {
+    memset(scores, 0, (size_t)n_q * ATTN_TILE * sizeof(float));
+    matmul_accumulate(kern, scores, ATTN_TILE, rows, row_stride, 1, keys_t, ATTN_TILE, n_q, head_dim, ATTN_TILE);
+    for (int i = 0; i < n_q * ATTN_TILE; i++) scores[i] *= scale;
     for (int i = 0; i < n_q; i++) {
         int visible = q0 + i - k0 + 1;
         for (int j = visible < 0 ? 0 : visible; j < ATTN_TILE; j++) scores[i * ATTN_TILE + j] = -INFINITY;
     }
 }
 
-/* y[0:n] += alpha * x[0:n] */
-ATTN_INLINE void axpy(float *y, float alpha, const float *x, int n) {
-    for (int d = 0; d < n; d++) y[d] += alpha * x[d];
-}
-
-/* Folds one key tile into a query row's running softmax (max, sum and unnormalised output).
- * Every tile holds at least one visible key for every row (key tiles start at or before the
- * query tile), so the new max is finite and the rescale factor exp(old - new) is well defined
- * (0 for the first tile, where old = -inf); every score minus the max is <= 0. */
-ATTN_INLINE void online_softmax_step(float *scores, float *acc, float *row_max, float *row_sum, const float *v,
-                                     size_t v_stride, int n_k, int head_dim) {
+/* Turns a row of scores into unnormalised probabilities under the row's running max, and
+ * rescales its running sum and output to that max. Every tile holds at least one visible key
+ * for every row (key tiles start at or before the query tile), so the new max is finite and
+ * exp(old - new) is well defined (0 for the first tile, where old = -inf). */
+ATTN_INLINE void online_softmax_step(float *scores, float *acc, float *row_max, float *row_sum, int n_k,
+                                     int head_dim) {
     float tile_max = scores[0];
     for (int j = 1; j < ATTN_TILE; j++) tile_max = scores[j] > tile_max ? scores[j] : tile_max;
     float new_max = tile_max > *row_max ? tile_max : *row_max;
     float rescale = expf(*row_max - new_max);
-    exp_shifted_row(scores, new_max);
+    kern->exp_shifted_row(scores, new_max);
     float tile_sum = 0.0f;
     for (int j = 0; j < n_k; j++) tile_sum += scores[j];
     *row_sum = *row_sum * rescale + tile_sum;
     *row_max = new_max;
     for (int d = 0; d < head_dim; d++) acc[d] *= rescale;
-    for (int j = 0; j < n_k; j++) axpy(acc, scores[j], v + j * v_stride, head_dim);
 }
 
-/* Query rows q0 .. q0+n_q-1 (all real tokens) of one head: out and lse. */
-ATTN_INLINE void forward_tile(const attn_forward_head *head, const attn_dims *dim, int q0, int n_q) {
+/* Query rows q0 .. q0+n_q-1 (all real tokens) of one head: out and lse. The out rows hold the
+ * running unnormalised output until the last key tile. */
+ATTN_INLINE void forward_tile(const attn_forward_head *head, const attn_dims *dim, int q0, int n_q,
+                              const attn_kernels *kern) {
     const int hd = dim->head_dim;
+    const size_t qs = dim->q_stride, kvs = dim->kv_stride;
     float keys_t[ATTN_MAX_HEAD_DIM * ATTN_TILE];
+    float values[ATTN_TILE * ATTN_MAX_HEAD_DIM];
     float scores[ATTN_TILE * ATTN_TILE];
-    float acc[ATTN_TILE * ATTN_MAX_HEAD_DIM];
     float row_max[ATTN_TILE], row_sum[ATTN_TILE];
+    const float *q = head->q + q0 * qs;
+    float *out = head->out + q0 * qs;
     for (int i = 0; i < n_q; i++) {
         row_max[i] = -INFINITY;
         row_sum[i] = 0.0f;
-        for (int d = 0; d < hd; d++) acc[i * hd + d] = 0.0f;
+        memset(out + i * qs, 0, (size_t)hd * sizeof(float));
     }
-    const float *q = head->q + q0 * dim->q_stride;
     const int key_end = q0 + n_q;
     for (int k0 = 0; k0 < key_end; k0 += ATTN_TILE) {
         int n_k = min_int(ATTN_TILE, key_end - k0);
-        load_transposed(keys_t, head->k + k0 * dim->kv_stride, dim->kv_stride, n_k, hd);
-        tile_dots(scores, q, dim->q_stride, n_q, keys_t, hd, dim->scale);
-        mask_future(scores, q0, n_q, k0);
+        load_transposed(keys_t, head->k + k0 * kvs, kvs, n_k, hd);
+        load_rows(values, head->v + k0 * kvs, kvs, n_k, hd);
+        tile_scores(scores, q, qs, keys_t, hd, q0, n_q, k0, dim->scale);
         for (int i = 0; i < n_q; i++) {
-            online_softmax_step(scores + i * ATTN_TILE, acc + i * hd, &row_max[i], &row_sum[i],
-                                head->v + k0 * dim->kv_stride, dim->kv_stride, n_k, hd);
+            online_softmax_step(scores + i * ATTN_TILE, out + i * qs, &row_max[i], &row_sum[i], n_k, hd);
         }
+        matmul_accumulate(kern, out, qs, scores, ATTN_TILE, 1, values, hd, n_q, n_k, hd); /* out += P V */
     }
     for (int i = 0; i < n_q; i++) {
-        float *out_row = head->out + (q0 + i) * dim->q_stride;
         float inv_sum = 1.0f / row_sum[i];
-        for (int d = 0; d < hd; d++) out_row[d] = acc[i * hd + d] * inv_sum;
+        for (int d = 0; d < hd; d++) out[i * qs + d] *= inv_sum;
         head->lse[q0 + i] = row_max[i] + logf(row_sum[i]);
     }
 }
@@ -186,90 +264,48 @@ ATTN_INLINE void forward_tile(const attn_forward_head *head, const attn_dims *di
  * finished tile by tile):
  *   P = exp(S - lse), dV += P^T dO, dP = dO V^T, dS = P * (dP - D) with D = rowsum(dO * O),
  *   dQ = scale * dS K, dK += scale * dS^T Q. */
-ATTN_INLINE void backward_tile(const attn_backward_head *head, const attn_dims *dim, int q0, int n_q) {
+ATTN_INLINE void backward_tile(const attn_backward_head *head, const attn_dims *dim, int q0, int n_q,
+                               const attn_kernels *kern) {
     const int hd = dim->head_dim;
     const size_t qs = dim->q_stride, kvs = dim->kv_stride;
+    float queries[ATTN_TILE * ATTN_MAX_HEAD_DIM];
+    float douts[ATTN_TILE * ATTN_MAX_HEAD_DIM];
+    float keys[ATTN_TILE * ATTN_MAX_HEAD_DIM];
     float keys_t[ATTN_MAX_HEAD_DIM * ATTN_TILE];
     float values_t[ATTN_MAX_HEAD_DIM * ATTN_TILE];
     float probs[ATTN_TILE * ATTN_TILE];
     float dscores[ATTN_TILE * ATTN_TILE];
-    float dq_acc[ATTN_TILE * ATTN_MAX_HEAD_DIM];
     float delta[ATTN_TILE];
-    const float *q = head->q + q0 * qs, *dout = head->dout + q0 * qs;
+    float *dq = head->dq + q0 * qs;
+    load_rows(queries, head->q + q0 * qs, qs, n_q, hd);
+    load_rows(douts, head->dout + q0 * qs, qs, n_q, hd);
     for (int i = 0; i < n_q; i++) {
         const float *out_row = head->out + (q0 + i) * qs;
         float dot = 0.0f;
-        for (int d = 0; d < hd; d++) dot += dout[i * qs + d] * out_row[d];
+        for (int d = 0; d < hd; d++) dot += douts[i * hd + d] * out_row[d];
         delta[i] = dot;
-        for (int d = 0; d < hd; d++) dq_acc[i * hd + d] = 0.0f;
+        memset(dq + i * qs, 0, (size_t)hd * sizeof(float));
     }
     const int key_end = q0 + n_q;
     for (int k0 = 0; k0 < key_end; k0 += ATTN_TILE) {
         int n_k = min_int(ATTN_TILE, key_end - k0);
-        const float *k = head->k + k0 * kvs, *v = head->v + k0 * kvs;
-        load_transposed(keys_t, k, kvs, n_k, hd);
-        load_transposed(values_t, v, kvs, n_k, hd);
-        tile_dots(probs, q, qs, n_q, keys_t, hd, dim->scale);
-        mask_future(probs, q0, n_q, k0);
-        tile_dots(dscores, dout, qs, n_q, values_t, hd, 1.0f);
+        load_rows(keys, head->k + k0 * kvs, kvs, n_k, hd);
+        load_transposed(keys_t, head->k + k0 * kvs, kvs, n_k, hd);
+        load_transposed(values_t, head->v + k0 * kvs, kvs, n_k, hd);
+        tile_scores(probs, queries, hd, keys_t, hd, q0, n_q, k0, dim->scale);
+        memset(dscores, 0, (size_t)n_q * ATTN_TILE * sizeof(float));
+        matmul_accumulate(kern, dscores, ATTN_TILE, douts, hd, 1, values_t, ATTN_TILE, n_q, hd, ATTN_TILE); /* dP */
         for (int i = 0; i < n_q; i++) {
             float *p = probs + i * ATTN_TILE, *ds = dscores + i * ATTN_TILE;
             /* lse >= the row max, so p <= 1 up to rounding */
-            exp_shifted_row(p, head->lse[q0 + i]);
+            kern->exp_shifted_row(p, head->lse[q0 + i]);
             for (int j = 0; j < ATTN_TILE; j++) ds[j] = p[j] * (ds[j] - delta[i]) * dim->scale;
         }
-        for (int j = 0; j < n_k; j++) {
-            float *dv_row = head->dv + (k0 + j) * kvs, *dk_row = head->dk + (k0 + j) * kvs;
-            for (int i = 0; i < n_q; i++) {
-                axpy(dv_row, probs[i * ATTN_TILE + j], dout + i * qs, hd);
-                axpy(dk_row, dscores[i * ATTN_TILE + j], q + i * qs, hd);
-            }
-        }
-        for (int i = 0; i < n_q; i++) {
-            for (int j = 0; j < n_k; j++) axpy(dq_acc + i * hd, dscores[i * ATTN_TILE + j], k + j * kvs, hd);
-        }
+        float *dv = head->dv + k0 * kvs, *dk = head->dk + k0 * kvs;
+        matmul_accumulate(kern, dv, kvs, probs, 1, ATTN_TILE, douts, hd, n_k, n_q, hd);     /* dV += P^T dO */
+        matmul_accumulate(kern, dk, kvs, dscores, 1, ATTN_TILE, queries, hd, n_k, n_q, hd); /* dK += dS^T Q */
+        matmul_accumulate(kern, dq, qs, dscores, ATTN_TILE, 1, keys, hd, n_q, n_k, hd);     /* dQ += dS K */
     }
-    for (int i = 0; i < n_q; i++) memcpy(head->dq + (q0 + i) * qs, dq_acc + i * hd, (size_t)hd * sizeof(float));
-}
-
-/* ---- one compiled copy of the tile kernels per instruction set ---------------------------- */
-
-typedef void (*forward_tile_fn)(const attn_forward_head *, const attn_dims *, int, int);
-typedef void (*backward_tile_fn)(const attn_backward_head *, const attn_dims *, int, int);
-
-static void forward_tile_baseline(const attn_forward_head *h, const attn_dims *d, int q0, int n) {
-    forward_tile(h, d, q0, n);
-}
-__attribute__((target("avx2,fma"))) static void forward_tile_avx2(const attn_forward_head *h,
-                                                                  const attn_dims *d, int q0, int n) {
-    forward_tile(h, d, q0, n);
-}
-__attribute__((target("avx512f"))) static void forward_tile_avx512(const attn_forward_head *h,
-                                                                   const attn_dims *d, int q0, int n) {
-    forward_tile(h, d, q0, n);
-}
-static void backward_tile_baseline(const attn_backward_head *h, const attn_dims *d, int q0, int n) {
-    backward_tile(h, d, q0, n);
-}
-__attribute__((target("avx2,fma"))) static void backward_tile_avx2(const attn_backward_head *h,
-                                                                   const attn_dims *d, int q0, int n) {
-    backward_tile(h, d, q0, n);
-}
-__attribute__((target("avx512f"))) static void backward_tile_avx512(const attn_backward_head *h,
-                                                                    const attn_dims *d, int q0, int n) {
-    backward_tile(h, d, q0, n);
-}
-
-static forward_tile_fn pick_forward_tile(void) {
-    if (tga_cpu_has_avx512()) return forward_tile_avx512;
-    if (strcmp(tga_cpu_simd_level(), "avx2") == 0) return forward_tile_avx2;
-    return forward_tile_baseline;
-}
-
-static backward_tile_fn pick_backward_tile(void) {
-    if (tga_cpu_has_avx512()) return backward_tile_avx512;
-    if (strcmp(tga_cpu_simd_level(), "avx2") == 0) return backward_tile_avx2;
-    return backward_tile_baseline;
 }
 
 /* ---- drivers -------------------------------------------------------------------------------- */

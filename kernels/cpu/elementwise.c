@@ -1,7 +1,6 @@
-/* Elementwise helpers used by the optimizer and the gradient clipper. sum_squares feeds the
- * gradient norm, which must be identical on every run and rank count: it sums fixed-size blocks
- * and combines the block sums in index order, so neither the thread count nor the schedule can
- * change the result. */
+/* Elementwise helpers. sum_squares feeds the gradient norm, which must come out the same on
+ * every run: it sums fixed-size blocks and combines the block sums in index order, so neither
+ * the thread count nor the schedule can change the result. */
 #include <math.h>
 
 #include "kernels/cpu/cpu_kernels.h"
@@ -15,12 +14,14 @@
 
 void tga_cpu_add_inplace(float *y, const float *x, size_t n) {
 #pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
-    for (size_t i = 0; i < n; i++) y[i] += x[i];
+    for (size_t i = 0; i < n; i++)
+        y[i] += x[i];
 }
 
 void tga_cpu_scale_inplace(float *x, float alpha, size_t n) {
 #pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
-    for (size_t i = 0; i < n; i++) x[i] *= alpha;
+    for (size_t i = 0; i < n; i++)
+        x[i] *= alpha;
 }
 
 /* Sum of squares in double over interleaved lanes: a fixed order the compiler can vectorise. */
@@ -28,10 +29,13 @@ static double block_sum_squares(const float *x, size_t n) {
     double lane[SUMSQ_LANES] = {0};
     size_t i = 0;
     for (; i + SUMSQ_LANES <= n; i += SUMSQ_LANES)
-        for (int l = 0; l < SUMSQ_LANES; l++) lane[l] += (double)x[i + l] * x[i + l];
-    for (; i < n; i++) lane[0] += (double)x[i] * x[i];
+        for (int l = 0; l < SUMSQ_LANES; l++)
+            lane[l] += (double)x[i + l] * x[i + l];
+    for (; i < n; i++)
+        lane[0] += (double)x[i] * x[i];
     double sum = 0;
-    for (int l = 0; l < SUMSQ_LANES; l++) sum += lane[l];
+    for (int l = 0; l < SUMSQ_LANES; l++)
+        sum += lane[l];
     return sum;
 }
 
@@ -50,7 +54,8 @@ double tga_cpu_sum_squares(const float *x, size_t n) {
         }
         /* The barrier at the end of `single` also keeps the next round from overwriting partial. */
 #pragma omp single
-        for (size_t k = 0; k < count; k++) total += partial[k];
+        for (size_t k = 0; k < count; k++)
+            total += partial[k];
     }
     return total;
 }
@@ -58,6 +63,7 @@ double tga_cpu_sum_squares(const float *x, size_t n) {
 int tga_cpu_all_finite(const float *x, size_t n) {
     int non_finite = 0;
 #pragma omp parallel for schedule(static) reduction(| : non_finite) if (n >= PARALLEL_MIN)
-    for (size_t i = 0; i < n; i++) non_finite |= !isfinite(x[i]);
+    for (size_t i = 0; i < n; i++)
+        non_finite |= !isfinite(x[i]);
     return !non_finite;
 }

@@ -34,7 +34,8 @@ void tga_cpu_embedding_backward(float *dtable, const float *dout, const int *ids
             if (ids[n] < 0) continue;
             float *dst = dtable + (size_t)ids[n] * D + j0;
             const float *src = dout + (size_t)n * D + j0;
-            for (int j = 0; j < width; j++) dst[j] += src[j];
+            for (int j = 0; j < width; j++)
+                dst[j] += src[j];
         }
     }
 }

@@ -1,9 +1,9 @@
-/* CPU GEMM, blocked in the GotoBLAS/BLIS way: op(B) is packed into K-major panels of `nr`
- * columns (a kc x nc block sized for L2, shared by all threads), op(A) into K-major panels of
- * `mr` rows (one L1-resident panel per thread), and a register-tiled microkernel computes each
- * mr x nr tile of C. Three microkernels, chosen once at run time: AVX-512 (14x32), AVX2+FMA
- * (6x16) and portable C (4x8). The library is built for baseline x86-64, so the SIMD kernels
- * carry target attributes and are only called after cpuid says the CPU has them.
+/* CPU GEMM, blocked in the GotoBLAS/BLIS way: op(A) and op(B) are packed into K-major panels
+ * (mr rows of A, nr columns of B, zero-padded at the edges) and a register-tiled microkernel
+ * computes each mr x nr tile of C from one A panel and one B panel. Three microkernels, chosen
+ * once at run time: AVX-512 (14x32), AVX2+FMA (6x16) and portable C (4x8). The library is
+ * built for baseline x86-64, so the SIMD code carries target attributes and only runs after
+ * cpuid says the CPU has it. Tiny products skip packing; small ones run on one thread.
  *
  * Determinism: every C element is owned by one thread, and its sum over K runs in a fixed
  * order (kc blocks in ascending order, each accumulated in a register from p = 0 up). kc
@@ -295,9 +295,9 @@ static const gemm_kernel gemm_kernels[SIMD_LEVEL_COUNT] = {
 /* Rows of A packed at once: bounds the shared buffer (about 6 MiB at kc = 320). */
 #define MB_MAX 4096
 /* Below this many multiply-adds a second thread costs more than it saves. */
-#define PARALLEL_MIN_FLOPS (96.0 * 96.0 * 96.0)
+#define PARALLEL_MIN_MULADDS (96.0 * 96.0 * 96.0)
 /* Below this many multiply-adds the unpacked loop beats packing. */
-#define UNPACKED_MAX_FLOPS (8.0 * 8.0 * 8.0)
+#define UNPACKED_MAX_MULADDS (8.0 * 8.0 * 8.0)
 
 typedef struct gemm_problem {
     int M, N, K;
@@ -316,6 +316,13 @@ typedef struct gemm_plan {
     float *a_block;  /* [mb_block/mr][kc_block][a_width], shared */
     float *b_blocks; /* [threads][nc_block/nr][kc_block][nr], one per thread */
 } gemm_plan;
+
+/* This thread's place in the team that runs one GEMM. Passed explicitly rather than asked of
+ * OpenMP, because a one-thread GEMM runs without a parallel region of its own (possibly inside
+ * someone else's). */
+typedef struct gemm_team {
+    int thread, threads;
+} gemm_team;
 
 /* A thread's rectangle of C in whole tiles: A panels [ip_first, ip_end) of the current A block
  * and B panels [jp_first, jp_end). */
@@ -349,21 +356,21 @@ static void split_range(int count, int part, int parts, int *first, int *end) {
 /* Splits the columns between the threads where there are enough of them (each thread then
  * packs only its own B), otherwise the rows too: threads form an m_parts x n_parts grid with
  * n_parts the largest divisor of the team size not above the number of B panels. */
-static thread_share share_for_thread(int m_panels, int n_panels) {
-    int threads = omp_get_num_threads(), thread = omp_get_thread_num();
-    int n_parts = threads;
-    while (n_parts > n_panels || threads % n_parts != 0) n_parts--;
+static thread_share share_for_thread(gemm_team team, int m_panels, int n_panels) {
+    int n_parts = team.threads;
+    while (n_parts > n_panels || team.threads % n_parts != 0) n_parts--;
     thread_share share;
-    split_range(m_panels, thread / n_parts, threads / n_parts, &share.ip_first, &share.ip_end);
-    split_range(n_panels, thread % n_parts, n_parts, &share.jp_first, &share.jp_end);
+    split_range(m_panels, team.thread / n_parts, team.threads / n_parts, &share.ip_first, &share.ip_end);
+    split_range(n_panels, team.thread % n_parts, n_parts, &share.jp_first, &share.jp_end);
     return share;
 }
 
 /* The team packs rows [i0, i0+mb) x K block [p0, p0+kc) of op(A) into plan->a_block. */
-static void pack_a_block(const gemm_problem *pr, const gemm_plan *plan, int i0, int mb, int p0, int kc) {
+static void pack_a_block(const gemm_problem *pr, const gemm_plan *plan, gemm_team team, int i0, int mb, int p0,
+                         int kc) {
     const gemm_kernel *kernel = plan->kernel;
     int ip, ip_end;
-    split_range(ceil_div(mb, kernel->mr), omp_get_thread_num(), omp_get_num_threads(), &ip, &ip_end);
+    split_range(ceil_div(mb, kernel->mr), team.thread, team.threads, &ip, &ip_end);
     if (ip == ip_end) return;
     int row = ip * kernel->mr;
     panel_layout lay = {i0 + row, min_int(mb, ip_end * kernel->mr) - row, kernel->mr, kernel->a_width, p0, kc};
@@ -371,12 +378,12 @@ static void pack_a_block(const gemm_problem *pr, const gemm_plan *plan, int i0, 
 }
 
 /* This thread's tiles of C[i0:i0+mb, :] for one packed A block, B block by B block. */
-static void multiply_a_block(const gemm_problem *pr, const gemm_plan *plan, int i0, int mb, int p0, int kc,
-                             float beta) {
+static void multiply_a_block(const gemm_problem *pr, const gemm_plan *plan, gemm_team team, int i0, int mb,
+                             int p0, int kc, float beta) {
     const gemm_kernel *kernel = plan->kernel;
     int mr = kernel->mr, nr = kernel->nr;
-    thread_share share = share_for_thread(ceil_div(mb, mr), ceil_div(pr->N, nr));
-    float *b_block = plan->b_blocks + (size_t)omp_get_thread_num() * kc * plan->nc_block;
+    thread_share share = share_for_thread(team, ceil_div(mb, mr), ceil_div(pr->N, nr));
+    float *b_block = plan->b_blocks + (size_t)team.thread * kc * plan->nc_block;
     int panels_per_block = plan->nc_block / nr;
     for (int jb = share.jp_first; jb < share.jp_end; jb += panels_per_block) {
         int jb_end = min_int(share.jp_end, jb + panels_per_block);
@@ -394,17 +401,23 @@ static void multiply_a_block(const gemm_problem *pr, const gemm_plan *plan, int 
     }
 }
 
-/* Runs inside the parallel region: every thread walks the same (A block, K block) sequence. */
-static void gemm_blocked(const gemm_problem *pr, const gemm_plan *plan) {
+static void team_barrier(gemm_team team) {
+    if (team.threads > 1) {
+#pragma omp barrier
+    }
+}
+
+/* Every thread of the team walks the same (A block, K block) sequence. */
+static void gemm_blocked(const gemm_problem *pr, const gemm_plan *plan, gemm_team team) {
     for (int i0 = 0; i0 < pr->M; i0 += plan->mb_block) {
         int mb = min_int(plan->mb_block, pr->M - i0);
         for (int p0 = 0; p0 < pr->K; p0 += plan->kc_block) {
             int kc = min_int(plan->kc_block, pr->K - p0);
-            pack_a_block(pr, plan, i0, mb, p0, kc);
-#pragma omp barrier
-            multiply_a_block(pr, plan, i0, mb, p0, kc, p0 == 0 ? pr->beta : 1.0f);
+            pack_a_block(pr, plan, team, i0, mb, p0, kc);
+            team_barrier(team);
+            multiply_a_block(pr, plan, team, i0, mb, p0, kc, p0 == 0 ? pr->beta : 1.0f);
             /* the next K block overwrites a_block */
-#pragma omp barrier
+            team_barrier(team);
         }
     }
 }
@@ -443,10 +456,11 @@ static int plan_gemm(const gemm_problem *pr, gemm_plan *plan) {
     plan->mb_block = min_int(MB_MAX / kernel->mr, ceil_div(pr->M, kernel->mr)) * kernel->mr;
     int nc_max = B_BLOCK_FLOATS / plan->kc_block / kernel->nr * kernel->nr;
     plan->nc_block = min_int(nc_max, ceil_div(pr->N, kernel->nr) * kernel->nr);
-    double flops = (double)pr->M * pr->N * pr->K;
-    plan->threads = flops < PARALLEL_MIN_FLOPS || omp_in_parallel() ? 1 : omp_get_max_threads();
-    size_t a_floats = (size_t)plan->mb_block / kernel->mr * plan->kc_block * kernel->a_width;
-    size_t b_floats = (size_t)plan->kc_block * plan->nc_block;
+    double muladds = (double)pr->M * pr->N * pr->K;
+    plan->threads = muladds < PARALLEL_MIN_MULADDS || omp_in_parallel() ? 1 : omp_get_max_threads();
+    /* rounded to 64 bytes so that every panel is aligned for the vector loads and stores */
+    size_t a_floats = ((size_t)plan->mb_block / kernel->mr * plan->kc_block * kernel->a_width + 15) & ~(size_t)15;
+    size_t b_floats = ((size_t)plan->kc_block * plan->nc_block + 15) & ~(size_t)15;
     size_t bytes = (a_floats + b_floats * plan->threads) * sizeof(float);
     plan->a_block = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
     plan->b_blocks = plan->a_block ? plan->a_block + a_floats : NULL;
@@ -467,11 +481,16 @@ void tga_cpu_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, co
         return;
     }
     gemm_plan plan;
-    if ((double)M * N * K < UNPACKED_MAX_FLOPS || !plan_gemm(&pr, &plan)) {
+    if ((double)M * N * K < UNPACKED_MAX_MULADDS || !plan_gemm(&pr, &plan)) {
         gemm_unpacked(&pr);
         return;
     }
+    if (plan.threads == 1) {
+        /* even a one-thread parallel region costs about a microsecond */
+        gemm_blocked(&pr, &plan, (gemm_team){0, 1});
+    } else {
 #pragma omp parallel num_threads(plan.threads)
-    gemm_blocked(&pr, &plan);
+        gemm_blocked(&pr, &plan, (gemm_team){omp_get_thread_num(), omp_get_num_threads()});
+    }
     free(plan.a_block);
 }

@@ -14,10 +14,13 @@ static double row_sum_squares(const float *x, int D) {
     double lane[ROW_LANES] = {0};
     int j = 0;
     for (; j + ROW_LANES <= D; j += ROW_LANES)
-        for (int l = 0; l < ROW_LANES; l++) lane[l] += (double)x[j + l] * x[j + l];
-    for (; j < D; j++) lane[0] += (double)x[j] * x[j];
+        for (int l = 0; l < ROW_LANES; l++)
+            lane[l] += (double)x[j + l] * x[j + l];
+    for (; j < D; j++)
+        lane[0] += (double)x[j] * x[j];
     double sum = 0;
-    for (int l = 0; l < ROW_LANES; l++) sum += lane[l];
+    for (int l = 0; l < ROW_LANES; l++)
+        sum += lane[l];
     return sum;
 }
 
@@ -26,10 +29,13 @@ static double row_weighted_dot(const float *g, const float *w, const float *x, i
     double lane[ROW_LANES] = {0};
     int j = 0;
     for (; j + ROW_LANES <= D; j += ROW_LANES)
-        for (int l = 0; l < ROW_LANES; l++) lane[l] += (double)(g[j + l] * w[j + l]) * x[j + l];
-    for (; j < D; j++) lane[0] += (double)(g[j] * w[j]) * x[j];
+        for (int l = 0; l < ROW_LANES; l++)
+            lane[l] += (double)(g[j + l] * w[j + l]) * x[j + l];
+    for (; j < D; j++)
+        lane[0] += (double)(g[j] * w[j]) * x[j];
     double sum = 0;
-    for (int l = 0; l < ROW_LANES; l++) sum += lane[l];
+    for (int l = 0; l < ROW_LANES; l++)
+        sum += lane[l];
     return sum;
 }
 
@@ -37,7 +43,8 @@ static double row_weighted_dot(const float *g, const float *w, const float *x, i
 static float normalize_row(float *out, const float *x, const float *w, int D, float eps) {
     float var = (float)(row_sum_squares(x, D) / D);
     float rstd = 1.0f / sqrtf(var + eps);
-    for (int j = 0; j < D; j++) out[j] = w[j] * (x[j] * rstd);
+    for (int j = 0; j < D; j++)
+        out[j] = w[j] * (x[j] * rstd);
     return rstd;
 }
 
@@ -57,14 +64,15 @@ void tga_cpu_add_rmsnorm_forward(float *residual, const float *delta, float *out
         size_t off = (size_t)n * D;
         float *res = residual + off;
         const float *add = delta + off;
-        for (int j = 0; j < D; j++) res[j] += add[j];
+        for (int j = 0; j < D; j++)
+            res[j] += add[j];
         rstd[n] = normalize_row(out + off, res, weight, D, eps);
     }
 }
 
 /* dx = r * w * g - x * (r^3 / D) * sum_j(g_j w_j x_j), with r = rstd of the row. */
-static void rmsnorm_din(float *din, const float *dout, const float *in, const float *weight, const float *rstd,
-                        int N, int D, int accumulate_din) {
+static void rmsnorm_din(float *din, const float *dout, const float *in, const float *weight,
+                        const float *rstd, int N, int D, int accumulate_din) {
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         size_t off = (size_t)n * D;
@@ -73,9 +81,11 @@ static void rmsnorm_din(float *din, const float *dout, const float *in, const fl
         float r = rstd[n];
         float coef = (float)((double)r * r * r * row_weighted_dot(g, weight, x, D) / D);
         if (accumulate_din)
-            for (int j = 0; j < D; j++) dx[j] += r * (g[j] * weight[j]) - coef * x[j];
+            for (int j = 0; j < D; j++)
+                dx[j] += r * (g[j] * weight[j]) - coef * x[j];
         else
-            for (int j = 0; j < D; j++) dx[j] = r * (g[j] * weight[j]) - coef * x[j];
+            for (int j = 0; j < D; j++)
+                dx[j] = r * (g[j] * weight[j]) - coef * x[j];
     }
 }
 
@@ -91,9 +101,11 @@ static void rmsnorm_dweight(float *dweight, const float *dout, const float *in, 
         for (int n = 0; n < N; n++) {
             const float *g = dout + (size_t)n * D + j0, *x = in + (size_t)n * D + j0;
             float r = rstd[n];
-            for (int j = 0; j < width; j++) sum[j] += (double)(g[j] * (x[j] * r));
+            for (int j = 0; j < width; j++)
+                sum[j] += (double)(g[j] * (x[j] * r));
         }
-        for (int j = 0; j < width; j++) dweight[j0 + j] += (float)sum[j];
+        for (int j = 0; j < width; j++)
+            dweight[j0 + j] += (float)sum[j];
     }
 }
 

@@ -41,7 +41,6 @@ static tga_status load_case(const char *dir, oracle_case *c) {
     snprintf(path, sizeof path, "%s/config.yaml", dir);
     TGA_TRY(tga_config_init(&c->cfg));
     TGA_TRY(tga_config_load(&c->cfg, path));
-    TGA_TRY(tga_config_validate(&c->cfg));
     TGA_TRY(load_i32(dir, "input_ids", &c->input_ids, &c->h_ids));
     TGA_TRY(load_i32(dir, "labels", &c->labels, NULL));
     TGA_TRY(load_i32(dir, "lengths", &c->lengths, NULL));
@@ -134,6 +133,7 @@ static tga_status run(const char *dir, int recompute) {
     c.cfg.train.micro_batch = B;
     c.cfg.data.max_len = T > Tc ? T : Tc;
     c.cfg.data.image_tokens = P > 0 ? P : 1;
+    TGA_TRY(tga_config_validate(&c.cfg));
 
     tga_model_dims dims;
     tga_run_shape shape;

@@ -43,32 +43,38 @@ static void reference_step(double *p, double *m, double *v, const float *g, size
     }
 }
 
-static double rel_error_vs_double(const float *x, const double *ref, size_t n) {
+/* ||(x - base) - (ref - base)|| / ||ref - base||; base NULL means zero. */
+static double rel_error_vs_double(const float *x, const double *ref, const float *base, size_t n) {
     double num = 0, den = 0;
     for (size_t i = 0; i < n; i++) {
-        num += (x[i] - ref[i]) * (x[i] - ref[i]);
-        den += ref[i] * ref[i];
+        double b = base ? base[i] : 0.0, change = (double)x[i] - b, ref_change = ref[i] - b;
+        num += (change - ref_change) * (change - ref_change);
+        den += ref_change * ref_change;
     }
     return sqrt(num / den);
 }
 
 static void check_against_double(size_t n, const adamw_hparams *h, uint64_t *rng) {
     adamw_state s = state_new(n, rng);
+    float *param0 = tu_alloc_copy(s.param, n);
     double *p = malloc(n * sizeof *p), *m = calloc(n, sizeof *m), *v = calloc(n, sizeof *v);
-    for (size_t i = 0; i < n; i++) p[i] = s.param[i];
+    for (size_t i = 0; i < n; i++)
+        p[i] = s.param[i];
     float *g = malloc(n * sizeof *g);
     for (int step = 1; step <= STEPS; step++) {
         tu_fill_uniform(g, n, -1, 1, rng);
         tga_cpu_adamw(s.param, g, s.m, s.v, n, h->lr, h->beta1, h->beta2, h->eps, h->weight_decay, step);
         reference_step(p, m, v, g, n, h, step);
     }
-    double err = rel_error_vs_double(s.param, p, n);
-    CHECK(err <= 1e-6, "param after %d steps (n %zu, wd %g): rel err %.3g", STEPS, n, h->weight_decay, err);
-    err = rel_error_vs_double(s.m, m, n);
+    /* The change of param, not param itself: the update is small next to the value. */
+    double err = rel_error_vs_double(s.param, p, param0, n);
+    CHECK(err <= 1e-5, "param change after %d steps (n %zu, lr %g, wd %g): rel err %.3g", STEPS, n, h->lr,
+          h->weight_decay, err);
+    err = rel_error_vs_double(s.m, m, NULL, n);
     CHECK(err <= 1e-6, "exp_avg after %d steps: rel err %.3g", STEPS, err);
-    err = rel_error_vs_double(s.v, v, n);
+    err = rel_error_vs_double(s.v, v, NULL, n);
     CHECK(err <= 1e-6, "exp_avg_sq after %d steps: rel err %.3g", STEPS, err);
-    state_free(&s), free(p), free(m), free(v), free(g);
+    state_free(&s), free(param0), free(p), free(m), free(v), free(g);
 }
 
 /* Reads hyperparameters, the initial parameter and STEPS gradients from the file argv[1], runs
@@ -97,8 +103,10 @@ static const char *write_problem(const adamw_hparams *h, const float *param, con
     FILE *f = fdopen(fd, "w");
     if (!f) return NULL;
     fprintf(f, "%zu %d\n%a %a %a %a %a\n", n, STEPS, h->lr, h->beta1, h->beta2, h->eps, h->weight_decay);
-    for (size_t i = 0; i < n; i++) fprintf(f, "%a ", param[i]);
-    for (size_t i = 0; i < n * STEPS; i++) fprintf(f, "%a ", grads[i]);
+    for (size_t i = 0; i < n; i++)
+        fprintf(f, "%a ", param[i]);
+    for (size_t i = 0; i < n * STEPS; i++)
+        fprintf(f, "%a ", grads[i]);
     return fclose(f) == 0 ? path : NULL;
 }
 
@@ -110,8 +118,21 @@ static int run_torch(float *out, const char *problem_path, size_t n) {
     if (!pipe) return 0;
     size_t got = 0;
     char word[64];
-    while (got < 3 * n && fscanf(pipe, "%63s", word) == 1) out[got++] = (float)strtod(word, NULL);
+    while (got < 3 * n && fscanf(pipe, "%63s", word) == 1)
+        out[got++] = (float)strtod(word, NULL);
     return pclose(pipe) == 0 && got == 3 * n;
+}
+
+/* The same float32 operations in the same order give the same bits. This holds for torch's
+ * AVX2/AVX-512 kernels, which fuse the moment updates with FMA (those x86 builds are what this
+ * project uses); a mismatch of ~1e-7 means an operation order or a fusion changed. */
+static void check_bits(const char *what, const float *x, const float *torch_x, size_t n) {
+    size_t differ = 0;
+    for (size_t i = 0; i < n; i++)
+        differ += memcmp(&x[i], &torch_x[i], sizeof x[i]) != 0;
+    double err = tu_rel_error(x, torch_x, n);
+    CHECK(differ == 0, "vs torch.optim.AdamW, %s: %zu of %zu elements differ (rel err %.3g)", what, differ, n,
+          err);
 }
 
 static void check_against_torch(size_t n, const adamw_hparams *h, uint64_t *rng) {
@@ -123,17 +144,17 @@ static void check_against_torch(size_t n, const adamw_hparams *h, uint64_t *rng)
     int ok = path && run_torch(torch_out, path, n);
     if (path) remove(path);
     if (!ok) {
-        CHECK(0, "torch.optim.AdamW did not run: `%s -c \"import torch\"` must work (install Debian's "
-                 "python3-torch)", PYTHON);
+        CHECK(0,
+              "torch.optim.AdamW did not run: `%s -c \"import torch\"` must work (install Debian's "
+              "python3-torch)",
+              PYTHON);
     } else {
         for (int step = 1; step <= STEPS; step++)
-            tga_cpu_adamw(s.param, grads + (size_t)(step - 1) * n, s.m, s.v, n, h->lr, h->beta1, h->beta2, h->eps,
-                          h->weight_decay, step);
-        double err_p = tu_rel_error(s.param, torch_out, n), err_m = tu_rel_error(s.m, torch_out + n, n);
-        double err_v = tu_rel_error(s.v, torch_out + 2 * n, n);
-        CHECK(err_p <= 2e-7, "vs torch.optim.AdamW, param: rel err %.3g", err_p);
-        CHECK(err_m <= 2e-7, "vs torch.optim.AdamW, exp_avg: rel err %.3g", err_m);
-        CHECK(err_v <= 2e-7, "vs torch.optim.AdamW, exp_avg_sq: rel err %.3g", err_v);
+            tga_cpu_adamw(s.param, grads + (size_t)(step - 1) * n, s.m, s.v, n, h->lr, h->beta1, h->beta2,
+                          h->eps, h->weight_decay, step);
+        check_bits("param", s.param, torch_out, n);
+        check_bits("exp_avg", s.m, torch_out + n, n);
+        check_bits("exp_avg_sq", s.v, torch_out + 2 * n, n);
     }
     state_free(&s), free(grads), free(torch_out);
 }
@@ -152,11 +173,12 @@ static void rerun_portable(void) {
 
 int main(void) {
     uint64_t rng = 0xADA3;
-    const adamw_hparams decayed = {1e-3f, 0.9f, 0.999f, 1e-8f, 0.1f};
-    const adamw_hparams plain = {2e-5f, 0.9f, 0.95f, 1e-6f, 0.0f};
+    const adamw_hparams decayed = {5e-2f, 0.9f, 0.999f, 1e-8f, 0.1f};
+    const adamw_hparams plain = {1e-2f, 0.9f, 0.95f, 1e-6f, 0.0f};
+    const adamw_hparams small_lr = {2e-5f, 0.9f, 0.999f, 1e-8f, 0.01f};
     check_against_double(1000, &decayed, &rng);
     check_against_double(100003, &plain, &rng); /* above the parallel threshold */
-    check_against_torch(301, &decayed, &rng); /* one run: starting python takes ~1 s */
+    check_against_torch(301, &small_lr, &rng);  /* one run: starting python takes seconds */
     if (tga_cpu_has_avx512()) rerun_portable();
     return tu_finish(tga_cpu_has_avx512() ? "test_adamw (avx512 and portable)" : "test_adamw (portable)");
 }

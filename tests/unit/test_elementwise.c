@@ -12,11 +12,13 @@
 static void check_add_scale(size_t n, uint64_t *rng) {
     float *y = tu_alloc_uniform(n, -1, 1, rng), *x = tu_alloc_uniform(n, -1, 1, rng);
     float *ref = malloc(n * sizeof *ref);
-    for (size_t i = 0; i < n; i++) ref[i] = y[i] + x[i];
+    for (size_t i = 0; i < n; i++)
+        ref[i] = y[i] + x[i];
     tga_cpu_add_inplace(y, x, n);
     double err = tu_rel_error(y, ref, n);
     CHECK(err <= 1e-7, "add_inplace n %zu: rel err %.3g", n, err);
-    for (size_t i = 0; i < n; i++) ref[i] = (float)((double)y[i] * -0.375);
+    for (size_t i = 0; i < n; i++)
+        ref[i] = (float)((double)y[i] * -0.375);
     tga_cpu_scale_inplace(y, -0.375f, n);
     err = tu_rel_error(y, ref, n);
     CHECK(err <= 1e-7, "scale_inplace n %zu: rel err %.3g", n, err);
@@ -26,7 +28,8 @@ static void check_add_scale(size_t n, uint64_t *rng) {
 static void check_sum_squares(size_t n, uint64_t *rng) {
     float *x = tu_alloc_uniform(n, -3, 3, rng);
     double ref = 0;
-    for (size_t i = 0; i < n; i++) ref += (double)x[i] * x[i];
+    for (size_t i = 0; i < n; i++)
+        ref += (double)x[i] * x[i];
     int saved = omp_get_max_threads();
     omp_set_num_threads(1);
     double one = tga_cpu_sum_squares(x, n);

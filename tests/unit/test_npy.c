@@ -66,9 +66,10 @@ static const tga_npy_dtype all_dtypes[] = {TGA_NPY_F32, TGA_NPY_F16, TGA_NPY_F64
 static void check_header(const tga_npy_header *h, tga_npy_dtype dtype, int ndim, const int64_t *shape,
                          const char *what) {
     int64_t count = 1;
-    for (int i = 0; i < ndim; i++) count *= shape[i];
-    CHECK(h->dtype == dtype && h->ndim == ndim && h->count == count, "%s: header dtype %d ndim %d count %lld", what,
-          (int)h->dtype, h->ndim, (long long)h->count);
+    for (int i = 0; i < ndim; i++)
+        count *= shape[i];
+    CHECK(h->dtype == dtype && h->ndim == ndim && h->count == count, "%s: header dtype %d ndim %d count %lld",
+          what, (int)h->dtype, h->ndim, (long long)h->count);
     for (int i = 0; i < ndim && i < h->ndim; i++)
         CHECK(h->shape[i] == shape[i], "%s: dim %d is %lld, want %lld", what, i, (long long)h->shape[i],
               (long long)shape[i]);
@@ -82,10 +83,12 @@ static void test_raw_round_trips(uint64_t *rng) {
         for (size_t s = 0; s < sizeof ranks / sizeof ranks[0]; s++) {
             tga_npy_dtype dtype = all_dtypes[d];
             int64_t count = 1;
-            for (int i = 0; i < ranks[s]; i++) count *= shapes[s][i];
+            for (int i = 0; i < ranks[s]; i++)
+                count *= shapes[s][i];
             size_t bytes = (size_t)count * tga_npy_dtype_size(dtype);
             unsigned char *data = malloc(bytes + 1);
-            for (size_t i = 0; i < bytes; i++) data[i] = (unsigned char)tu_next(rng);
+            for (size_t i = 0; i < bytes; i++)
+                data[i] = (unsigned char)tu_next(rng);
             char what[64];
             snprintf(what, sizeof what, "%s rank %d case %zu", tga_npy_dtype_name(dtype), ranks[s], s);
             const char *path = in_tmp("round_trip.npy");
@@ -130,7 +133,8 @@ static void test_typed_conversions(uint64_t *rng) {
     int32_t *i32 = NULL;
 
     tga_error_clear();
-    CHECK(tga_npy_save(in_tmp("h.npy"), TGA_NPY_F16, halves, 1, shape) == TGA_OK, "save f16: %s", tga_error_message());
+    CHECK(tga_npy_save(in_tmp("h.npy"), TGA_NPY_F16, halves, 1, shape) == TGA_OK, "save f16: %s",
+          tga_error_message());
     CHECK(tga_npy_load_f32(in_tmp("h.npy"), &f32, &h) == TGA_OK, "f16->f32: %s", tga_error_message());
     CHECK(tga_npy_load_f64(in_tmp("h.npy"), &f64, &h) == TGA_OK, "f16->f64: %s", tga_error_message());
     for (int i = 0; f32 && f64 && i < N; i++) {
@@ -144,17 +148,20 @@ static void test_typed_conversions(uint64_t *rng) {
 
     CHECK(tga_npy_save(in_tmp("d.npy"), TGA_NPY_F64, doubles, 1, shape) == TGA_OK, "save f64");
     CHECK(tga_npy_load_f32(in_tmp("d.npy"), &f32, &h) == TGA_OK, "f64->f32: %s", tga_error_message());
-    for (int i = 0; f32 && i < N; i++) CHECK(f32[i] == floats[i], "f64 %g -> f32 %g", doubles[i], f32[i]);
+    for (int i = 0; f32 && i < N; i++)
+        CHECK(f32[i] == floats[i], "f64 %g -> f32 %g", doubles[i], f32[i]);
     free(f32);
 
     CHECK(tga_npy_save(in_tmp("f.npy"), TGA_NPY_F32, floats, 1, shape) == TGA_OK, "save f32");
     CHECK(tga_npy_load_f64(in_tmp("f.npy"), &f64, &h) == TGA_OK, "f32->f64: %s", tga_error_message());
-    for (int i = 0; f64 && i < N; i++) CHECK(f64[i] == (double)floats[i], "f32 -> f64 at %d", i);
+    for (int i = 0; f64 && i < N; i++)
+        CHECK(f64[i] == (double)floats[i], "f32 -> f64 at %d", i);
     free(f64);
 
     CHECK(tga_npy_save(in_tmp("l.npy"), TGA_NPY_I64, longs, 1, shape) == TGA_OK, "save i64");
     CHECK(tga_npy_load_i32(in_tmp("l.npy"), &i32, &h) == TGA_OK, "i64->i32: %s", tga_error_message());
-    for (int i = 0; i32 && i < N; i++) CHECK(i32[i] == longs[i], "i64 %lld -> i32 %d", (long long)longs[i], i32[i]);
+    for (int i = 0; i32 && i < N; i++)
+        CHECK(i32[i] == longs[i], "i64 %lld -> i32 %d", (long long)longs[i], i32[i]);
     free(i32);
 }
 
@@ -207,12 +214,13 @@ static void check_numpy_float_file(const char *name, int ndim, const int64_t *sh
     tga_error_clear();
     CHECK(tga_npy_load_f32(in_tmp(npy), &got, &h) == TGA_OK, "%s: %s", name, tga_error_message());
     if (got && want) {
-        CHECK(h.ndim == ndim && (size_t)h.count * sizeof(double) == ref_bytes, "%s: header ndim %d count %lld", name,
-              h.ndim, (long long)h.count);
-        for (int i = 0; i < ndim && i < h.ndim; i++) CHECK(h.shape[i] == shape[i], "%s: dim %d", name, i);
+        CHECK(h.ndim == ndim && (size_t)h.count * sizeof(double) == ref_bytes,
+              "%s: header ndim %d count %lld", name, h.ndim, (long long)h.count);
+        for (int i = 0; i < ndim && i < h.ndim; i++)
+            CHECK(h.shape[i] == shape[i], "%s: dim %d", name, i);
         for (int64_t i = 0; i < h.count && (size_t)i * sizeof(double) < ref_bytes; i++)
-            CHECK(same_value(got[i], (float)want[i]), "%s[%lld] = %g, NumPy says %g", name, (long long)i, got[i],
-                  want[i]);
+            CHECK(same_value(got[i], (float)want[i]), "%s[%lld] = %g, NumPy says %g", name, (long long)i,
+                  got[i], want[i]);
     }
     free(got);
     free(want);
@@ -232,8 +240,8 @@ static void check_numpy_int_file(const char *name, tga_npy_dtype stored) {
                                          : tga_npy_load_i32(in_tmp(npy), &ints, &h);
     CHECK(st == TGA_OK, "%s: %s", name, tga_error_message());
     if ((bytes || ints) && want) {
-        CHECK(h.dtype == stored && (size_t)h.count * sizeof(int64_t) == ref_bytes, "%s: dtype %d count %lld", name,
-              (int)h.dtype, (long long)h.count);
+        CHECK(h.dtype == stored && (size_t)h.count * sizeof(int64_t) == ref_bytes, "%s: dtype %d count %lld",
+              name, (int)h.dtype, (long long)h.count);
         for (int64_t i = 0; i < h.count && (size_t)i * sizeof(int64_t) < ref_bytes; i++) {
             int64_t value = stored == TGA_NPY_U8 ? ((uint8_t *)bytes)[i] : ints[i];
             CHECK(value == want[i], "%s[%lld] = %lld, NumPy says %lld", name, (long long)i, (long long)value,
@@ -288,10 +296,13 @@ static void test_row_streaming(void) {
         return;
     }
     float rows[8];
-    CHECK(tga_npy_read_rows_f32(f, "np_f16.npy", &h, 3, 2, rows) == TGA_OK, "rows 3..4: %s", tga_error_message());
-    for (int i = 0; i < 8; i++) CHECK(same_value(rows[i], (float)want[12 + i]), "row value %d", i);
+    CHECK(tga_npy_read_rows_f32(f, "np_f16.npy", &h, 3, 2, rows) == TGA_OK, "rows 3..4: %s",
+          tga_error_message());
+    for (int i = 0; i < 8; i++)
+        CHECK(same_value(rows[i], (float)want[12 + i]), "row value %d", i);
     CHECK(tga_npy_read_rows_f32(f, "np_f16.npy", &h, 0, 1, rows) == TGA_OK, "row 0: %s", tga_error_message());
-    for (int i = 0; i < 4; i++) CHECK(same_value(rows[i], (float)want[i]), "row 0 value %d", i);
+    for (int i = 0; i < 4; i++)
+        CHECK(same_value(rows[i], (float)want[i]), "row 0 value %d", i);
     tga_error_clear();
     CHECK(tga_npy_read_rows_f32(f, "np_f16.npy", &h, 5, 2, rows) == TGA_ERR_FORMAT, "rows past the end");
     CHECK(strstr(tga_error_message(), "np_f16.npy: rows [5, 7) requested") != NULL, "message: %s",
@@ -322,20 +333,22 @@ static void test_numpy_reads_our_files(uint64_t *rng) {
         tga_npy_dtype dtype;
         int ndim;
         int64_t shape[4];
-    } cases[] = {{"c_f32", TGA_NPY_F32, 2, {2, 3}},    {"c_f16", TGA_NPY_F16, 1, {5}},
-                 {"c_f64", TGA_NPY_F64, 0, {0}},       {"c_i32", TGA_NPY_I32, 3, {1, 2, 3}},
-                 {"c_i64", TGA_NPY_I64, 2, {0, 2}},    {"c_u8", TGA_NPY_U8, 4, {2, 1, 1, 3}}};
+    } cases[] = {{"c_f32", TGA_NPY_F32, 2, {2, 3}}, {"c_f16", TGA_NPY_F16, 1, {5}},
+                 {"c_f64", TGA_NPY_F64, 0, {0}},    {"c_i32", TGA_NPY_I32, 3, {1, 2, 3}},
+                 {"c_i64", TGA_NPY_I64, 2, {0, 2}}, {"c_u8", TGA_NPY_U8, 4, {2, 1, 1, 3}}};
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         int64_t count = 1;
-        for (int i = 0; i < cases[c].ndim; i++) count *= cases[c].shape[i];
+        for (int i = 0; i < cases[c].ndim; i++)
+            count *= cases[c].shape[i];
         size_t bytes = (size_t)count * tga_npy_dtype_size(cases[c].dtype);
         unsigned char data[64];
-        for (size_t i = 0; i < bytes; i++) data[i] = (unsigned char)tu_next(rng);
+        for (size_t i = 0; i < bytes; i++)
+            data[i] = (unsigned char)tu_next(rng);
         char name[64];
         snprintf(name, sizeof name, "%s.npy", cases[c].name);
         tga_error_clear();
-        CHECK(tga_npy_save(in_tmp(name), cases[c].dtype, data, cases[c].ndim, cases[c].shape) == TGA_OK, "save %s: %s",
-              name, tga_error_message());
+        CHECK(tga_npy_save(in_tmp(name), cases[c].dtype, data, cases[c].ndim, cases[c].shape) == TGA_OK,
+              "save %s: %s", name, tga_error_message());
         snprintf(name, sizeof name, "%s.raw", cases[c].name);
         write_bytes(in_tmp(name), data, bytes);
     }
@@ -366,7 +379,8 @@ static size_t build_file(unsigned char *out, int major, const char *dict, size_t
     memcpy(out, "\x93NUMPY", 6);
     out[6] = (unsigned char)major;
     out[7] = 0;
-    for (size_t i = 0; i < prefix - 8; i++) out[8 + i] = (unsigned char)(header_len >> (8 * i));
+    for (size_t i = 0; i < prefix - 8; i++)
+        out[8 + i] = (unsigned char)(header_len >> (8 * i));
     memcpy(out + prefix, dict, dict_len);
     memset(out + prefix + dict_len, ' ', header_len - dict_len - 1);
     out[total_header - 1] = '\n';
@@ -374,7 +388,8 @@ static size_t build_file(unsigned char *out, int major, const char *dict, size_t
     return total_header + data_bytes;
 }
 
-static void check_malformed_dict(const char *name, const char *dict, size_t data_bytes, const char *fragment) {
+static void check_malformed_dict(const char *name, const char *dict, size_t data_bytes,
+                                 const char *fragment) {
     unsigned char file[8192];
     size_t n = build_file(file, 1, dict, data_bytes);
     write_bytes(in_tmp(name), file, n);
@@ -404,7 +419,8 @@ static void test_malformed_files(void) {
     write_bytes(in_tmp("cut_header.npy"), file, 40);
     expect_error(in_tmp("cut_header.npy"), TGA_ERR_FORMAT, "truncated header");
     write_bytes(in_tmp("cut_data.npy"), file, n - 8);
-    expect_error(in_tmp("cut_data.npy"), TGA_ERR_FORMAT, "12 float32 values (48 bytes) but only 40 bytes follow");
+    expect_error(in_tmp("cut_data.npy"), TGA_ERR_FORMAT,
+                 "12 float32 values (48 bytes) but only 40 bytes follow");
     file[6] = 4;
     write_bytes(in_tmp("version.npy"), file, n);
     expect_error(in_tmp("version.npy"), TGA_ERR_FORMAT, "version 4.0");
@@ -415,35 +431,45 @@ static void test_malformed_files(void) {
     write_bytes(in_tmp("huge_header.npy"), file, n);
     expect_error(in_tmp("huge_header.npy"), TGA_ERR_FORMAT, "header length 4294967295");
 
-    check_malformed_dict("short_data.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (300, 4), }", 4000,
-                         "truncated: header declares 1200 float32 values (4800 bytes) but only 4000 bytes follow");
+    check_malformed_dict(
+        "short_data.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (300, 4), }", 4000,
+        "truncated: header declares 1200 float32 values (4800 bytes) but only 4000 bytes follow");
     check_malformed_dict("long_data.npy", good, 52, "4 unexpected bytes");
-    check_malformed_dict("fortran.npy", "{'descr': '<f4', 'fortran_order': True, 'shape': (3, 4), }", 48, "Fortran");
+    check_malformed_dict("fortran.npy", "{'descr': '<f4', 'fortran_order': True, 'shape': (3, 4), }", 48,
+                         "Fortran");
     check_malformed_dict("descr.npy", "{'descr': '<c8', 'fortran_order': False, 'shape': (3, 4), }", 96,
                          "unsupported dtype '<c8'");
     check_malformed_dict("descr_type.npy", "{'descr': 5, 'fortran_order': False, 'shape': (3, 4), }", 48,
                          "dtype string");
     check_malformed_dict("garbage.npy", "hello, world", 0, "'{'");
-    check_malformed_dict("unclosed.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4)", 48, "'}'");
-    check_malformed_dict("colon.npy", "{'descr' '<f4', 'fortran_order': False, 'shape': (3, 4), }", 48, "':'");
+    check_malformed_dict("unclosed.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4)", 48,
+                         "'}'");
+    check_malformed_dict("colon.npy", "{'descr' '<f4', 'fortran_order': False, 'shape': (3, 4), }", 48,
+                         "':'");
     check_malformed_dict("bool.npy", "{'descr': '<f4', 'fortran_order': Falsey, 'shape': (3, 4), }", 48,
                          "True or False");
-    check_malformed_dict("missing.npy", "{'descr': '<f4', 'shape': (3, 4), }", 48, "'fortran_order' is missing");
-    check_malformed_dict("unknown.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), 'x': 1}", 48,
-                         "unknown key 'x'");
-    check_malformed_dict("twice.npy", "{'descr': '<f4', 'descr': '<f4', 'fortran_order': False, 'shape': (3,)}", 12,
+    check_malformed_dict("missing.npy", "{'descr': '<f4', 'shape': (3, 4), }", 48,
+                         "'fortran_order' is missing");
+    check_malformed_dict("unknown.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), 'x': 1}",
+                         48, "unknown key 'x'");
+    check_malformed_dict("twice.npy",
+                         "{'descr': '<f4', 'descr': '<f4', 'fortran_order': False, 'shape': (3,)}", 12,
                          "appears twice");
-    check_malformed_dict("not_tuple.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (3)}", 12, "1-tuple");
-    check_malformed_dict("negative.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (-1,)}", 0, "negative");
+    check_malformed_dict("not_tuple.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (3)}", 12,
+                         "1-tuple");
+    check_malformed_dict("negative.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (-1,)}", 0,
+                         "negative");
     check_malformed_dict("nested.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': ((3,),)}", 12,
                          "non-negative integer");
-    check_malformed_dict("rank9.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (1,1,1,1,1,1,1,1,1)}", 4,
+    check_malformed_dict("rank9.npy",
+                         "{'descr': '<f4', 'fortran_order': False, 'shape': (1,1,1,1,1,1,1,1,1)}", 4,
                          "more than 8 dimensions");
     check_malformed_dict("huge_shape.npy",
                          "{'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427387904, 4)}", 0,
                          "more float32 values than a file can hold");
-    check_malformed_dict("digits.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999,)}",
-                         0, "exceeds 64 bits");
+    check_malformed_dict("digits.npy",
+                         "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999,)}", 0,
+                         "exceeds 64 bits");
     check_malformed_dict("trailing.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (3,)} x", 12,
                          "only spaces");
 
@@ -453,14 +479,16 @@ static void test_malformed_files(void) {
     float *floats = NULL;
     int32_t *ints = NULL;
     tga_error_clear();
-    CHECK(tga_npy_load_i32(in_tmp("good.npy"), &ints, &h) == TGA_ERR_FORMAT && !ints, "int load of float32 data");
+    CHECK(tga_npy_load_i32(in_tmp("good.npy"), &ints, &h) == TGA_ERR_FORMAT && !ints,
+          "int load of float32 data");
     CHECK(strstr(tga_error_message(), "expected int32 or int64 data, found float32") != NULL, "message: %s",
           tga_error_message());
     free(ints);
     n = build_file(file, 1, "{'descr': '<i4', 'fortran_order': False, 'shape': (3,)}", 12);
     write_bytes(in_tmp("ints.npy"), file, n);
     tga_error_clear();
-    CHECK(tga_npy_load_f32(in_tmp("ints.npy"), &floats, &h) == TGA_ERR_FORMAT && !floats, "float load of int32 data");
+    CHECK(tga_npy_load_f32(in_tmp("ints.npy"), &floats, &h) == TGA_ERR_FORMAT && !floats,
+          "float load of int32 data");
     CHECK(strstr(tga_error_message(), "expected float32, float16 or float64 data, found int32") != NULL,
           "message: %s", tga_error_message());
     free(floats);
@@ -469,7 +497,8 @@ static void test_malformed_files(void) {
     tga_error_clear();
     CHECK(tga_npy_save(in_tmp("too_big.npy"), TGA_NPY_F64, too_big, 1, (const int64_t[]){2}) == TGA_OK,
           "save float64");
-    CHECK(tga_npy_load_f32(in_tmp("too_big.npy"), &floats, &h) == TGA_ERR_FORMAT && !floats, "1e300 as float32");
+    CHECK(tga_npy_load_f32(in_tmp("too_big.npy"), &floats, &h) == TGA_ERR_FORMAT && !floats,
+          "1e300 as float32");
     CHECK(strstr(tga_error_message(), "does not fit in float32") != NULL, "message: %s", tga_error_message());
     free(floats);
 }
@@ -480,7 +509,8 @@ static void test_malformed_files(void) {
 static void test_header_mutations(void) {
     unsigned char file[256], mutated[256];
     size_t n = build_file(file, 1, "{'descr': '<f2', 'fortran_order': False, 'shape': (2, 3), }", 12);
-    static const unsigned char replacements[] = {0, ' ', '(', ')', '{', '}', '\'', '"', ',', ':', '-', '9', 0xff};
+    static const unsigned char replacements[] = {0,   ' ', '(', ')', '{', '}', '\'',
+                                                 '"', ',', ':', '-', '9', 0xff};
     int loaded = 0;
     for (size_t len = 0; len < n; len++) {
         write_bytes(in_tmp("mutant.npy"), file, len);
@@ -499,8 +529,8 @@ static void test_header_mutations(void) {
                   tga_status_name(st));
             if (st == TGA_OK) {
                 loaded++;
-                CHECK((size_t)h.count * tga_npy_dtype_size(h.dtype) + h.data_offset == n, "byte %zu: size mismatch",
-                      pos);
+                CHECK((size_t)h.count * tga_npy_dtype_size(h.dtype) + h.data_offset == n,
+                      "byte %zu: size mismatch", pos);
             }
             free(data);
         }
@@ -518,11 +548,13 @@ static void test_save_replaces_atomically(void) {
     CHECK(tga_npy_save(path, TGA_NPY_F32, second, 1, (const int64_t[]){3}) == TGA_OK, "second save");
     float *back = NULL;
     tga_npy_header h;
-    CHECK(tga_npy_load_f32(path, &back, &h) == TGA_OK && h.count == 3 && back[2] == 5, "the second save must win");
+    CHECK(tga_npy_load_f32(path, &back, &h) == TGA_OK && h.count == 3 && back[2] == 5,
+          "the second save must win");
     free(back);
 
     tga_error_clear();
-    CHECK(tga_npy_save(in_tmp("no_such_dir/x.npy"), TGA_NPY_F32, first, 1, (const int64_t[]){2}) == TGA_ERR_IO,
+    CHECK(tga_npy_save(in_tmp("no_such_dir/x.npy"), TGA_NPY_F32, first, 1, (const int64_t[]){2}) ==
+              TGA_ERR_IO,
           "saving into a missing directory");
     CHECK(strstr(tga_error_message(), "no_such_dir/x.npy") != NULL, "message: %s", tga_error_message());
 
@@ -542,7 +574,8 @@ static void test_save_replaces_atomically(void) {
     CHECK(strstr(tga_error_message(), "replace.npy") != NULL, "message: %s", tga_error_message());
     CHECK(!file_exists(in_tmp("replace.npy.tmp")), "the temporary file must be removed after a failure");
     back = NULL;
-    CHECK(tga_npy_load_f32(path, &back, &h) == TGA_OK && h.count == 3, "the old file must survive a failed save");
+    CHECK(tga_npy_load_f32(path, &back, &h) == TGA_OK && h.count == 3,
+          "the old file must survive a failed save");
     free(back);
     free(big);
 }
