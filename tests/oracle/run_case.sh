@@ -9,6 +9,7 @@ while [ $# -gt 0 ] && [ "$1" != "--" ]; do driver_flags+=("$1"); shift; done
 [ $# -gt 0 ] && shift
 here=$(cd "$(dirname "$0")" && pwd)
 rm -rf "$work" && mkdir -p "$work"
-/usr/bin/python3 "$here/make_case.py" --out "$work" "$@"
+python=${TGA_PYTHON:-/usr/bin/python3}
+"$python" "$here/make_case.py" --out "$work" "$@"
 "$driver" "$work" "${driver_flags[@]}"
-/usr/bin/python3 "$here/compare.py" "$work"
+"$python" "$here/compare.py" "$work"
