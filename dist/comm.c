@@ -1,7 +1,11 @@
+#define _POSIX_C_SOURCE 200809L /* clock_gettime, nanosleep */
 #include "dist/comm.h"
 
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "runtime/log.h"
 
@@ -11,14 +15,72 @@
 
 static int g_rank = 0, g_world = 1, g_local_rank = 0, g_local_world = 1, g_initialized = 0;
 
+/* ---- watchdog: the operation in flight and when it started ---- */
+static pthread_mutex_t watch_lock = PTHREAD_MUTEX_INITIALIZER;
+static const char *watch_op = NULL, *watch_what = NULL;
+static double watch_since = 0, watch_timeout = 0;
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void watch_enter(const char *op, const char *what) {
+    pthread_mutex_lock(&watch_lock);
+    watch_op = op;
+    watch_what = what;
+    watch_since = now_seconds();
+    pthread_mutex_unlock(&watch_lock);
+}
+
+static void watch_leave(void) {
+    pthread_mutex_lock(&watch_lock);
+    watch_op = NULL;
+    pthread_mutex_unlock(&watch_lock);
+}
+
+static void *watchdog_main(void *arg) {
+    (void)arg;
+    for (;;) {
+        struct timespec tick = {0, 200 * 1000 * 1000};
+        nanosleep(&tick, NULL);
+        pthread_mutex_lock(&watch_lock);
+        int expired = watch_op && now_seconds() - watch_since > watch_timeout;
+        if (expired)
+            fprintf(stderr, "[rank %d] error: watchdog: %s (%s) has not completed in %.0f s (dist.timeout); "
+                            "another rank is hung or dead; aborting the job\n",
+                    g_rank, watch_op, watch_what, watch_timeout);
+        pthread_mutex_unlock(&watch_lock);
+        if (expired) {
+            fflush(stderr);
+            tga_dist_abort(1);
+        }
+    }
+    return NULL;
+}
+
+tga_status tga_dist_watchdog_start(double timeout_s) {
+    if (timeout_s <= 0 || watch_timeout > 0) return TGA_OK;
+    watch_timeout = timeout_s;
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, watchdog_main, NULL) != 0)
+        return tga_error(TGA_ERR_DIST, "cannot start the collective watchdog thread");
+    pthread_detach(thread);
+    return TGA_OK;
+}
+
 #ifdef TGA_HAVE_MPI
 static tga_status mpi_check(int rc, const char *op, const char *what) {
+    watch_leave();
     if (rc == MPI_SUCCESS) return TGA_OK;
     char text[MPI_MAX_ERROR_STRING];
     int len = 0;
     MPI_Error_string(rc, text, &len);
     return tga_error(TGA_ERR_DIST, "rank %d: %s (%s) failed: %s", g_rank, op, what, text);
 }
+/* Every collective runs as WATCHED(call, op, what): the watchdog sees it in flight. */
+#define WATCHED(call, op, what) (watch_enter(op, what), mpi_check((call), op, what))
 #endif
 
 tga_status tga_dist_init(int *argc, char ***argv) {
@@ -62,7 +124,7 @@ int tga_dist_local_world(void) { return g_local_world; }
 
 tga_status tga_dist_barrier(const char *what) {
 #ifdef TGA_HAVE_MPI
-    if (g_world > 1) return mpi_check(MPI_Barrier(MPI_COMM_WORLD), "barrier", what);
+    if (g_world > 1) return WATCHED(MPI_Barrier(MPI_COMM_WORLD), "barrier", what);
 #endif
     (void)what;
     return TGA_OK;
@@ -73,7 +135,7 @@ tga_status tga_dist_bcast(void *buf, size_t bytes, int root, const char *what) {
     if (g_world > 1) {
         for (size_t off = 0; off < bytes;) { /* MPI counts are int */
             size_t n = bytes - off < (1u << 30) ? bytes - off : (1u << 30);
-            TGA_TRY(mpi_check(MPI_Bcast((char *)buf + off, (int)n, MPI_BYTE, root, MPI_COMM_WORLD),
+            TGA_TRY(WATCHED(MPI_Bcast((char *)buf + off, (int)n, MPI_BYTE, root, MPI_COMM_WORLD),
                               "broadcast", what));
             off += n;
         }
@@ -94,7 +156,7 @@ tga_status tga_dist_allgather(const void *send, void *recv, size_t bytes, const 
 #ifdef TGA_HAVE_MPI
     if (bytes > (size_t)1 << 30)
         return tga_error(TGA_ERR_DIST, "allgather (%s): %zu bytes per rank is over 1 GiB", what, bytes);
-    return mpi_check(MPI_Allgather(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, MPI_COMM_WORLD),
+    return WATCHED(MPI_Allgather(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, MPI_COMM_WORLD),
                      "allgather", what);
 #else
     return tga_error(TGA_ERR_INTERNAL, "allgather (%s) without MPI in a %d-rank world", what, g_world);
@@ -120,7 +182,7 @@ tga_status tga_dist_allgatherv(const void *send, void *recv, const size_t *count
         total += counts[r];
     }
     tga_status st =
-        mpi_check(MPI_Allgatherv(send, c[g_rank], MPI_BYTE, recv, c, displ, MPI_BYTE, MPI_COMM_WORLD),
+        WATCHED(MPI_Allgatherv(send, c[g_rank], MPI_BYTE, recv, c, displ, MPI_BYTE, MPI_COMM_WORLD),
                   "allgatherv", what);
     free(c);
     return st;
@@ -155,7 +217,7 @@ tga_status tga_dist_allreduce_f32(float *buf, size_t n, const char *what) {
         for (size_t off = 0; off < n;) {
             size_t k = n - off < (1u << 28) ? n - off : (1u << 28);
             TGA_TRY(
-                mpi_check(MPI_Allreduce(MPI_IN_PLACE, buf + off, (int)k, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD),
+                WATCHED(MPI_Allreduce(MPI_IN_PLACE, buf + off, (int)k, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD),
                           "allreduce", what));
             off += k;
         }

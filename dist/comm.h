@@ -40,4 +40,9 @@ tga_status tga_dist_any_failed(tga_status local, int *any_failed, const char *wh
 /* Ends every rank now (after a rank has printed why). */
 void tga_dist_abort(int exit_code);
 
+/* Starts a watchdog thread: when a collective of this rank has not completed within timeout_s
+ * seconds, it prints which rank was stuck in which operation and aborts the whole job (so a hung
+ * or stopped rank cannot leave the others waiting forever). 0 disables it. */
+tga_status tga_dist_watchdog_start(double timeout_s);
+
 #endif
