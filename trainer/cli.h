@@ -31,6 +31,7 @@ tga_status tga_cli_load_config(int argc, char **argv, tga_common_options *opts, 
 tga_status tga_cli_int_arg(int argc, char **argv, int *i, long long min, long long max, long long *out);
 
 tga_status tga_cmd_plan(int argc, char **argv);
+tga_status tga_cmd_tokenize(int argc, char **argv);
 tga_status tga_cmd_bench(int argc, char **argv);
 
 #endif

@@ -18,6 +18,11 @@ static const tga_command commands[] = {
      "  --config FILE          run config (YAML)\n"
      "  --set section.key=V    override a config key (repeatable)\n"
      "  --verbose              list every tensor", tga_cmd_plan},
+    {"tokenize", "text -> token ids on one line, or --decode ids -> the exact bytes",
+     "  --tokenizer PATH       a folder, tokenizer.json, *.gguf or a *.txt word list\n"
+     "  --file F               input (default: standard input)\n"
+     "  --decode               read ids (separated by white space), write the bytes exactly\n"
+     "  --special              recognise special-token strings (<|endoftext|>, <s>, ...)", tga_cmd_tokenize},
     {"bench", "benchmarks: `tga bench step` times training steps on synthetic batches",
      "  step --config FILE [--set ...] [--steps N] [--warmup N] [--threads N]", tga_cmd_bench},
     {"help", "list the commands, or `tga help COMMAND`, or `tga help config` for every config key", "", cmd_help},
