@@ -44,10 +44,31 @@ static void cuda_library_path(char *path, size_t size) {
     snprintf(path, size, "%s/libtga_cuda.so", exe);
 }
 
+/* A cheap probe before mapping ~1 GB of CUDA libraries: the driver library (small) must load and
+ * report at least one device. Uses the driver API through dlopen only (never linked). */
+static int gpu_present(char *why, size_t why_size) {
+    void *drv = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
+    if (!drv) {
+        snprintf(why, why_size, "no NVIDIA driver (libcuda.so.1 not found)");
+        return 0;
+    }
+    typedef int (*cu_init_fn)(unsigned);
+    typedef int (*cu_count_fn)(int *);
+    cu_init_fn cu_init;
+    cu_count_fn cu_count;
+    *(void **)(&cu_init) = dlsym(drv, "cuInit");
+    *(void **)(&cu_count) = dlsym(drv, "cuDeviceGetCount");
+    int n = 0;
+    int ok = cu_init && cu_count && cu_init(0) == 0 && cu_count(&n) == 0 && n > 0;
+    if (!ok) snprintf(why, why_size, "the NVIDIA driver reports no usable GPU");
+    return ok; /* the driver stays loaded: the CUDA runtime will use it */
+}
+
 /* Loads the CUDA backend; returns NULL with a reason when it cannot be used. The library exports
  * `const tga_ops *tga_cuda_backend_init(char *why, size_t why_size)`, which returns NULL (and a
  * reason) when no GPU is usable. */
 static const tga_ops *load_cuda(char *why, size_t why_size) {
+    if (!gpu_present(why, why_size)) return NULL;
     char path[PATH_MAX];
     cuda_library_path(path, sizeof path);
     void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
