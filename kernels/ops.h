@@ -44,6 +44,8 @@ typedef struct tga_align_args {
     float eps;          /* cosine norm clamp, as torch (1e-8) */
 } tga_align_args;
 
+#define TGA_MAX_HEAD_DIM 256
+
 typedef struct tga_ops {
     const char *name;
 
@@ -94,7 +96,8 @@ typedef struct tga_ops {
     /* ---- causal attention with grouped-query heads and per-sample lengths (right padding).
      * q/out [B,T,H,hd], k/v [B,T,KVH,hd], lse [B,H,T] (log-sum-exp of the scaled scores, saved for
      * backward). Query t of sample b sees keys j <= t with j < lengths[b]; rows t >= lengths[b]
-     * are padding: out = 0 there. Scale 1/sqrt(hd). ---- */
+     * are padding: out = 0 and lse = 0 there. Scale 1/sqrt(hd). head_dim <= 256 (TGA_MAX_HEAD_DIM)
+     * and H a multiple of KVH (the caller checks); outputs must not alias inputs. ---- */
     void (*attention_forward)(float *out, float *lse, const float *q, const float *k, const float *v,
                               const int *lengths, int B, int T, int H, int KVH, int head_dim);
     /* dq, dk, dv overwritten */
@@ -144,6 +147,16 @@ typedef struct tga_ops {
      * step is the 1-based step count after this update. ---- */
     void (*adamw)(float *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1,
                   float beta2, float eps, float weight_decay, int step);
+
+    /* ---- top-k selection (retrieval): merges each row of a score block into that row's running
+     * top-k list. scores is [n_rows, n_cols] with row stride ld; its column c is item
+     * col_offset + c. best_score/best_index [n_rows, k] keep each list sorted best first: higher
+     * score first, and of equal scores the lower index first; empty slots are (-INFINITY, -1), at
+     * the end (a new list is all empty slots). A score of -INFINITY masks its item (it never
+     * enters); scores must not be NaN. Since the order is total, each list ends as the exact top-k
+     * of all items merged into it, whatever the blocking and order of the merges. ---- */
+    void (*topk_merge)(float *best_score, int32_t *best_index, const float *scores, int n_rows, int n_cols,
+                       int ld, int32_t col_offset, int k);
 } tga_ops;
 
 /* The active backend, chosen once at start-up (runtime/backend.c). */

@@ -97,7 +97,8 @@ static tga_status check_dims(const tga_model_dims *d, const tga_run_shape *s) {
     if (!d->head_dim && d->dim % d->n_heads != 0)
         return tga_error(TGA_ERR_CONFIG, "model.dim (%d) must be a multiple of model.n_heads (%d) when "
                                          "model.head_dim is 0", d->dim, d->n_heads);
-    if (hd % 2 != 0) return tga_error(TGA_ERR_CONFIG, "model head dim %d must be even (RoPE)", hd);
+    if (hd % 2 != 0 || hd > TGA_MAX_HEAD_DIM)
+        return tga_error(TGA_ERR_CONFIG, "model head dim %d must be even (RoPE) and at most %d", hd, TGA_MAX_HEAD_DIM);
     if (s->micro_batch <= 0 || s->max_len <= 0 || s->max_images < 0 || s->image_tokens <= 0 || s->ce_chunk <= 0)
         return tga_error(TGA_ERR_CONFIG, "train.micro_batch, data.max_len, data.image_tokens and train.ce_chunk "
                                          "must be positive");

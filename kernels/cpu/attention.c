@@ -11,10 +11,11 @@
  * kv head and dq of every query head that reads it, and sums in a fixed order (query heads,
  * then query tiles, then rows), so results do not depend on the thread count.
  *
- * Vectorisation: every inner loop runs along a contiguous axis (keys of a tile, or head_dim)
- * as an elementwise multiply-add, never as a float reduction the compiler may not reorder;
- * keys are transposed into the tile buffer for that. The tile kernels are compiled for
- * baseline x86-64, AVX2+FMA and AVX-512 (target attributes) and picked at run time. */
+ * Speed: every product of two tiles is a small matrix product whose inner loop runs along
+ * contiguous rows of the right-hand operand (keys are transposed into a tile buffer for
+ * Q K^T), summed in registers; those loops and exp are compiled for SSE2 and for AVX2+FMA and
+ * picked at run time. Operands are packed into tile buffers, since rows H * hd floats apart
+ * (often a multiple of 4 KiB) all fall into the same L1 sets. */
 #include "kernels/cpu/cpu_kernels.h"
 
 #include <math.h>
@@ -22,32 +23,16 @@
 #include <string.h>
 
 enum {
-    ATTN_TILE = 64,          /* queries per tile and keys per tile */
-    ATTN_MAX_HEAD_DIM = 256, /* sizes the per-thread tile buffers (<= 360 KiB of stack) */
-    ATTN_MAX_BLOCK_COLS = 64, /* output columns per register block */
+    ATTN_TILE = 64,           /* queries per tile and keys per tile */
+    ATTN_MAX_HEAD_DIM = 256,  /* sizes the tile buffers: up to 352 KiB of stack per thread */
+    ATTN_MAX_BLOCK_COLS = 64, /* output columns summed in registers at once */
 };
 
-typedef struct attn_dims {
-    int T, H, KVH, head_dim;
-    size_t q_stride;  /* floats from one token to the next in q/out/dq/dout: H * hd */
-    size_t kv_stride; /* the same in k/v/dk/dv: KVH * hd */
-    float scale;      /* 1 / sqrt(hd) */
-} attn_dims;
-
-/* One (sample, query head), pointers at token 0 of the sample; k/v are its kv head. */
-typedef struct attn_forward_head {
-    float *out, *lse;
-    const float *q, *k, *v;
-} attn_forward_head;
-
-typedef struct attn_backward_head {
-    float *dq, *dk, *dv;
-    const float *dout, *q, *k, *v, *out, *lse;
-} attn_backward_head;
+/* ---- inner loops, compiled once per instruction set ------------------------------------------
+ * ATTN_INLINE code is inlined into the target-specific wrappers below, which is where it gets
+ * its vector width. */
 
 #define ATTN_INLINE static inline __attribute__((always_inline))
-
-static int min_int(int a, int b) { return a < b ? a : b; }
 
 /* Below this, exp underflows to 0 (the result is exactly 0 from about -87.3 on). */
 #define ATTN_EXP_MIN (-104.0f)
@@ -88,121 +73,182 @@ ATTN_INLINE void exp_shifted_row(float *row, float shift) {
         float x = row[j] - shift;
         row[j] = x < ATTN_EXP_MIN ? ATTN_EXP_MIN : x;
     }
-    for (int j = 0; j < ATTN_TILE; j++) row[j] = exp_in_range(row[j]);
-}
-
-/* dst[d][j] = rows[j][d] for the n_rows rows of a tile, zero for the rest: the keys of a tile
- * then lie along the contiguous axis of the score loops. */
-ATTN_INLINE void load_transposed(float *dst, const float *rows, size_t stride, int n_rows, int head_dim) {
-    for (int j = 0; j < n_rows; j++) {
-        for (int d = 0; d < head_dim; d++) dst[d * ATTN_TILE + j] = rows[j * stride + d];
-    }
-    for (int d = 0; d < head_dim; d++) {
-        for (int j = n_rows; j < ATTN_TILE; j++) dst[d * ATTN_TILE + j] = 0.0f;
-    }
-}
-
-/* dst[j][d] = rows[j][d] for the n_rows rows of a tile, packed: operands read along their
- * rows by the register blocks below must be contiguous, since a row stride of H * hd floats
- * (often a multiple of 4 KiB) maps every row to the same L1 sets. */
-ATTN_INLINE void load_rows(float *dst, const float *rows, size_t stride, int n_rows, int head_dim) {
-    for (int j = 0; j < n_rows; j++) memcpy(dst + j * head_dim, rows + j * stride, (size_t)head_dim * sizeof(float));
+    for (int j = 0; j < ATTN_TILE; j++)
+        row[j] = exp_in_range(row[j]);
 }
 
 /* c_row[0:width] += sum over p < k of a_row[p * a_step] * b[p * b_stride + 0:width], summed in
- * ascending p. Inlined with a constant width into a small function, the sums stay in
- * registers. */
+ * ascending p, as a plain loop that GCC vectorises at the width of the target. */
 ATTN_INLINE void accumulate_columns(float *c_row, const float *a_row, size_t a_step, const float *b,
                                     size_t b_stride, int k, int width) {
     float acc[ATTN_MAX_BLOCK_COLS];
-    for (int j = 0; j < width; j++) acc[j] = c_row[j];
+    for (int j = 0; j < width; j++)
+        acc[j] = c_row[j];
     for (int p = 0; p < k; p++) {
         float a = a_row[p * a_step];
         const float *b_row = b + p * b_stride;
-        for (int j = 0; j < width; j++) acc[j] += a * b_row[j];
+        for (int j = 0; j < width; j++)
+            acc[j] += a * b_row[j];
     }
-    for (int j = 0; j < width; j++) c_row[j] = acc[j];
+    for (int j = 0; j < width; j++)
+        c_row[j] = acc[j];
 }
 
-/* One row of C[m,n] += A[m,k] B[k,n]: columns in register blocks of block_cols, then halves of
- * it down to 8, then the rest; every element sums over p in ascending order. */
+/* The same for 8 * n_vecs columns held in GCC generic vectors of 8 floats: these stay in AVX
+ * registers for the whole sum, where the plain loop ran about 1.5x slower. SSE has no 8-float
+ * registers and GCC lowers such vectors through memory, so SSE code keeps the plain loop. */
+typedef float attn_vec __attribute__((vector_size(8 * sizeof(float))));
+typedef float attn_vec_unaligned __attribute__((vector_size(8 * sizeof(float)), aligned(4), may_alias));
+
+ATTN_INLINE void accumulate_vectors(float *c_row, const float *a_row, size_t a_step, const float *b,
+                                    size_t b_stride, int k, int n_vecs) {
+    attn_vec acc[ATTN_MAX_BLOCK_COLS / 8];
+    for (int v = 0; v < n_vecs; v++)
+        acc[v] = *(const attn_vec_unaligned *)(c_row + 8 * v);
+    for (int p = 0; p < k; p++) {
+        float a = a_row[p * a_step];
+        const float *b_row = b + p * b_stride;
+        for (int v = 0; v < n_vecs; v++)
+            acc[v] += a * *(const attn_vec_unaligned *)(b_row + 8 * v);
+    }
+    for (int v = 0; v < n_vecs; v++)
+        *(attn_vec_unaligned *)(c_row + 8 * v) = acc[v];
+}
+
+/* width is a multiple of 8 */
+ATTN_INLINE void accumulate_block(float *c_row, const float *a_row, size_t a_step, const float *b,
+                                  size_t b_stride, int k, int width, int use_vectors) {
+    if (use_vectors) {
+        accumulate_vectors(c_row, a_row, a_step, b, b_stride, k, width / 8);
+    } else {
+        accumulate_columns(c_row, a_row, a_step, b, b_stride, k, width);
+    }
+}
+
+/* One row of C[m,n] += A[m,k] B[k,n]: register blocks of block_cols (32 or 64) columns, then at
+ * most one block of 32, 16 and 8, then the rest. Each width is a constant, so each block
+ * unrolls; each element sums over p in ascending order whatever its block. */
 ATTN_INLINE void matmul_row(float *c_row, const float *a_row, size_t a_step, const float *b, size_t b_stride,
-                            int k, int n, int block_cols) {
+                            int k, int n, int block_cols, int use_vectors) {
     int c0 = 0;
     for (; c0 + block_cols <= n; c0 += block_cols) {
-        accumulate_columns(c_row + c0, a_row, a_step, b + c0, b_stride, k, block_cols);
+        accumulate_block(c_row + c0, a_row, a_step, b + c0, b_stride, k, block_cols, use_vectors);
     }
-    for (int width = block_cols / 2; width >= 8; width /= 2) {
-        if (c0 + width <= n) {
-            accumulate_columns(c_row + c0, a_row, a_step, b + c0, b_stride, k, width);
-            c0 += width;
-        }
+    if (block_cols > 32 && c0 + 32 <= n) {
+        accumulate_block(c_row + c0, a_row, a_step, b + c0, b_stride, k, 32, use_vectors);
+        c0 += 32;
+    }
+    if (c0 + 16 <= n) {
+        accumulate_block(c_row + c0, a_row, a_step, b + c0, b_stride, k, 16, use_vectors);
+        c0 += 16;
+    }
+    if (c0 + 8 <= n) {
+        accumulate_block(c_row + c0, a_row, a_step, b + c0, b_stride, k, 8, use_vectors);
+        c0 += 8;
     }
     if (c0 < n) accumulate_columns(c_row + c0, a_row, a_step, b + c0, b_stride, k, n - c0);
 }
 
-/* ---- the inner loops, compiled once per instruction set ------------------------------------ */
-
-typedef void (*matmul_row_fn)(float *c_row, const float *a_row, size_t a_step, const float *b, size_t b_stride,
-                              int k, int n);
-typedef void (*exp_row_fn)(float *row, float shift);
-
 typedef struct attn_kernels {
-    matmul_row_fn matmul_row;
-    exp_row_fn exp_shifted_row;
+    void (*matmul_row)(float *c_row, const float *a_row, size_t a_step, const float *b, size_t b_stride,
+                       int k, int n);
+    void (*exp_shifted_row)(float *row, float shift);
 } attn_kernels;
 
-/* Block widths fill half of the vector registers: 8 SSE, 8 AVX2 or 4 AVX-512 ones. */
-static void matmul_row_baseline(float *c_row, const float *a_row, size_t a_step, const float *b,
-                                size_t b_stride, int k, int n) {
-    matmul_row(c_row, a_row, a_step, b, b_stride, k, n, 32);
-}
-__attribute__((target("avx2,fma"))) static void matmul_row_avx2(float *c_row, const float *a_row, size_t a_step,
-                                                                const float *b, size_t b_stride, int k, int n) {
-    matmul_row(c_row, a_row, a_step, b, b_stride, k, n, ATTN_MAX_BLOCK_COLS);
-}
-__attribute__((target("avx512f"))) static void matmul_row_avx512(float *c_row, const float *a_row, size_t a_step,
-                                                                 const float *b, size_t b_stride, int k, int n) {
-    matmul_row(c_row, a_row, a_step, b, b_stride, k, n, ATTN_MAX_BLOCK_COLS);
+/* Register blocks take 8 of the 16 vector registers. AVX-512 CPUs run the AVX2+FMA code, which
+ * all of them support. */
+static void matmul_row_sse(float *c_row, const float *a_row, size_t a_step, const float *b, size_t b_stride,
+                           int k, int n) {
+    matmul_row(c_row, a_row, a_step, b, b_stride, k, n, 32, 0);
 }
 
-static void exp_shifted_row_baseline(float *row, float shift) { exp_shifted_row(row, shift); }
+__attribute__((target("avx2,fma"))) static void matmul_row_avx2(float *c_row, const float *a_row,
+                                                                size_t a_step, const float *b,
+                                                                size_t b_stride, int k, int n) {
+    matmul_row(c_row, a_row, a_step, b, b_stride, k, n, 64, 1);
+}
+
+static void exp_shifted_row_sse(float *row, float shift) { exp_shifted_row(row, shift); }
+
 __attribute__((target("avx2,fma"))) static void exp_shifted_row_avx2(float *row, float shift) {
     exp_shifted_row(row, shift);
 }
-__attribute__((target("avx512f"))) static void exp_shifted_row_avx512(float *row, float shift) {
-    exp_shifted_row(row, shift);
+
+static const attn_kernels kernels_sse = {matmul_row_sse, exp_shifted_row_sse};
+static const attn_kernels kernels_avx2 = {matmul_row_avx2, exp_shifted_row_avx2};
+
+/* The "scalar" level is baseline x86-64, which has SSE2. */
+static const attn_kernels *pick_kernels(void) {
+    return strcmp(tga_cpu_simd_level(), "scalar") == 0 ? &kernels_sse : &kernels_avx2;
 }
 
-static const attn_kernels kernels_baseline = {matmul_row_baseline, exp_shifted_row_baseline};
-static const attn_kernels kernels_avx2 = {matmul_row_avx2, exp_shifted_row_avx2};
-static const attn_kernels kernels_avx512 = {matmul_row_avx512, exp_shifted_row_avx512};
+/* ---- tiles ------------------------------------------------------------------------------------ */
 
-static const attn_kernels *pick_kernels(void) {
-    if (tga_cpu_has_avx512()) return &kernels_avx512;
-    if (strcmp(tga_cpu_simd_level(), "avx2") == 0) return &kernels_avx2;
-    return &kernels_baseline;
+/* Shape of one call and the inner loops picked for this CPU. */
+typedef struct attn_setup {
+    int T, H, KVH, head_dim;
+    size_t q_stride;  /* floats from one token to the next in q/out/dq/dout: H * hd */
+    size_t kv_stride; /* the same in k/v/dk/dv: KVH * hd */
+    float scale;      /* 1 / sqrt(hd) */
+    const attn_kernels *kernels;
+} attn_setup;
+
+/* One (sample, query head), pointers at token 0 of the sample; k/v are its kv head. */
+typedef struct attn_forward_head {
+    float *out, *lse;
+    const float *q, *k, *v;
+} attn_forward_head;
+
+typedef struct attn_backward_head {
+    float *dq, *dk, *dv;
+    const float *dout, *q, *k, *v, *out, *lse;
+} attn_backward_head;
+
+static int min_int(int a, int b) { return a < b ? a : b; }
+
+/* dst[j][d] = rows[j][d] for the n_rows rows of a tile, packed. */
+static void load_rows(float *dst, const float *rows, size_t stride, int n_rows, int head_dim) {
+    for (int j = 0; j < n_rows; j++)
+        memcpy(dst + j * head_dim, rows + j * stride, (size_t)head_dim * sizeof(float));
+}
+
+/* dst[d][j] = rows[j][d] for the n_rows rows of a tile, zero for the rest of its ATTN_TILE
+ * columns. */
+static void load_transposed(float *dst, const float *rows, size_t stride, int n_rows, int head_dim) {
+    for (int j = 0; j < n_rows; j++) {
+        for (int d = 0; d < head_dim; d++)
+            dst[d * ATTN_TILE + j] = rows[j * stride + d];
+    }
+    for (int d = 0; d < head_dim; d++) {
+        for (int j = n_rows; j < ATTN_TILE; j++)
+            dst[d * ATTN_TILE + j] = 0.0f;
+    }
 }
 
 /* C[m,n] += A[m,k] B[k,n] with a(i,p) = a[i * a_row_step + p * a_col_step] (so A may be read
  * transposed) and row strides for B and C. */
-static void matmul_accumulate(const attn_kernels *kern, float *c, size_t c_stride, const float *a,
-                              size_t a_row_step, size_t a_col_step, const float *b, size_t b_stride, int m, int k,
-                              int n) {
-    for (int i = 0; i < m; i++) kern->matmul_row(c + i * c_stride, a + i * a_row_step, a_col_step, b, b_stride, k, n);
+static void matmul_accumulate(const attn_setup *setup, float *c, size_t c_stride, const float *a,
+                              size_t a_row_step, size_t a_col_step, const float *b, size_t b_stride, int m,
+                              int k, int n) {
+    for (int i = 0; i < m; i++) {
+        setup->kernels->matmul_row(c + i * c_stride, a + i * a_row_step, a_col_step, b, b_stride, k, n);
+    }
 }
 
-/* scores[n_q][ATTN_TILE] = scale * rows[n_q] . keys_t, with query q0+i seeing key k0+j iff
+/* scores[n_q][ATTN_TILE] = scale * queries . keys_t, with query q0+i seeing key k0+j iff
  * k0+j <= q0+i (-inf elsewhere). Lengths need no mask: a tile only holds keys up to its last
  * query, which is a real token. */
-ATTN_INLINE void tile_scores(float *scores, const float *rows, size_t row_stride, const float *keys_t,
-                             int head_dim, int q0, int n_q, int k0, float scale, const attn_kernels *kern) {
+static void tile_scores(const attn_setup *setup, float *scores, const float *queries, size_t query_stride,
+                        const float *keys_t, int q0, int n_q, int k0) {
     memset(scores, 0, (size_t)n_q * ATTN_TILE * sizeof(float));
-    matmul_accumulate(kern, scores, ATTN_TILE, rows, row_stride, 1, keys_t, ATTN_TILE, n_q, head_dim, ATTN_TILE);
-    for (int i = 0; i < n_q * ATTN_TILE; i++) scores[i] *= scale;
+    matmul_accumulate(setup, scores, ATTN_TILE, queries, query_stride, 1, keys_t, ATTN_TILE, n_q,
+                      setup->head_dim, ATTN_TILE);
+    for (int i = 0; i < n_q * ATTN_TILE; i++)
+        scores[i] *= setup->scale;
     for (int i = 0; i < n_q; i++) {
         int visible = q0 + i - k0 + 1;
-        for (int j = visible < 0 ? 0 : visible; j < ATTN_TILE; j++) scores[i * ATTN_TILE + j] = -INFINITY;
+        for (int j = visible < 0 ? 0 : visible; j < ATTN_TILE; j++)
+            scores[i * ATTN_TILE + j] = -INFINITY;
     }
 }
 
@@ -210,26 +256,28 @@ ATTN_INLINE void tile_scores(float *scores, const float *rows, size_t row_stride
  * rescales its running sum and output to that max. Every tile holds at least one visible key
  * for every row (key tiles start at or before the query tile), so the new max is finite and
  * exp(old - new) is well defined (0 for the first tile, where old = -inf). */
-ATTN_INLINE void online_softmax_step(float *scores, float *acc, float *row_max, float *row_sum, int n_k,
-                                     int head_dim) {
+static void online_softmax_step(const attn_setup *setup, float *scores, float *out_row, float *row_max,
+                                float *row_sum, int n_k) {
     float tile_max = scores[0];
-    for (int j = 1; j < ATTN_TILE; j++) tile_max = scores[j] > tile_max ? scores[j] : tile_max;
+    for (int j = 1; j < ATTN_TILE; j++)
+        tile_max = scores[j] > tile_max ? scores[j] : tile_max;
     float new_max = tile_max > *row_max ? tile_max : *row_max;
     float rescale = expf(*row_max - new_max);
-    kern->exp_shifted_row(scores, new_max);
+    setup->kernels->exp_shifted_row(scores, new_max);
     float tile_sum = 0.0f;
-    for (int j = 0; j < n_k; j++) tile_sum += scores[j];
+    for (int j = 0; j < n_k; j++)
+        tile_sum += scores[j];
     *row_sum = *row_sum * rescale + tile_sum;
     *row_max = new_max;
-    for (int d = 0; d < head_dim; d++) acc[d] *= rescale;
+    for (int d = 0; d < setup->head_dim; d++)
+        out_row[d] *= rescale;
 }
 
 /* Query rows q0 .. q0+n_q-1 (all real tokens) of one head: out and lse. The out rows hold the
  * running unnormalised output until the last key tile. */
-ATTN_INLINE void forward_tile(const attn_forward_head *head, const attn_dims *dim, int q0, int n_q,
-                              const attn_kernels *kern) {
-    const int hd = dim->head_dim;
-    const size_t qs = dim->q_stride, kvs = dim->kv_stride;
+static void forward_tile(const attn_setup *setup, const attn_forward_head *head, int q0, int n_q) {
+    const int hd = setup->head_dim;
+    const size_t qs = setup->q_stride, kvs = setup->kv_stride;
     float keys_t[ATTN_MAX_HEAD_DIM * ATTN_TILE];
     float values[ATTN_TILE * ATTN_MAX_HEAD_DIM];
     float scores[ATTN_TILE * ATTN_TILE];
@@ -246,15 +294,16 @@ ATTN_INLINE void forward_tile(const attn_forward_head *head, const attn_dims *di
         int n_k = min_int(ATTN_TILE, key_end - k0);
         load_transposed(keys_t, head->k + k0 * kvs, kvs, n_k, hd);
         load_rows(values, head->v + k0 * kvs, kvs, n_k, hd);
-        tile_scores(scores, q, qs, keys_t, hd, q0, n_q, k0, dim->scale);
+        tile_scores(setup, scores, q, qs, keys_t, q0, n_q, k0);
         for (int i = 0; i < n_q; i++) {
-            online_softmax_step(scores + i * ATTN_TILE, out + i * qs, &row_max[i], &row_sum[i], n_k, hd);
+            online_softmax_step(setup, scores + i * ATTN_TILE, out + i * qs, &row_max[i], &row_sum[i], n_k);
         }
-        matmul_accumulate(kern, out, qs, scores, ATTN_TILE, 1, values, hd, n_q, n_k, hd); /* out += P V */
+        matmul_accumulate(setup, out, qs, scores, ATTN_TILE, 1, values, hd, n_q, n_k, hd); /* out += P V */
     }
     for (int i = 0; i < n_q; i++) {
         float inv_sum = 1.0f / row_sum[i];
-        for (int d = 0; d < hd; d++) out[i * qs + d] *= inv_sum;
+        for (int d = 0; d < hd; d++)
+            out[i * qs + d] *= inv_sum;
         head->lse[q0 + i] = row_max[i] + logf(row_sum[i]);
     }
 }
@@ -264,10 +313,9 @@ ATTN_INLINE void forward_tile(const attn_forward_head *head, const attn_dims *di
  * finished tile by tile):
  *   P = exp(S - lse), dV += P^T dO, dP = dO V^T, dS = P * (dP - D) with D = rowsum(dO * O),
  *   dQ = scale * dS K, dK += scale * dS^T Q. */
-ATTN_INLINE void backward_tile(const attn_backward_head *head, const attn_dims *dim, int q0, int n_q,
-                               const attn_kernels *kern) {
-    const int hd = dim->head_dim;
-    const size_t qs = dim->q_stride, kvs = dim->kv_stride;
+static void backward_tile(const attn_setup *setup, const attn_backward_head *head, int q0, int n_q) {
+    const int hd = setup->head_dim;
+    const size_t qs = setup->q_stride, kvs = setup->kv_stride;
     float queries[ATTN_TILE * ATTN_MAX_HEAD_DIM];
     float douts[ATTN_TILE * ATTN_MAX_HEAD_DIM];
     float keys[ATTN_TILE * ATTN_MAX_HEAD_DIM];
@@ -282,7 +330,8 @@ ATTN_INLINE void backward_tile(const attn_backward_head *head, const attn_dims *
     for (int i = 0; i < n_q; i++) {
         const float *out_row = head->out + (q0 + i) * qs;
         float dot = 0.0f;
-        for (int d = 0; d < hd; d++) dot += douts[i * hd + d] * out_row[d];
+        for (int d = 0; d < hd; d++)
+            dot += douts[i * hd + d] * out_row[d];
         delta[i] = dot;
         memset(dq + i * qs, 0, (size_t)hd * sizeof(float));
     }
@@ -292,23 +341,26 @@ ATTN_INLINE void backward_tile(const attn_backward_head *head, const attn_dims *
         load_rows(keys, head->k + k0 * kvs, kvs, n_k, hd);
         load_transposed(keys_t, head->k + k0 * kvs, kvs, n_k, hd);
         load_transposed(values_t, head->v + k0 * kvs, kvs, n_k, hd);
-        tile_scores(probs, queries, hd, keys_t, hd, q0, n_q, k0, dim->scale);
+        tile_scores(setup, probs, queries, hd, keys_t, q0, n_q, k0);
         memset(dscores, 0, (size_t)n_q * ATTN_TILE * sizeof(float));
-        matmul_accumulate(kern, dscores, ATTN_TILE, douts, hd, 1, values_t, ATTN_TILE, n_q, hd, ATTN_TILE); /* dP */
+        matmul_accumulate(setup, dscores, ATTN_TILE, douts, hd, 1, values_t, ATTN_TILE, n_q, hd,
+                          ATTN_TILE); /* dP */
         for (int i = 0; i < n_q; i++) {
             float *p = probs + i * ATTN_TILE, *ds = dscores + i * ATTN_TILE;
             /* lse >= the row max, so p <= 1 up to rounding */
-            kern->exp_shifted_row(p, head->lse[q0 + i]);
-            for (int j = 0; j < ATTN_TILE; j++) ds[j] = p[j] * (ds[j] - delta[i]) * dim->scale;
+            setup->kernels->exp_shifted_row(p, head->lse[q0 + i]);
+            for (int j = 0; j < ATTN_TILE; j++)
+                ds[j] = p[j] * (ds[j] - delta[i]) * setup->scale;
         }
         float *dv = head->dv + k0 * kvs, *dk = head->dk + k0 * kvs;
-        matmul_accumulate(kern, dv, kvs, probs, 1, ATTN_TILE, douts, hd, n_k, n_q, hd);     /* dV += P^T dO */
-        matmul_accumulate(kern, dk, kvs, dscores, 1, ATTN_TILE, queries, hd, n_k, n_q, hd); /* dK += dS^T Q */
-        matmul_accumulate(kern, dq, qs, dscores, ATTN_TILE, 1, keys, hd, n_q, n_k, hd);     /* dQ += dS K */
+        matmul_accumulate(setup, dv, kvs, probs, 1, ATTN_TILE, douts, hd, n_k, n_q, hd); /* dV += P^T dO */
+        matmul_accumulate(setup, dk, kvs, dscores, 1, ATTN_TILE, queries, hd, n_k, n_q,
+                          hd);                                                           /* dK += dS^T Q */
+        matmul_accumulate(setup, dq, qs, dscores, ATTN_TILE, 1, keys, hd, n_q, n_k, hd); /* dQ += dS K */
     }
 }
 
-/* ---- drivers -------------------------------------------------------------------------------- */
+/* ---- drivers ---------------------------------------------------------------------------------- */
 
 /* Shapes are validated by the caller; one that slipped through (head_dim beyond the tile
  * buffers, H not a multiple of KVH) must not write out of bounds, so the op fills its outputs
@@ -318,14 +370,20 @@ static int attn_shape_supported(int H, int KVH, int head_dim) {
 }
 
 static void fill_nan(float *x, size_t n) {
-    for (size_t i = 0; i < n; i++) x[i] = NAN;
+    for (size_t i = 0; i < n; i++)
+        x[i] = NAN;
 }
 
-static attn_dims make_dims(int T, int H, int KVH, int head_dim) {
-    return (attn_dims){
-        .T = T, .H = H, .KVH = KVH, .head_dim = head_dim,
-        .q_stride = (size_t)H * head_dim, .kv_stride = (size_t)KVH * head_dim,
+static attn_setup make_setup(int T, int H, int KVH, int head_dim) {
+    return (attn_setup){
+        .T = T,
+        .H = H,
+        .KVH = KVH,
+        .head_dim = head_dim,
+        .q_stride = (size_t)H * head_dim,
+        .kv_stride = (size_t)KVH * head_dim,
         .scale = 1.0f / sqrtf((float)head_dim),
+        .kernels = pick_kernels(),
     };
 }
 
@@ -343,47 +401,51 @@ void tga_cpu_attention_forward(float *out, float *lse, const float *q, const flo
         fill_nan(lse, rows);
         return;
     }
-    const attn_dims dim = make_dims(T, H, KVH, head_dim);
-    const forward_tile_fn run_tile = pick_forward_tile();
+    const attn_setup setup = make_setup(T, H, KVH, head_dim);
     const int group = H / KVH, tiles = (T + ATTN_TILE - 1) / ATTN_TILE;
     const long tasks = (long)B * H * tiles;
     /* dynamic: later query tiles see more keys */
 #pragma omp parallel for schedule(dynamic)
     for (long task = 0; task < tasks; task++) {
-        int b = (int)(task / ((long)H * tiles)), h = (int)(task / tiles % H), q0 = (int)(task % tiles) * ATTN_TILE;
-        size_t q_origin = (size_t)b * T * dim.q_stride + (size_t)h * head_dim;
-        size_t kv_origin = (size_t)b * T * dim.kv_stride + (size_t)(h / group) * head_dim;
+        int b = (int)(task / ((long)H * tiles)), h = (int)(task / tiles % H),
+            q0 = (int)(task % tiles) * ATTN_TILE;
+        size_t q_origin = (size_t)b * T * setup.q_stride + (size_t)h * head_dim;
+        size_t kv_origin = (size_t)b * T * setup.kv_stride + (size_t)(h / group) * head_dim;
         attn_forward_head head = {
-            .out = out + q_origin, .lse = lse + ((size_t)b * H + h) * T,
-            .q = q + q_origin, .k = k + kv_origin, .v = v + kv_origin,
+            .out = out + q_origin,
+            .lse = lse + ((size_t)b * H + h) * T,
+            .q = q + q_origin,
+            .k = k + kv_origin,
+            .v = v + kv_origin,
         };
         int q_end = min_int(q0 + ATTN_TILE, T);
         int real_end = min_int(q_end, sample_length(lengths, b, T));
-        if (real_end > q0) run_tile(&head, &dim, q0, real_end - q0);
+        if (real_end > q0) forward_tile(&setup, &head, q0, real_end - q0);
         for (int t = real_end > q0 ? real_end : q0; t < q_end; t++) {
-            memset(head.out + t * dim.q_stride, 0, (size_t)head_dim * sizeof(float));
+            memset(head.out + t * setup.q_stride, 0, (size_t)head_dim * sizeof(float));
             head.lse[t] = 0.0f;
         }
     }
 }
 
-/* dk/dv of kv head g of sample b, and dq of the query heads that read it. */
-static void backward_kv_head(const attn_backward_head *kv_head, const attn_dims *dim, int n, int g,
-                             backward_tile_fn run_tile) {
-    const int hd = dim->head_dim, group = dim->H / dim->KVH;
-    for (int t = 0; t < dim->T; t++) {
-        memset(kv_head->dk + t * dim->kv_stride, 0, (size_t)hd * sizeof(float));
-        memset(kv_head->dv + t * dim->kv_stride, 0, (size_t)hd * sizeof(float));
+/* dk/dv of kv head g of one sample with n real tokens, and dq of the query heads that read it. */
+static void backward_kv_head(const attn_setup *setup, const attn_backward_head *sample, int n, int g) {
+    const int hd = setup->head_dim, group = setup->H / setup->KVH;
+    for (int t = 0; t < setup->T; t++) {
+        memset(sample->dk + t * setup->kv_stride, 0, (size_t)hd * sizeof(float));
+        memset(sample->dv + t * setup->kv_stride, 0, (size_t)hd * sizeof(float));
     }
     for (int h = g * group; h < (g + 1) * group; h++) {
-        attn_backward_head head = *kv_head;
+        attn_backward_head head = *sample;
         head.dq += (size_t)h * hd;
         head.dout += (size_t)h * hd;
         head.q += (size_t)h * hd;
         head.out += (size_t)h * hd;
-        head.lse += (size_t)h * dim->T;
-        for (int q0 = 0; q0 < n; q0 += ATTN_TILE) run_tile(&head, dim, q0, min_int(ATTN_TILE, n - q0));
-        for (int t = n; t < dim->T; t++) memset(head.dq + t * dim->q_stride, 0, (size_t)hd * sizeof(float));
+        head.lse += (size_t)h * setup->T;
+        for (int q0 = 0; q0 < n; q0 += ATTN_TILE)
+            backward_tile(setup, &head, q0, min_int(ATTN_TILE, n - q0));
+        for (int t = n; t < setup->T; t++)
+            memset(head.dq + t * setup->q_stride, 0, (size_t)hd * sizeof(float));
     }
 }
 
@@ -398,19 +460,25 @@ void tga_cpu_attention_backward(float *dq, float *dk, float *dv, const float *do
         fill_nan(dv, kv_elems);
         return;
     }
-    const attn_dims dim = make_dims(T, H, KVH, head_dim);
-    const backward_tile_fn run_tile = pick_backward_tile();
+    const attn_setup setup = make_setup(T, H, KVH, head_dim);
     const long tasks = (long)B * KVH;
 #pragma omp parallel for schedule(dynamic)
     for (long task = 0; task < tasks; task++) {
         int b = (int)(task / KVH), g = (int)(task % KVH);
-        size_t q_origin = (size_t)b * T * dim.q_stride;
-        size_t kv_origin = (size_t)b * T * dim.kv_stride + (size_t)g * head_dim;
-        attn_backward_head kv_head = {
-            .dq = dq + q_origin, .dk = dk + kv_origin, .dv = dv + kv_origin,
-            .dout = dout + q_origin, .q = q + q_origin, .k = k + kv_origin, .v = v + kv_origin,
-            .out = out + q_origin, .lse = lse + (size_t)b * H * T,
+        size_t q_origin = (size_t)b * T * setup.q_stride;
+        size_t kv_origin = (size_t)b * T * setup.kv_stride + (size_t)g * head_dim;
+        /* q-side pointers at head 0 of the sample; backward_kv_head offsets them per head */
+        attn_backward_head sample = {
+            .dq = dq + q_origin,
+            .dk = dk + kv_origin,
+            .dv = dv + kv_origin,
+            .dout = dout + q_origin,
+            .q = q + q_origin,
+            .k = k + kv_origin,
+            .v = v + kv_origin,
+            .out = out + q_origin,
+            .lse = lse + (size_t)b * H * T,
         };
-        backward_kv_head(&kv_head, &dim, sample_length(lengths, b, T), g, run_tile);
+        backward_kv_head(&setup, &sample, sample_length(lengths, b, T), g);
     }
 }
