@@ -9,6 +9,7 @@
 
 typedef struct tga_command {
     const char *name;
+    int uses_mpi; /* 1: runs under mpirun (MPI is initialised first) */
     const char *summary;
     const char *usage; /* options, one per line */
     tga_status (*run)(int argc, char **argv);
@@ -32,6 +33,7 @@ tga_status tga_cli_int_arg(int argc, char **argv, int *i, long long min, long lo
 
 tga_status tga_cmd_plan(int argc, char **argv);
 tga_status tga_cmd_tokenize(int argc, char **argv);
+tga_status tga_cmd_train(int argc, char **argv);
 tga_status tga_cmd_bench(int argc, char **argv);
 
 #endif

@@ -36,6 +36,7 @@ typedef enum {
     TGA_TEMPLATE_CHATML = 4,
 } tga_chat_template;
 typedef enum { TGA_DEVICE_AUTO = 0, TGA_DEVICE_CPU = 1, TGA_DEVICE_CUDA = 2 } tga_device_request;
+typedef enum { TGA_GRAD_SYNC_ORDERED = 0, TGA_GRAD_SYNC_ALLREDUCE = 1 } tga_grad_sync_choice;
 
 typedef struct tga_config {
     struct {
@@ -64,6 +65,10 @@ typedef struct tga_config {
         int64_t log_every, eval_every;
         tga_cfg_string out_dir, init_from;
         int64_t ce_chunk;
+        tga_grad_sync_choice grad_sync;
+        int64_t checkpoint_every;
+        double checkpoint_minutes;
+        int64_t keep_last, keep_every;
     } train;
     struct {
         tga_align_mode mode;
@@ -79,6 +84,7 @@ typedef struct tga_config {
         tga_device_request device;
         int64_t threads; /* 0 = OpenMP's default */
         tga_log_level log_level;
+        double collective_timeout;
     } runtime;
 } tga_config;
 

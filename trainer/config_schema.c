@@ -29,7 +29,8 @@
 _Static_assert(sizeof(tga_projector_type) == sizeof(int) && sizeof(tga_trainable_set) == sizeof(int) &&
                    sizeof(tga_lr_schedule) == sizeof(int) && sizeof(tga_nonfinite_policy) == sizeof(int) &&
                    sizeof(tga_align_mode) == sizeof(int) && sizeof(tga_chat_template) == sizeof(int) &&
-                   sizeof(tga_device_request) == sizeof(int) && sizeof(tga_log_level) == sizeof(int),
+                   sizeof(tga_device_request) == sizeof(int) && sizeof(tga_log_level) == sizeof(int) &&
+                   sizeof(tga_grad_sync_choice) == sizeof(int),
                "enum config fields must be int-sized");
 
 enum { OPEN_MIN = TGA_CFG_MIN_OPEN, OPEN_MAX = TGA_CFG_MAX_OPEN, CLOSED = 0 };
@@ -79,6 +80,12 @@ static const tga_cfg_key schema[] = {
     STRING(train, init_from, "", "Checkpoint or model file to start from; empty = random init."),
     INT(train, ce_chunk, "64", 1, 1 << 20,
         "Rows per LM-head chunk in the cross-entropy (bounds logits memory)."),
+    ENUM(train, grad_sync, tga_grad_sync_choice, "ordered", "ordered|allreduce",
+         "Gradient sync across ranks: ordered = bitwise identical for 1, 2, 4 ranks; allreduce = faster."),
+    INT(train, checkpoint_every, "0", 0, 1e9, "Save a checkpoint every this many steps (and at the end); 0 = only at the end."),
+    FLOAT(train, checkpoint_minutes, "0", 0, 1e6, CLOSED, "Also save when this many minutes passed since the last save; 0 = off."),
+    INT(train, keep_last, "3", 1, 1e6, "Keep the newest this many checkpoints."),
+    INT(train, keep_every, "0", 0, 1e9, "Also keep every checkpoint whose step is a multiple of this; 0 = none."),
 
     ENUM(tga, mode, tga_align_mode, "intended", "intended|released|off",
          "Alignment loss: intended = differentiable, released = upstream (logged, no gradient), off."),
@@ -103,6 +110,8 @@ static const tga_cfg_key schema[] = {
          "Backend: auto = CUDA when available."),
     INT(runtime, threads, "0", 0, 4096, "CPU threads; 0 = OpenMP's default."),
     ENUM(runtime, log_level, tga_log_level, "info", "debug|info|warn|error", "Least severe message logged."),
+    FLOAT(runtime, collective_timeout, "600", 0, 1e7, CLOSED,
+          "Abort the job when a collective has not completed in this many seconds (a hung rank); 0 = off."),
 };
 
 static const size_t schema_count = sizeof schema / sizeof schema[0];

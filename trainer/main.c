@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "dist/comm.h"
 #include "runtime/backend.h"
 #include "runtime/error.h"
 #include "trainer/cli.h"
@@ -14,19 +15,25 @@ static tga_status cmd_help(int argc, char **argv);
 static tga_status cmd_version(int argc, char **argv);
 
 static const tga_command commands[] = {
-    {"plan", "print the memory plan of a config without allocating it",
+    {"train", 1, "train (lm, stage1, stage2) on one rank or under mpirun; resumes from the newest checkpoint",
+     "  --config FILE          run config (YAML); --set section.key=V overrides a key (repeatable)\n"
+     "  --resume auto|none     continue from the newest complete, verified checkpoint (default auto)\n"
+     "  --fresh                start from step 0 even when checkpoints exist\n"
+     "  --dry-run              validate everything and print the memory plan; allocate nothing\n"
+     "  --device auto|cpu|cuda, --threads N", tga_cmd_train},
+    {"plan", 0, "print the memory plan of a config without allocating it",
      "  --config FILE          run config (YAML)\n"
      "  --set section.key=V    override a config key (repeatable)\n"
      "  --verbose              list every tensor", tga_cmd_plan},
-    {"tokenize", "text -> token ids on one line, or --decode ids -> the exact bytes",
+    {"tokenize", 0, "text -> token ids on one line, or --decode ids -> the exact bytes",
      "  --tokenizer PATH       a folder, tokenizer.json, *.gguf or a *.txt word list\n"
      "  --file F               input (default: standard input)\n"
      "  --decode               read ids (separated by white space), write the bytes exactly\n"
      "  --special              recognise special-token strings (<|endoftext|>, <s>, ...)", tga_cmd_tokenize},
-    {"bench", "benchmarks: `tga bench step` times training steps on synthetic batches",
+    {"bench", 0, "benchmarks: `tga bench step` times training steps on synthetic batches",
      "  step --config FILE [--set ...] [--steps N] [--warmup N] [--threads N]", tga_cmd_bench},
-    {"help", "list the commands, or `tga help COMMAND`, or `tga help config` for every config key", "", cmd_help},
-    {"version", "print the version, commit and compiled backends (also --version)", "", cmd_version},
+    {"help", 0, "list the commands, or `tga help COMMAND`, or `tga help config` for every config key", "", cmd_help},
+    {"version", 0, "print the version, commit and compiled backends (also --version)", "", cmd_version},
 };
 static const int n_commands = (int)(sizeof commands / sizeof commands[0]);
 
@@ -64,11 +71,17 @@ int main(int argc, char **argv) {
     if (strcmp(name, "--help") == 0 || strcmp(name, "-h") == 0) name = "help";
     for (int i = 0; i < n_commands; i++) {
         if (strcmp(name, commands[i].name) != 0) continue;
-        tga_status st = commands[i].run(argc - 2, argv + 2);
+        tga_status st = commands[i].uses_mpi ? tga_dist_init(&argc, &argv) : TGA_OK;
+        if (st == TGA_OK) st = commands[i].run(argc - 2, argv + 2);
         if (st != TGA_OK) {
+            if (tga_dist_world() > 1) fprintf(stderr, "[rank %d] ", tga_dist_rank());
             fprintf(stderr, "tga %s: %s: %s\n", commands[i].name, tga_status_name(st), tga_error_message());
+            fflush(stderr);
+            /* Exit without MPI_Finalize: ranks still waiting in a collective cannot finish one, and
+             * mpirun ends the whole job when a rank exits non-zero, so no rank is left hanging. */
             return tga_status_exit_code(st);
         }
+        if (commands[i].uses_mpi) tga_dist_finalize();
         return 0;
     }
     fprintf(stderr, "tga: unknown command '%s' (`tga help` lists the commands)\n", name);

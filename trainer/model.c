@@ -434,6 +434,11 @@ void tga_model_zero_grads(tga_model *m) {
     if (bytes) OPS->zero(m->buf[TGA_MEM_GRADS], bytes);
 }
 
+float *tga_model_grad_buffer(tga_model *m, size_t *n) {
+    *n = m->plan.kind_numel[TGA_MEM_GRADS];
+    return m->buf[TGA_MEM_GRADS];
+}
+
 /* ---- forward ------------------------------------------------------------------------------ */
 
 /* One decoder layer: x_out = x_in + attn(norm(x_in)); x_out += mlp(norm(x_out)).
@@ -676,7 +681,8 @@ static void projector_backward(tga_model *m, const tga_batch *b) {
 static tga_status check_batch(const tga_model *m, const tga_batch *b) {
     const tga_run_shape *s = &m->shape;
     if (b->B < 1 || b->B > s->micro_batch || b->T < 1 || b->T > s->max_len || b->n_images < 0 ||
-        b->n_images > s->max_images || (m->align.mode != TGA_ALIGN_OFF && (b->Tc < 1 || b->Tc > s->max_len)))
+        b->n_images > s->max_images ||
+        (m->align.mode != TGA_ALIGN_OFF && b->n_images > 0 && (b->Tc < 1 || b->Tc > s->max_len)))
         return tga_error(TGA_ERR_INTERNAL, "batch of %d x %d (captions %d, %d images) exceeds the planned %d x %d "
                                            "(%d images)", b->B, b->T, b->Tc, b->n_images, s->micro_batch,
                          s->max_len, s->max_images);

@@ -115,6 +115,9 @@ size_t tga_model_numel(const tga_model *m, int trainable_only);
  * projector as torch's nn.Linear default (uniform +-1/sqrt(fan_in)). */
 void tga_model_init_random(tga_model *m, uint64_t seed, float std);
 void tga_model_zero_grads(tga_model *m);
+/* The gradients of all trainable parameters as one flat buffer (device memory), *n floats long
+ * including alignment padding between tensors (zero there). */
+float *tga_model_grad_buffer(tga_model *m, size_t *n);
 
 /* One micro-batch: text branch (no gradient) for the TGA targets, multimodal forward, losses, and
  * (with_backward) the backward pass, accumulating into the trainable parameters' gradients. */

@@ -1,0 +1,725 @@
+/* `tga train`: data-parallel training over MPI ranks.
+ *
+ * One optimizer step: the loader hands each rank its grad_accum micro-batches and the global
+ * batch's loss denominators; each micro-batch runs the caption branch, forward and backward; the
+ * gradient sync sums the micro-batch gradients over all ranks (ordered: bitwise identical for 1, 2,
+ * 4 ranks); the optimizer clips and applies AdamW. Checkpoints (runtime/ckpt.h) hold the trainable
+ * parameters, the AdamW moments and update count, the loader position, the step and the effective
+ * config, and the identity of the frozen base the run started from; a resumed run continues
+ * bit for bit, also on another number of ranks with the same global batch. */
+#define _POSIX_C_SOURCE 200809L /* sigaction, clock_gettime, mkdir */
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <omp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dist/comm.h"
+#include "dist/grad_sync.h"
+#include "kernels/ops.h"
+#include "runtime/backend.h"
+#include "runtime/ckpt.h"
+#include "runtime/log.h"
+#include "trainer/cli.h"
+#include "trainer/loader.h"
+#include "trainer/setup.h"
+
+/* ---- signals: SIGTERM / SIGUSR1 (SLURM preemption) ask for a checkpoint and a clean exit ---- */
+static volatile sig_atomic_t stop_requested = 0;
+static void on_stop_signal(int sig) { stop_requested = sig; }
+
+static void install_signal_handlers(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+}
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ---- batch geometry ------------------------------------------------------------------------- */
+
+/* Global batch = micro-batch x grad_accum x world: any two given, the third derived. */
+static tga_status derive_batch(tga_config *cfg, int world) {
+    long long m = cfg->train.micro_batch, a = cfg->train.grad_accum, g = cfg->train.global_batch;
+    if (a == 0 && g == 0) a = 1;
+    if (g == 0) g = m * a * world;
+    if (a == 0) {
+        if (g % (m * world) != 0)
+            return tga_error(TGA_ERR_CONFIG, "train.global_batch %lld is not a multiple of train.micro_batch %lld x "
+                                             "%d ranks", g, m, world);
+        a = g / (m * world);
+    }
+    if (m * a * world != g)
+        return tga_error(TGA_ERR_CONFIG, "train.global_batch %lld != train.micro_batch %lld x train.grad_accum %lld x "
+                                         "%d ranks", g, m, a, world);
+    cfg->train.grad_accum = a;
+    cfg->train.global_batch = g;
+    return TGA_OK;
+}
+
+/* ---- FLOPs and MFU ---------------------------------------------------------------------------- */
+
+/* Peak dense bf16 TFLOP/s by device name (substring match); the CPU has no entry ("n/a"). */
+static double device_peak_tflops(const char *device) {
+    static const struct { const char *name; double tflops; } table[] = {
+        {"H200", 989.0}, {"H100", 989.0}, {"A100", 312.0}, {"L40S", 362.0}, {"A10", 125.0},
+    };
+    for (size_t i = 0; i < sizeof table / sizeof *table; i++)
+        if (strstr(device, table[i].name)) return table[i].tflops;
+    return 0;
+}
+
+/* FLOPs of one micro-batch: a frozen decoder costs ~4 N per token (forward 2N + activation
+ * gradients 2N), a trainable one 6 N, plus causal attention (QK^T and PV: 2 * 2 * T^2/2 * d per
+ * layer forward, twice that again backward), plus the caption branch's forward. */
+static double micro_batch_flops(const tga_config *cfg, const tga_batch *b, double n_llm, double n_proj) {
+    int trainable_llm = cfg->train.trainable != TGA_TRAIN_STAGE1;
+    double per_token = (trainable_llm ? 6.0 : 4.0) * n_llm, flops = 0;
+    double qd = (double)cfg->model.n_heads * (double)tga_config_head_dim(cfg), L = (double)cfg->model.n_layers;
+    for (int s = 0; s < b->B; s++) {
+        double T = b->lengths[s];
+        flops += per_token * T + L * 3.0 * 2.0 * T * T * qd; /* attention fwd (2 T^2 d) + bwd (2x) */
+        if (cfg->tga.mode != TGA_ALIGN_OFF && b->cap_lengths) {
+            double Tc = b->cap_lengths[s];
+            flops += 2.0 * n_llm * Tc + L * 2.0 * Tc * Tc * qd;
+        }
+    }
+    flops += 6.0 * n_proj * (double)b->n_images * cfg->data.image_tokens;
+    return flops;
+}
+
+/* ---- the run ---------------------------------------------------------------------------------- */
+
+typedef struct run {
+    tga_config cfg;
+    char run_dir[600];
+    int rank, world;
+    tga_model *model;
+    tga_loader *loader, *eval_loader;
+    tga_align_config align;
+    tga_optim_config optim;
+    tga_grad_sync *sync;
+    float *grad_sum; /* host: the synced gradient (n_grad floats) */
+    float *leaf_buf; /* host: one micro-batch's gradient, as downloaded */
+    size_t n_grad;
+    long long step, adam_updates;
+    char base_params[800]; /* params.tgat of the checkpoint the frozen base came from ("" = random init) */
+    FILE *metrics;
+    /* per step */
+    const tga_loader_step *cur;
+    tga_step_scalars scalars;
+    tga_losses sum;
+    double flops;
+    double n_llm, n_proj;
+} run;
+
+static tga_status leaf_micro_batch(void *ctx, int index, const float **grad) {
+    run *r = ctx;
+    tga_model_zero_grads(r->model);
+    tga_losses l;
+    const tga_batch *b = &r->cur->micro[index];
+    TGA_TRY(tga_model_forward_backward(r->model, b, &r->align, &r->scalars, 1, &l));
+    r->sum.ce += l.ce;
+    r->sum.ce_sum += l.ce_sum;
+    r->sum.pair += l.pair;
+    r->sum.rank += l.rank;
+    r->sum.n_align_layers = l.n_align_layers;
+    for (int j = 0; j < l.n_align_layers; j++) r->sum.cos_vc_sum[j] += l.cos_vc_sum[j];
+    r->sum.cos_count += l.cos_count;
+    r->flops += micro_batch_flops(&r->cfg, b, r->n_llm, r->n_proj);
+    size_t n;
+    float *g = tga_model_grad_buffer(r->model, &n);
+    OPS->download(r->leaf_buf, g, n * sizeof(float));
+    *grad = r->leaf_buf;
+    return TGA_OK;
+}
+
+/* A run that was never stopped and one that restarts here must load the same frozen weights:
+ * the base is a checkpoint's params.tgat (verified by size + XXH64) or a random init by seed. */
+static tga_status load_params_file(run *r, const char *path, int only_missing_ok) {
+    tga_ckpt_reader *rd;
+    TGA_TRY(tga_ckpt_reader_open(&rd, path));
+    int loaded = 0;
+    tga_status st = TGA_OK;
+    for (int i = 0; i < tga_model_param_count(r->model) && st == TGA_OK; i++) {
+        tga_param *p = tga_model_param(r->model, i);
+        if (!tga_ckpt_reader_find(rd, p->name)) continue;
+        float *host = malloc(p->numel * sizeof(float));
+        if (!host) {
+            st = tga_error(TGA_ERR_NOMEM, "out of memory loading %s", p->name);
+            break;
+        }
+        int64_t shape[2] = {p->shape[0], p->shape[1]};
+        st = tga_ckpt_read_tensor(rd, p->name, TGA_CKPT_F32, p->ndim, shape, host);
+        if (st == TGA_OK) OPS->upload(p->data, host, p->numel * sizeof(float));
+        free(host);
+        loaded++;
+    }
+    tga_ckpt_reader_close(rd);
+    if (st == TGA_OK && loaded == 0 && !only_missing_ok)
+        return tga_error(TGA_ERR_FORMAT, "%s holds none of this model's parameters (a different model?)", path);
+    return st;
+}
+
+/* init_from: a checkpoint directory (step-N) or a run directory (its newest complete checkpoint).
+ * A checkpoint whose own run started from another one (state.json "base") loads that first, so
+ * stage 2 from a stage-1 run also gets the lm-pretrained decoder the stage-1 run was built on. */
+static tga_status resolve_checkpoint_dir(const char *path, char *out, size_t size) {
+    char probe[800];
+    snprintf(probe, sizeof probe, "%s/DONE", path);
+    if (access(probe, F_OK) == 0) {
+        snprintf(out, size, "%s", path);
+        return TGA_OK;
+    }
+    int64_t step;
+    int found;
+    TGA_TRY(tga_ckpt_find_latest(path, &step, &found));
+    if (!found) return tga_error(TGA_ERR_CONFIG, "train.init_from %s: not a checkpoint and no complete checkpoint in it", path);
+    return tga_ckpt_path(path, step, NULL, out, size);
+}
+
+static tga_status load_base_chain(run *r, const char *init_from, int depth) {
+    if (depth > 8) return tga_error(TGA_ERR_FORMAT, "train.init_from: the chain of base checkpoints is too deep (a cycle?)");
+    char dir[700], params[800];
+    TGA_TRY(resolve_checkpoint_dir(init_from, dir, sizeof dir));
+    void *state = NULL;
+    size_t n;
+    TGA_TRY(tga_ckpt_read_blob(dir, "state.json", 1 << 20, &state, &n));
+    json_error_t err;
+    json_t *j = json_loads(state, 0, &err);
+    free(state);
+    if (!j) return tga_error(TGA_ERR_FORMAT, "%s/state.json: %s (line %d)", dir, err.text, err.line);
+    const char *base = json_string_value(json_object_get(j, "base"));
+    tga_status st = base && *base ? load_base_chain(r, base, depth + 1) : TGA_OK;
+    json_decref(j);
+    TGA_TRY(st);
+    snprintf(params, sizeof params, "%s/params.tgat", dir);
+    TGA_TRY(load_params_file(r, params, 0));
+    if (depth == 0) snprintf(r->base_params, sizeof r->base_params, "%s", params);
+    return TGA_OK;
+}
+
+/* ---- checkpoints ------------------------------------------------------------------------------ */
+
+static tga_status write_state_blob(run *r, tga_ckpt_writer *w) {
+    tga_loader_position p = tga_loader_tell(r->loader);
+    json_t *j = json_pack("{s:I,s:I,s:I,s:i,s:s,s:{s:I,s:I,s:I,s:I,s:I,s:I,s:i,s:i}}", "step", (json_int_t)r->step,
+                          "adam_updates", (json_int_t)r->adam_updates, "seed", (json_int_t)r->cfg.train.seed,
+                          "world_size", r->world, "base", r->cfg.train.init_from, "loader", "epoch",
+                          (json_int_t)p.epoch, "step_in_epoch", (json_int_t)p.step_in_epoch, "global_step",
+                          (json_int_t)p.global_step, "n_samples", (json_int_t)p.n_samples, "global_batch",
+                          (json_int_t)p.global_batch, "seed", (json_int_t)p.seed, "shuffle", p.shuffle, "mode", p.mode);
+    char *text = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_decref(j);
+    if (!text) return tga_error(TGA_ERR_NOMEM, "out of memory for state.json");
+    tga_status st = tga_ckpt_write_blob(w, "state.json", text, strlen(text));
+    free(text);
+    return st;
+}
+
+static tga_status write_config_blob(run *r, tga_ckpt_writer *w) {
+    char *buf = NULL;
+    size_t n = 0;
+    FILE *mem = open_memstream(&buf, &n);
+    if (!mem) return tga_error(TGA_ERR_NOMEM, "out of memory for config.yaml");
+    tga_status st = tga_config_write(&r->cfg, mem);
+    fclose(mem);
+    if (st == TGA_OK) st = tga_ckpt_write_blob(w, "config.yaml", buf, n);
+    free(buf);
+    return st;
+}
+
+/* Trainable parameters and AdamW moments: every rank holds the same values (the sync makes the
+ * gradients identical), so rank 0 writes them. */
+static tga_status write_tensors(run *r, tga_ckpt_writer *w, const char *file, int which) {
+    TGA_TRY(tga_ckpt_tensors_begin(w, file, tga_ckpt_default_codec()));
+    for (int i = 0; i < tga_model_param_count(r->model); i++) {
+        tga_param *p = tga_model_param(r->model, i);
+        if (!p->trainable) continue;
+        const float *srcs[3] = {p->data, p->adam_m, p->adam_v};
+        static const char *prefix[3] = {"", "adam_m.", "adam_v."};
+        for (int k = which == 0 ? 0 : 1; k < (which == 0 ? 1 : 3); k++) {
+            float *host = malloc(p->numel * sizeof(float));
+            if (!host) return tga_error(TGA_ERR_NOMEM, "out of memory saving %s", p->name);
+            OPS->download(host, srcs[k], p->numel * sizeof(float));
+            char name[200];
+            snprintf(name, sizeof name, "%s%s", prefix[k], p->name);
+            tga_ckpt_tensor t = {.name = name, .dtype = TGA_CKPT_F32, .ndim = p->ndim,
+                                 .shape = {p->shape[0], p->shape[1]}, .data = host};
+            tga_status st = tga_ckpt_tensors_add(w, &t);
+            free(host);
+            TGA_TRY(st);
+        }
+    }
+    return tga_ckpt_tensors_end(w);
+}
+
+static tga_status save_checkpoint(run *r) {
+    const char *dir = r->run_dir;
+    tga_status st = TGA_OK;
+    if (r->rank == 0) st = tga_ckpt_begin(dir, r->step);
+    int failed;
+    TGA_TRY(tga_dist_any_failed(st, &failed, "checkpoint begin"));
+    if (failed) return st != TGA_OK ? st : tga_error(TGA_ERR_IO, "checkpoint step %lld failed on another rank", r->step);
+    if (r->rank == 0) {
+        tga_ckpt_writer *w = NULL;
+        st = tga_ckpt_writer_open(&w, dir, r->step, r->rank);
+        if (st == TGA_OK) st = write_tensors(r, w, "params.tgat", 0);
+        if (st == TGA_OK) st = write_tensors(r, w, "optim.tgat", 1);
+        if (st == TGA_OK) st = write_state_blob(r, w);
+        if (st == TGA_OK) st = write_config_blob(r, w);
+        if (st == TGA_OK && r->base_params[0]) st = tga_ckpt_write_identity(w, "base_model.id", r->base_params);
+        if (st == TGA_OK) st = tga_ckpt_writer_close(w);
+        else tga_ckpt_writer_discard(w);
+    }
+    TGA_TRY(tga_dist_any_failed(st, &failed, "checkpoint write"));
+    if (failed) return st != TGA_OK ? st : tga_error(TGA_ERR_IO, "checkpoint step %lld failed on rank 0", r->step);
+    if (r->rank == 0) st = tga_ckpt_commit(dir, r->step, 1);
+    TGA_TRY(tga_dist_any_failed(st, &failed, "checkpoint commit"));
+    if (failed) return st != TGA_OK ? st : tga_error(TGA_ERR_IO, "checkpoint step %lld failed on rank 0", r->step);
+    if (r->rank == 0) st = tga_ckpt_mark_done(dir, r->step);
+    if (r->rank == 0 && st == TGA_OK)
+        st = tga_ckpt_retain(dir, (int)r->cfg.train.keep_last, r->cfg.train.keep_every, r->step);
+    TGA_TRY(tga_dist_any_failed(st, &failed, "checkpoint done"));
+    if (failed) return st != TGA_OK ? st : tga_error(TGA_ERR_IO, "checkpoint step %lld failed on rank 0", r->step);
+    if (r->rank == 0) TGA_INFO("checkpoint: step %lld saved in %s/checkpoints", r->step, dir);
+    return TGA_OK;
+}
+
+static tga_status read_tensors(run *r, const char *ckpt, const char *file, int which) {
+    char path[900];
+    snprintf(path, sizeof path, "%s/%s", ckpt, file);
+    tga_ckpt_reader *rd;
+    TGA_TRY(tga_ckpt_reader_open(&rd, path));
+    tga_status st = TGA_OK;
+    for (int i = 0; i < tga_model_param_count(r->model) && st == TGA_OK; i++) {
+        tga_param *p = tga_model_param(r->model, i);
+        if (!p->trainable) continue;
+        float *dsts[3] = {p->data, p->adam_m, p->adam_v};
+        static const char *prefix[3] = {"", "adam_m.", "adam_v."};
+        for (int k = which == 0 ? 0 : 1; k < (which == 0 ? 1 : 3) && st == TGA_OK; k++) {
+            char name[200];
+            snprintf(name, sizeof name, "%s%s", prefix[k], p->name);
+            float *host = malloc(p->numel * sizeof(float));
+            int64_t shape[2] = {p->shape[0], p->shape[1]};
+            st = host ? tga_ckpt_read_tensor(rd, name, TGA_CKPT_F32, p->ndim, shape, host)
+                      : tga_error(TGA_ERR_NOMEM, "out of memory");
+            if (st == TGA_OK) OPS->upload(dsts[k], host, p->numel * sizeof(float));
+            free(host);
+        }
+    }
+    tga_ckpt_reader_close(rd);
+    return st;
+}
+
+static tga_status resume_from(run *r, const char *ckpt) {
+    void *text = NULL;
+    size_t n;
+    TGA_TRY(tga_ckpt_read_blob(ckpt, "state.json", 1 << 20, &text, &n));
+    json_error_t err;
+    json_t *j = json_loads(text, 0, &err);
+    free(text);
+    if (!j) return tga_error(TGA_ERR_FORMAT, "%s/state.json: %s", ckpt, err.text);
+    json_t *ld = json_object_get(j, "loader");
+    tga_loader_position p = {
+        .epoch = (uint64_t)json_integer_value(json_object_get(ld, "epoch")),
+        .step_in_epoch = (uint64_t)json_integer_value(json_object_get(ld, "step_in_epoch")),
+        .global_step = (uint64_t)json_integer_value(json_object_get(ld, "global_step")),
+        .n_samples = (uint64_t)json_integer_value(json_object_get(ld, "n_samples")),
+        .global_batch = (uint64_t)json_integer_value(json_object_get(ld, "global_batch")),
+        .seed = (uint64_t)json_integer_value(json_object_get(ld, "seed")),
+        .shuffle = (int32_t)json_integer_value(json_object_get(ld, "shuffle")),
+        .mode = (int32_t)json_integer_value(json_object_get(ld, "mode"))};
+    r->step = json_integer_value(json_object_get(j, "step"));
+    r->adam_updates = json_integer_value(json_object_get(j, "adam_updates"));
+    long long seed = json_integer_value(json_object_get(j, "seed"));
+    const char *base = json_string_value(json_object_get(j, "base"));
+    int same_base = base && strcmp(base, r->cfg.train.init_from) == 0;
+    json_decref(j);
+    if (seed != r->cfg.train.seed || !same_base)
+        return tga_error(TGA_ERR_CONFIG, "%s was trained with train.seed %lld and train.init_from '%s'; this run has %lld "
+                                         "and '%s' (start fresh with --fresh, or restore those keys)",
+                         ckpt, seed, base ? base : "", (long long)r->cfg.train.seed, r->cfg.train.init_from);
+    if (r->base_params[0]) TGA_TRY(tga_ckpt_check_identity(ckpt, "base_model.id", r->base_params));
+    TGA_TRY(tga_loader_seek(r->loader, &p));
+    TGA_TRY(read_tensors(r, ckpt, "params.tgat", 0));
+    return read_tensors(r, ckpt, "optim.tgat", 1);
+}
+
+/* ---- evaluation -------------------------------------------------------------------------------- */
+
+static tga_status evaluate(run *r) {
+    tga_loader_position start = tga_loader_tell(r->eval_loader);
+    tga_loader_info info = tga_loader_get_info(r->eval_loader);
+    double sums[1 + TGA_MAX_ALIGN_LAYERS] = {0}; /* ce_sum, cos per layer (this rank's) */
+    double targets = 0;                              /* the same on every rank */
+    double cos_count = 0;
+    int n_layers = 0;
+    for (uint64_t s = 0; s < info.steps_per_epoch; s++) {
+        tga_loader_step st;
+        TGA_TRY(tga_loader_next(r->eval_loader, &st));
+        tga_step_scalars sc = {(double)st.n_targets_global, (double)st.n_samples_global, 0.0};
+        for (int i = 0; i < st.n_micro; i++) {
+            tga_losses l;
+            TGA_TRY(tga_model_forward_backward(r->model, &st.micro[i], &r->align, &sc, 0, &l));
+            sums[0] += l.ce_sum;
+            n_layers = l.n_align_layers > n_layers ? l.n_align_layers : n_layers;
+            for (int j = 0; j < l.n_align_layers; j++) sums[1 + j] += l.cos_vc_sum[j];
+            cos_count += l.cos_count;
+        }
+        targets += (double)st.n_targets_global;
+    }
+    TGA_TRY(tga_loader_seek(r->eval_loader, &start));
+    double extra[2] = {cos_count, (double)n_layers};
+    TGA_TRY(tga_dist_sum_f64(sums, 1 + TGA_MAX_ALIGN_LAYERS, "eval sums"));
+    TGA_TRY(tga_dist_sum_f64(extra, 2, "eval counts"));
+    if (r->rank != 0) return TGA_OK;
+    n_layers = (int)(extra[1] / r->world + 0.5);
+    double loss = targets > 0 ? sums[0] / targets : 0;
+    char cos_text[2048] = "";
+    json_t *cos = json_array();
+    for (int j = 0; j < n_layers; j++) {
+        double c = extra[0] > 0 ? sums[1 + j] / extra[0] : 0;
+        size_t len = strlen(cos_text);
+        snprintf(cos_text + len, sizeof cos_text - len, "%s%d:%.3f", j ? " " : "", r->align.layers[j], c);
+        json_array_append_new(cos, json_pack("{s:i,s:f}", "layer", r->align.layers[j], "cos", c));
+    }
+    TGA_INFO("eval step %lld | loss %.4f | image-caption cosine per layer %s", r->step, loss, n_layers ? cos_text : "n/a");
+    if (r->metrics) {
+        json_t *j = json_pack("{s:s,s:I,s:f,s:o}", "kind", "eval", "step", (json_int_t)r->step, "loss", loss,
+                              "image_caption_cos", cos);
+        json_dumpf(j, r->metrics, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        fputc('\n', r->metrics);
+        fflush(r->metrics);
+        json_decref(j);
+    } else {
+        json_decref(cos);
+    }
+    return TGA_OK;
+}
+
+/* ---- logging ------------------------------------------------------------------------------------ */
+
+static void log_step(run *r, const tga_step_report *rep, double ms, double samples, double tokens, double eta_s) {
+    double peak = device_peak_tflops(tga_backend_description());
+    double mfu = peak > 0 ? r->flops / (ms / 1e3) / (peak * 1e12) : -1;
+    char mfu_text[32];
+    if (mfu >= 0) snprintf(mfu_text, sizeof mfu_text, "%.1f%%", 100 * mfu);
+    else snprintf(mfu_text, sizeof mfu_text, "n/a");
+    int eta = (int)eta_s;
+    TGA_INFO("step %lld/%lld | loss %.4f (ce %.4f pair %.4f rank %.4f) | grad norm %.4f | lr %.3e | %.1f ms | "
+             "%.1f samples/s | %.0f tok/s | MFU %s | ETA %02d:%02d:%02d",
+             r->step + 1, (long long)r->cfg.train.steps, r->sum.ce + r->sum.pair + r->sum.rank, r->sum.ce, r->sum.pair,
+             r->sum.rank, rep->grad_norm, rep->lr, ms, samples / (ms / 1e3), tokens / (ms / 1e3), mfu_text, eta / 3600,
+             eta / 60 % 60, eta % 60);
+    if (!r->metrics) return;
+    json_t *j = json_pack("{s:s,s:I,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:i}", "kind", "train", "step",
+                          (json_int_t)(r->step + 1), "loss", r->sum.ce + r->sum.pair + r->sum.rank, "ce", r->sum.ce,
+                          "pair", r->sum.pair, "rank", r->sum.rank, "grad_norm", rep->grad_norm, "lr", rep->lr, "ms", ms,
+                          "samples_per_s", samples / (ms / 1e3), "tokens_per_s", tokens / (ms / 1e3), "skipped",
+                          rep->skipped);
+    if (mfu >= 0) json_object_set_new(j, "mfu", json_real(mfu));
+    json_dumpf(j, r->metrics, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    fputc('\n', r->metrics);
+    fflush(r->metrics);
+    json_decref(j);
+}
+
+/* ---- setup ------------------------------------------------------------------------------------- */
+
+static tga_status mkdir_p(const char *path) {
+    char buf[700];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(buf, 0755) != 0 && errno != EEXIST) return tga_error(TGA_ERR_IO, "cannot create %s: %s", buf, strerror(errno));
+            *p = '/';
+        }
+    if (mkdir(buf, 0755) != 0 && errno != EEXIST) return tga_error(TGA_ERR_IO, "cannot create %s: %s", buf, strerror(errno));
+    return TGA_OK;
+}
+
+static tga_status open_loaders(run *r) {
+    const tga_config *c = &r->cfg;
+    if (!c->data.train[0]) return tga_error(TGA_ERR_CONFIG, "data.train is empty: name a shard directory or file");
+    tga_loader_config lc = {.path = c->data.train, .vocab_size = (int32_t)c->model.vocab_size, .pad_id = 0,
+                            .seed = (uint64_t)c->train.seed, .shuffle = 1, .mode = TGA_LOADER_TRAIN,
+                            .micro_batch = (int)c->train.micro_batch, .grad_accum = (int)c->train.grad_accum,
+                            .world_size = r->world, .rank = r->rank, .prefetch = 1};
+    TGA_TRY(tga_loader_open(&r->loader, &lc));
+    tga_loader_info info = tga_loader_get_info(r->loader);
+    if (info.patches_per_image && (info.patches_per_image != c->data.image_tokens || info.feature_dim != c->projector.vision_dim))
+        return tga_error(TGA_ERR_CONFIG, "%s holds images of %d patches x %d features, but data.image_tokens is %lld and "
+                                         "projector.vision_dim %lld", c->data.train, info.patches_per_image,
+                         info.feature_dim, (long long)c->data.image_tokens, (long long)c->projector.vision_dim);
+    if (info.max_tokens > c->data.max_len || info.max_caption_tokens > c->data.max_len)
+        return tga_error(TGA_ERR_CONFIG, "%s has samples of %d tokens (captions %d), over data.max_len %lld",
+                         c->data.train, info.max_tokens, info.max_caption_tokens, (long long)c->data.max_len);
+    if (info.steps_per_epoch == 0)
+        return tga_error(TGA_ERR_CONFIG, "%s has %llu samples, fewer than one global batch of %llu", c->data.train,
+                         (unsigned long long)info.n_samples, (unsigned long long)info.global_batch);
+    if (c->data.eval[0] && c->train.eval_every > 0) {
+        lc.path = c->data.eval;
+        lc.shuffle = 0;
+        lc.mode = TGA_LOADER_EVAL;
+        lc.prefetch = 0;
+        TGA_TRY(tga_loader_open(&r->eval_loader, &lc));
+    }
+    return TGA_OK;
+}
+
+static int max_images_per_micro_batch(const run *r) {
+    int m = (int)r->cfg.train.micro_batch, per = tga_loader_get_info(r->loader).max_images;
+    if (r->eval_loader && tga_loader_get_info(r->eval_loader).max_images > per) per = tga_loader_get_info(r->eval_loader).max_images;
+    return m * per;
+}
+
+static tga_status create_model(run *r) {
+    tga_model_dims dims;
+    tga_run_shape shape;
+    tga_setup_dims(&r->cfg, &dims);
+    tga_setup_run_shape(&r->cfg, max_images_per_micro_batch(r), &shape);
+    TGA_TRY(tga_setup_align(&r->cfg, &r->align));
+    tga_setup_optim(&r->cfg, &r->optim);
+    TGA_TRY(tga_model_create(&r->model, &dims, &shape));
+    tga_model_init_random(r->model, (uint64_t)r->cfg.train.seed, (float)r->cfg.model.init_std);
+    if (r->cfg.train.init_from[0]) TGA_TRY(load_base_chain(r, r->cfg.train.init_from, 0));
+    r->n_llm = (double)tga_model_numel(r->model, 0);
+    r->n_proj = 0;
+    for (int i = 0; i < tga_model_param_count(r->model); i++) {
+        tga_param *p = tga_model_param(r->model, i);
+        if (strncmp(p->name, "projector.", 10) == 0) r->n_proj += (double)p->numel;
+    }
+    r->n_llm -= r->n_proj;
+    tga_model_grad_buffer(r->model, &r->n_grad);
+    r->grad_sum = malloc(sizeof(float) * (r->n_grad + 1));
+    r->leaf_buf = malloc(sizeof(float) * (r->n_grad + 1));
+    if (!r->grad_sum || !r->leaf_buf) return tga_error(TGA_ERR_NOMEM, "out of memory for the gradient buffer");
+    tga_sync_mode mode = r->cfg.train.grad_sync == TGA_GRAD_SYNC_ORDERED ? TGA_SYNC_ORDERED : TGA_SYNC_ALLREDUCE;
+    return tga_grad_sync_create(&r->sync, r->n_grad, (int)r->cfg.train.grad_accum, mode);
+}
+
+static tga_status maybe_resume(run *r, const char *resume) {
+    if (strcmp(resume, "none") == 0) return TGA_OK;
+    int64_t step = -1;
+    int found = 0;
+    tga_status st = TGA_OK;
+    if (r->rank == 0) st = tga_ckpt_find_latest(r->run_dir, &step, &found);
+    int failed;
+    TGA_TRY(tga_dist_any_failed(st, &failed, "resume: find checkpoint"));
+    if (failed) return st != TGA_OK ? st : tga_error(TGA_ERR_IO, "resume: rank 0 could not read the checkpoints");
+    int64_t msg[2] = {step, found};
+    TGA_TRY(tga_dist_bcast(msg, sizeof msg, 0, "resume: checkpoint step"));
+    if (!msg[1]) {
+        if (r->rank == 0) TGA_INFO("no checkpoint in %s: starting from step 0", r->run_dir);
+        return TGA_OK;
+    }
+    char ckpt[800];
+    TGA_TRY(tga_ckpt_path(r->run_dir, msg[0], NULL, ckpt, sizeof ckpt));
+    st = resume_from(r, ckpt);
+    TGA_TRY(tga_dist_any_failed(st, &failed, "resume: load"));
+    if (failed) return st != TGA_OK ? st : tga_error(TGA_ERR_IO, "resume from %s failed on another rank", ckpt);
+    if (r->rank == 0) TGA_INFO("resumed from %s (step %lld)", ckpt, r->step);
+    return TGA_OK;
+}
+
+static void close_run(run *r) {
+    tga_loader_close(r->loader);
+    tga_loader_close(r->eval_loader);
+    tga_grad_sync_free(r->sync);
+    tga_model_free(r->model);
+    free(r->grad_sum);
+    free(r->leaf_buf);
+    if (r->metrics) fclose(r->metrics);
+}
+
+/* ---- the loop ---------------------------------------------------------------------------------- */
+
+static tga_status train_loop(run *r) {
+    const long long total = r->cfg.train.steps;
+    double last_save = now_seconds(), started = now_seconds();
+    long long first = r->step;
+    while (r->step < total) {
+        tga_loader_step st;
+        TGA_TRY(tga_loader_next(r->loader, &st));
+        double t0 = now_seconds();
+        memset(&r->sum, 0, sizeof r->sum);
+        r->flops = 0;
+        r->cur = &st;
+        r->scalars = (tga_step_scalars){(double)st.n_targets_global, (double)st.n_samples_global,
+                                        (double)r->step / (double)total};
+        TGA_TRY(tga_grad_sync_step(r->sync, leaf_micro_batch, r, r->grad_sum));
+        size_t n;
+        float *g = tga_model_grad_buffer(r->model, &n);
+        OPS->upload(g, r->grad_sum, n * sizeof(float));
+        double sums[4] = {r->sum.ce, r->sum.pair, r->sum.rank, r->flops};
+        TGA_TRY(tga_dist_sum_f64(sums, 4, "step losses"));
+        r->sum.ce = sums[0];
+        r->sum.pair = sums[1];
+        r->sum.rank = sums[2];
+        r->flops = sums[3] / r->world; /* MFU is per device */
+        tga_status st_loss = tga_check_losses(&r->sum, r->step);
+        tga_step_report rep;
+        if (st_loss != TGA_OK && r->cfg.train.on_nonfinite == TGA_NONFINITE_STOP) return st_loss;
+        if (st_loss != TGA_OK) {
+            TGA_WARN("%s; skipping this step (train.on_nonfinite: skip)", tga_error_message());
+            tga_error_clear();
+            tga_model_zero_grads(r->model);
+            rep = (tga_step_report){NAN, tga_lr_at(&r->optim, r->step), 1};
+        } else {
+            TGA_TRY(tga_optim_step(r->model, &r->optim, r->step, &r->adam_updates, &rep));
+        }
+        OPS->sync();
+        double ms = (now_seconds() - t0) * 1e3;
+        double tokens = 0;
+        for (int i = 0; i < st.n_micro; i++)
+            for (int b = 0; b < st.micro[i].B; b++) tokens += st.micro[i].lengths[b];
+        double totals[1] = {tokens};
+        TGA_TRY(tga_dist_sum_f64(totals, 1, "step tokens"));
+        double per_step = (now_seconds() - started) / (double)(r->step + 1 - first);
+        if ((r->step + 1) % r->cfg.train.log_every == 0 || r->step + 1 == total)
+            if (r->rank == 0) log_step(r, &rep, ms, (double)st.n_samples_global, totals[0], per_step * (double)(total - r->step - 1));
+        r->step++;
+        if (r->eval_loader && r->step % r->cfg.train.eval_every == 0) TGA_TRY(evaluate(r));
+
+        /* a stop signal on any rank stops every rank, after a checkpoint */
+        int64_t flags[1] = {stop_requested != 0};
+        TGA_TRY(tga_dist_sum_i64(flags, 1, "stop request"));
+        int time_due = r->cfg.train.checkpoint_minutes > 0 && now_seconds() - last_save >= r->cfg.train.checkpoint_minutes * 60;
+        double due[1] = {time_due};
+        TGA_TRY(tga_dist_sum_f64(due, 1, "checkpoint timer")); /* rank clocks differ: any rank's timer counts */
+        int every = r->cfg.train.checkpoint_every > 0 && r->step % r->cfg.train.checkpoint_every == 0;
+        if (every || due[0] > 0 || flags[0] > 0 || r->step == total) {
+            TGA_TRY(save_checkpoint(r));
+            last_save = now_seconds();
+        }
+        if (flags[0] > 0) {
+            if (r->rank == 0) TGA_WARN("stop requested by signal: checkpoint at step %lld written; exiting", r->step);
+            return TGA_OK;
+        }
+    }
+    return TGA_OK;
+}
+
+static tga_status parse_train_options(const tga_common_options *o, const char **resume, int *dry_run, int *fresh) {
+    *resume = "auto";
+    for (int i = 0; i < o->n_rest; i++) {
+        if (strcmp(o->rest[i], "--dry-run") == 0) {
+            *dry_run = 1;
+        } else if (strcmp(o->rest[i], "--fresh") == 0) {
+            *fresh = 1;
+            *resume = "none";
+        } else if (strcmp(o->rest[i], "--resume") == 0 && i + 1 < o->n_rest) {
+            *resume = o->rest[++i];
+            if (strcmp(*resume, "auto") != 0 && strcmp(*resume, "none") != 0)
+                return tga_error(TGA_ERR_USAGE, "--resume %s: expected auto or none", *resume);
+        } else {
+            return tga_error(TGA_ERR_USAGE, "tga train: unknown option %s (see tga help train)", o->rest[i]);
+        }
+    }
+    return TGA_OK;
+}
+
+static tga_status dry_run(run *r) {
+    tga_model_dims dims;
+    tga_run_shape shape;
+    tga_setup_dims(&r->cfg, &dims);
+    tga_setup_run_shape(&r->cfg, (int)r->cfg.train.micro_batch, &shape);
+    tga_align_config align;
+    TGA_TRY(tga_setup_align(&r->cfg, &align));
+    if (r->rank != 0) return TGA_OK;
+    printf("effective config:\n");
+    TGA_TRY(tga_config_write(&r->cfg, stdout));
+    for (int recompute = 0; recompute <= 1; recompute++) {
+        shape.recompute = recompute;
+        tga_plan plan;
+        TGA_TRY(tga_model_plan(&dims, &shape, &plan));
+        printf("memory plan per rank (%s recompute; micro-batch %lld x %lld tokens, one image per sample; fp32):\n",
+               recompute ? "with" : "without", (long long)r->cfg.train.micro_batch, (long long)r->cfg.data.max_len);
+        tga_plan_print(&plan, stdout, 0);
+        tga_plan_free(&plan);
+    }
+    printf("global batch %lld = micro-batch %lld x grad_accum %lld x %d ranks; dry run: nothing allocated\n",
+           (long long)r->cfg.train.global_batch, (long long)r->cfg.train.micro_batch, (long long)r->cfg.train.grad_accum,
+           r->world);
+    return TGA_OK;
+}
+
+static tga_status train_main(int argc, char **argv, run *r) {
+    tga_common_options o;
+    TGA_TRY(tga_cli_load_config(argc, argv, &o, &r->cfg));
+    const char *resume;
+    int dry = 0, fresh = 0;
+    tga_status st = parse_train_options(&o, &resume, &dry, &fresh);
+    free(o.rest);
+    TGA_TRY(st);
+    r->rank = tga_dist_rank();
+    r->world = tga_dist_world();
+    TGA_TRY(derive_batch(&r->cfg, r->world));
+    if (dry) return dry_run(r);
+    TGA_TRY(tga_dist_watchdog_start(r->cfg.runtime.collective_timeout));
+    int threads = (int)r->cfg.runtime.threads;
+    if (threads == 0 && tga_dist_local_world() > 1) { /* ranks sharing a host share its cores */
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = cores / tga_dist_local_world() > 0 ? (int)(cores / tga_dist_local_world()) : 1;
+    }
+    /* set-up without collectives; then every rank learns whether any failed, so a bad config or a
+     * missing file stops all ranks with their own message and none is left waiting */
+    snprintf(r->run_dir, sizeof r->run_dir, "%s", r->cfg.train.out_dir);
+    tga_status setup = tga_backend_select(o.device, threads);
+    if (setup == TGA_OK && r->rank == 0) setup = mkdir_p(r->run_dir);
+    if (setup == TGA_OK) setup = open_loaders(r);
+    if (setup == TGA_OK) setup = create_model(r);
+    int failed;
+    TGA_TRY(tga_dist_any_failed(setup, &failed, "set-up"));
+    if (setup != TGA_OK) return setup;
+    if (failed) return tga_error(TGA_ERR_CONFIG, "set-up failed on another rank (its message says why)");
+    TGA_TRY(maybe_resume(r, resume));
+    if (r->rank == 0) {
+        char path[700];
+        snprintf(path, sizeof path, "%s/config.effective.yaml", r->run_dir);
+        FILE *f = fopen(path, "w");
+        if (!f) return tga_error(TGA_ERR_IO, "cannot write %s: %s", path, strerror(errno));
+        tga_status cs = tga_config_write(&r->cfg, f);
+        fclose(f);
+        TGA_TRY(cs);
+        snprintf(path, sizeof path, "%s/metrics.jsonl", r->run_dir);
+        r->metrics = fopen(path, "a");
+        if (!r->metrics) return tga_error(TGA_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+        tga_loader_info info = tga_loader_get_info(r->loader);
+        TGA_INFO("tga train: %s, %d rank(s), backend %s; %llu samples, global batch %lld (micro %lld x accum %lld x %d); "
+                 "%lld steps; trainable %.3f M of %.3f M parameters", r->cfg.data.train, r->world,
+                 tga_backend_description(), (unsigned long long)info.n_samples, (long long)r->cfg.train.global_batch,
+                 (long long)r->cfg.train.micro_batch, (long long)r->cfg.train.grad_accum, r->world,
+                 (long long)r->cfg.train.steps, tga_model_numel(r->model, 1) / 1e6, tga_model_numel(r->model, 0) / 1e6);
+    }
+    install_signal_handlers();
+    if (r->step >= r->cfg.train.steps) {
+        if (r->rank == 0) TGA_INFO("the run is already complete (step %lld of %lld)", r->step, (long long)r->cfg.train.steps);
+        return TGA_OK;
+    }
+    return train_loop(r);
+}
+
+tga_status tga_cmd_train(int argc, char **argv) {
+    run *r = calloc(1, sizeof *r);
+    if (!r) return tga_error(TGA_ERR_NOMEM, "out of memory");
+    tga_status st = train_main(argc, argv, r);
+    close_run(r);
+    free(r);
+    return st;
+}
