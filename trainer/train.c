@@ -29,6 +29,7 @@
 #include "trainer/cli.h"
 #include "trainer/loader.h"
 #include "trainer/setup.h"
+#include "trainer/weights.h"
 
 /* ---- signals: SIGTERM / SIGUSR1 (SLURM preemption) ask for a checkpoint and a clean exit ---- */
 static volatile sig_atomic_t stop_requested = 0;
@@ -144,71 +145,6 @@ static tga_status leaf_micro_batch(void *ctx, int index, const float **grad) {
     float *g = tga_model_grad_buffer(r->model, &n);
     OPS->download(r->leaf_buf, g, n * sizeof(float));
     *grad = r->leaf_buf;
-    return TGA_OK;
-}
-
-/* A run that was never stopped and one that restarts here must load the same frozen weights:
- * the base is a checkpoint's params.tgat (verified by size + XXH64) or a random init by seed. */
-static tga_status load_params_file(run *r, const char *path, int only_missing_ok) {
-    tga_ckpt_reader *rd;
-    TGA_TRY(tga_ckpt_reader_open(&rd, path));
-    int loaded = 0;
-    tga_status st = TGA_OK;
-    for (int i = 0; i < tga_model_param_count(r->model) && st == TGA_OK; i++) {
-        tga_param *p = tga_model_param(r->model, i);
-        if (!tga_ckpt_reader_find(rd, p->name)) continue;
-        float *host = malloc(p->numel * sizeof(float));
-        if (!host) {
-            st = tga_error(TGA_ERR_NOMEM, "out of memory loading %s", p->name);
-            break;
-        }
-        int64_t shape[2] = {p->shape[0], p->shape[1]};
-        st = tga_ckpt_read_tensor(rd, p->name, TGA_CKPT_F32, p->ndim, shape, host);
-        if (st == TGA_OK) OPS->upload(p->data, host, p->numel * sizeof(float));
-        free(host);
-        loaded++;
-    }
-    tga_ckpt_reader_close(rd);
-    if (st == TGA_OK && loaded == 0 && !only_missing_ok)
-        return tga_error(TGA_ERR_FORMAT, "%s holds none of this model's parameters (a different model?)", path);
-    return st;
-}
-
-/* init_from: a checkpoint directory (step-N) or a run directory (its newest complete checkpoint).
- * A checkpoint whose own run started from another one (state.json "base") loads that first, so
- * stage 2 from a stage-1 run also gets the lm-pretrained decoder the stage-1 run was built on. */
-static tga_status resolve_checkpoint_dir(const char *path, char *out, size_t size) {
-    char probe[800];
-    snprintf(probe, sizeof probe, "%s/DONE", path);
-    if (access(probe, F_OK) == 0) {
-        snprintf(out, size, "%s", path);
-        return TGA_OK;
-    }
-    int64_t step;
-    int found;
-    TGA_TRY(tga_ckpt_find_latest(path, &step, &found));
-    if (!found) return tga_error(TGA_ERR_CONFIG, "train.init_from %s: not a checkpoint and no complete checkpoint in it", path);
-    return tga_ckpt_path(path, step, NULL, out, size);
-}
-
-static tga_status load_base_chain(run *r, const char *init_from, int depth) {
-    if (depth > 8) return tga_error(TGA_ERR_FORMAT, "train.init_from: the chain of base checkpoints is too deep (a cycle?)");
-    char dir[700], params[800];
-    TGA_TRY(resolve_checkpoint_dir(init_from, dir, sizeof dir));
-    void *state = NULL;
-    size_t n;
-    TGA_TRY(tga_ckpt_read_blob(dir, "state.json", 1 << 20, &state, &n));
-    json_error_t err;
-    json_t *j = json_loads(state, 0, &err);
-    free(state);
-    if (!j) return tga_error(TGA_ERR_FORMAT, "%s/state.json: %s (line %d)", dir, err.text, err.line);
-    const char *base = json_string_value(json_object_get(j, "base"));
-    tga_status st = base && *base ? load_base_chain(r, base, depth + 1) : TGA_OK;
-    json_decref(j);
-    TGA_TRY(st);
-    snprintf(params, sizeof params, "%s/params.tgat", dir);
-    TGA_TRY(load_params_file(r, params, 0));
-    if (depth == 0) snprintf(r->base_params, sizeof r->base_params, "%s", params);
     return TGA_OK;
 }
 
@@ -497,7 +433,8 @@ static tga_status create_model(run *r) {
     tga_setup_optim(&r->cfg, &r->optim);
     TGA_TRY(tga_model_create(&r->model, &dims, &shape));
     tga_model_init_random(r->model, (uint64_t)r->cfg.train.seed, (float)r->cfg.model.init_std);
-    if (r->cfg.train.init_from[0]) TGA_TRY(load_base_chain(r, r->cfg.train.init_from, 0));
+    if (r->cfg.train.init_from[0])
+        TGA_TRY(tga_weights_load(r->model, r->cfg.train.init_from, r->base_params, sizeof r->base_params));
     r->n_llm = (double)tga_model_numel(r->model, 0);
     r->n_proj = 0;
     for (int i = 0; i < tga_model_param_count(r->model); i++) {
