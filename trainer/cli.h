@@ -34,6 +34,7 @@ tga_status tga_cli_int_arg(int argc, char **argv, int *i, long long min, long lo
 tga_status tga_cmd_plan(int argc, char **argv);
 tga_status tga_cmd_tokenize(int argc, char **argv);
 tga_status tga_cmd_train(int argc, char **argv);
+tga_status tga_cmd_eval(int argc, char **argv);
 tga_status tga_cmd_bench(int argc, char **argv);
 
 #endif

@@ -21,6 +21,16 @@ static const tga_command commands[] = {
      "  --fresh                start from step 0 even when checkpoints exist\n"
      "  --dry-run              validate everything and print the memory plan; allocate nothing\n"
      "  --device auto|cpu|cuda, --threads N", tga_cmd_train},
+    {"eval", 0, "greedy answers of a run to eval records: DSR (refusal rate), utility accuracy, image-vs-caption probe",
+     "  --run DIR              run or checkpoint directory (its config.effective.yaml / config.yaml gives the model)\n"
+     "  --records FILE         LLaVA JSON/JSONL eval records (repeatable)\n"
+     "  --features F.npy       image features [N, P, Dv]; --feature-index FILE: 'image-name row' lines\n"
+     "  --tokenizer PATH       the run's tokenizer\n"
+     "  --template NAME        chat template (default data.template)\n"
+     "  --max-new N            tokens per answer (default 12); --batch N (default train.micro_batch)\n"
+     "  --kind dsr|utility|auto  headline number (auto: dsr when every expected answer is a refusal)\n"
+     "  --out FILE             JSON summary with every number and a few example answers\n"
+     "  --config FILE, --set section.key=V, --device auto|cpu|cuda, --threads N", tga_cmd_eval},
     {"plan", 0, "print the memory plan of a config without allocating it",
      "  --config FILE          run config (YAML)\n"
      "  --set section.key=V    override a config key (repeatable)\n"

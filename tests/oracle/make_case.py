@@ -65,7 +65,7 @@ def draw_config(rng, options):
         layer_mask[-1] = True
     model = dict(dim=n_heads * head_dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=kv_heads, head_dim=head_dim,
                  ffn_dim=ffn_dim, vocab_size=vocab, rope_theta=rope_theta, norm_eps=norm_eps, tie_embeddings=tied,
-                 max_seq_len=64)
+                 max_seq_len=256)
     projector_cfg = dict(type=options.get("projector") or projector, vision_dim=vision_dim)
     train = dict(trainable=options.get("trainable") or trainable, steps=TOTAL_STEPS, lr=lr, warmup_ratio=warmup_ratio,
                  schedule=schedule, weight_decay=weight_decay, beta1=0.9, beta2=beta2, adam_eps=ADAM_EPS,
