@@ -14,6 +14,7 @@
 #include <immintrin.h>
 #include <omp.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -139,9 +140,36 @@ __attribute__((target("avx"))) static void pack_panel_transposing_avx(const gemm
     }
 }
 
+/* A non-K-contiguous source is copied row by row, with masked loads for the partial vectors
+ * (element by element the copy, and the memset calls gcc makes of the zero fill, cost as much as
+ * a tenth of the multiply time). width must be a multiple of 8 and the panels 32-byte aligned. */
+__attribute__((target("avx"))) static void pack_panels_copying_avx(const gemm_operand *src,
+                                                                  const panel_layout *lay, float *panels) {
+    static const int32_t lane_masks[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+    int n_panels = ceil_div(lay->count, lay->step);
+    for (int p = 0; p < lay->kc; p++) {
+        const float *line = src->data + (size_t)(lay->p0 + p) * src->ld + lay->x0;
+        for (int q = 0; q < n_panels; q++) {
+            const float *from = line + q * lay->step;
+            float *dst = panels + ((size_t)q * lay->kc + p) * lay->width;
+            int n = min_int(lay->step, lay->count - q * lay->step);
+            for (int x = 0; x < lay->width; x += 8) {
+                __m256 v = _mm256_setzero_ps();
+                if (n - x >= 8) {
+                    v = _mm256_loadu_ps(from + x);
+                } else if (n - x > 0) {
+                    __m256i mask = _mm256_loadu_si256((const __m256i *)(lane_masks + 8 - (n - x)));
+                    v = _mm256_maskload_ps(from + x, mask);
+                }
+                _mm256_store_ps(dst + x, v);
+            }
+        }
+    }
+}
+
 static void pack_panels_avx(const gemm_operand *src, const panel_layout *lay, float *panels) {
     if (!src->k_contiguous) {
-        pack_panels_portable(src, lay, panels);
+        pack_panels_copying_avx(src, lay, panels);
         return;
     }
     for (int q = 0; q * lay->step < lay->count; q++) {
@@ -152,9 +180,9 @@ static void pack_panels_avx(const gemm_operand *src, const panel_layout *lay, fl
 
 /* ---- microkernels ----------------------------------------------------------------------
  * C[mr, nr] (row stride ldc) = alpha * sum_p a_panel[p*a_width + i] * b_panel[p*nr + j]
- * + beta * C. beta == 0 does not read C. Panels are 64-byte aligned. An A panel has a_width >= mr
- * slots per K step (mr rounded up to whole 8-float vectors, so the transposing pack never
- * stores a partial vector). */
+ * + beta * C. beta == 0 does not read C. Panels are aligned to the kernel's vector width. An A
+ * panel has a_width >= mr slots per K step (mr rounded up to whole 8-float vectors, so the
+ * transposing pack never stores a partial vector). */
 
 typedef void (*microkernel_fn)(int kc, const float *a_panel, const float *b_panel, float *c, size_t ldc,
                                float alpha, float beta);
@@ -276,15 +304,21 @@ static const gemm_kernel gemm_kernels[SIMD_LEVEL_COUNT] = {
     [SIMD_AVX512] = {AVX512_MR, AVX512_NR, AVX512_A_WIDTH, microkernel_avx512, pack_panels_avx},
 };
 
+/* bounds of the scratch tile in run_tile */
 #define MAX_MR 16
 #define MAX_NR 32
+_Static_assert(AVX512_MR <= MAX_MR && AVX512_NR <= MAX_NR && AVX2_MR <= MAX_MR && AVX2_NR <= MAX_NR &&
+                   SCALAR_MR <= MAX_MR && SCALAR_NR <= MAX_NR,
+               "a microkernel tile does not fit the scratch tile");
 
 /* ---- blocked driver --------------------------------------------------------------------
  * The loops follow BLIS with the roles of A and B swapped (our microkernel broadcasts A and
- * loads B as vectors): for each block of up to MB_MAX rows and each K block, the threads pack
- * that A block together (it is shared, read from L2/L3), then each thread walks its own share
- * of the columns in L2-sized B blocks that it packs itself, running the microkernel for every
- * (A panel, B panel) pair of its share. */
+ * loads B as vectors). The threads split C into rectangles of whole tiles and never wait for
+ * each other: each packs the rows of A and the columns of B that its rectangle needs into its
+ * own buffers, so there is no barrier inside a call (on a busy machine a barrier waits for a
+ * descheduled partner thread for a whole time slice). Per thread: for each block of up to
+ * MB_MAX rows and each K block, pack that A block, then walk the columns in L2-sized B blocks,
+ * running the microkernel for every (A panel, B panel) pair. */
 
 /* kc bounds the panels a microkernel call streams (A: kc x 16, B: kc x 32 floats); blocks of
  * equal size, depending on K alone and never on the thread count, fix the summation order. */
@@ -292,11 +326,15 @@ static const gemm_kernel gemm_kernels[SIMD_LEVEL_COUNT] = {
 /* A thread's packed B block (kc x nc floats) is re-read for every A panel, so it is sized to
  * stay in a 1 MiB L2. */
 #define B_BLOCK_FLOATS (320 * 384)
-/* Rows of A packed at once: bounds the shared buffer (about 6 MiB at kc = 320). */
-#define MB_MAX 4096
-/* Below this many multiply-adds a second thread costs more than it saves. */
-#define PARALLEL_MIN_MULADDS (96.0 * 96.0 * 96.0)
-/* Below this many multiply-adds the unpacked loop beats packing. */
+/* Rows of A packed at once: bounds a thread's A buffer (about 3 MiB at kc = 320). */
+#define MB_MAX 2048
+/* The columns are split between threads only while each gets at least this many B panels;
+ * with fewer, the A packing that every column share repeats would cost too much. */
+#define MIN_B_PANELS_PER_THREAD 4
+/* Below this many multiply-adds a second thread costs more than it saves (break-even measured
+ * on the 2-core Zen 4 development VM: between 64^3 and 80^3). */
+#define PARALLEL_MIN_MULADDS (72.0 * 72.0 * 72.0)
+/* Below this many multiply-adds the unpacked loop beats packing (measured there: about 7^3). */
 #define UNPACKED_MAX_MULADDS (8.0 * 8.0 * 8.0)
 
 typedef struct gemm_problem {
@@ -309,23 +347,17 @@ typedef struct gemm_problem {
 
 typedef struct gemm_plan {
     const gemm_kernel *kernel;
-    int kc_block;    /* K block size */
-    int mb_block;    /* rows of A per packed block, a multiple of mr */
-    int nc_block;    /* columns per B block, a multiple of nr */
-    int threads;     /* requested; the team may be smaller */
-    float *a_block;  /* [mb_block/mr][kc_block][a_width], shared */
-    float *b_blocks; /* [threads][nc_block/nr][kc_block][nr], one per thread */
+    int kc_block;     /* K block size */
+    int mb_panels;    /* A panels (of mr rows) per packed A block */
+    int nb_panels;    /* B panels (of nr columns) per packed B block */
+    int threads;      /* requested; the team may be smaller */
+    size_t a_floats;  /* one thread's A buffer: [mb_panels][kc_block][a_width] */
+    size_t b_floats;  /* one thread's B buffer: [nb_panels][kc_block][nr] */
+    float *workspace; /* [threads][a_floats + b_floats] */
 } gemm_plan;
 
-/* This thread's place in the team that runs one GEMM. Passed explicitly rather than asked of
- * OpenMP, because a one-thread GEMM runs without a parallel region of its own (possibly inside
- * someone else's). */
-typedef struct gemm_team {
-    int thread, threads;
-} gemm_team;
-
-/* A thread's rectangle of C in whole tiles: A panels [ip_first, ip_end) of the current A block
- * and B panels [jp_first, jp_end). */
+/* A thread's rectangle of C in whole tiles: A panels [ip_first, ip_end) and B panels
+ * [jp_first, jp_end). */
 typedef struct thread_share {
     int ip_first, ip_end;
     int jp_first, jp_end;
@@ -353,76 +385,59 @@ static void split_range(int count, int part, int parts, int *first, int *end) {
     *end = (int)((long long)count * (part + 1) / parts);
 }
 
-/* Splits the columns between the threads where there are enough of them (each thread then
- * packs only its own B), otherwise the rows too: threads form an m_parts x n_parts grid with
- * n_parts the largest divisor of the team size not above the number of B panels. */
-static thread_share share_for_thread(gemm_team team, int m_panels, int n_panels) {
-    int n_parts = team.threads;
-    while (n_parts > n_panels || team.threads % n_parts != 0) n_parts--;
+/* Threads form an m_parts x n_parts grid over the tiles of C, n_parts the largest divisor of
+ * the team size that leaves every thread MIN_B_PANELS_PER_THREAD B panels (1 if none does). */
+static thread_share share_for_thread(const gemm_problem *pr, const gemm_kernel *kernel, int thread, int threads) {
+    int m_panels = ceil_div(pr->M, kernel->mr), n_panels = ceil_div(pr->N, kernel->nr);
+    int n_parts = threads;
+    while (n_parts > 1 && (threads % n_parts != 0 || n_panels < n_parts * MIN_B_PANELS_PER_THREAD)) n_parts--;
     thread_share share;
-    split_range(m_panels, team.thread / n_parts, team.threads / n_parts, &share.ip_first, &share.ip_end);
-    split_range(n_panels, team.thread % n_parts, n_parts, &share.jp_first, &share.jp_end);
+    split_range(m_panels, thread / n_parts, threads / n_parts, &share.ip_first, &share.ip_end);
+    split_range(n_panels, thread % n_parts, n_parts, &share.jp_first, &share.jp_end);
     return share;
 }
 
-/* The team packs rows [i0, i0+mb) x K block [p0, p0+kc) of op(A) into plan->a_block. */
-static void pack_a_block(const gemm_problem *pr, const gemm_plan *plan, gemm_team team, int i0, int mb, int p0,
-                         int kc) {
-    const gemm_kernel *kernel = plan->kernel;
-    int ip, ip_end;
-    split_range(ceil_div(mb, kernel->mr), team.thread, team.threads, &ip, &ip_end);
-    if (ip == ip_end) return;
-    int row = ip * kernel->mr;
-    panel_layout lay = {i0 + row, min_int(mb, ip_end * kernel->mr) - row, kernel->mr, kernel->a_width, p0, kc};
-    kernel->pack(&pr->a, &lay, plan->a_block + (size_t)ip * kc * kernel->a_width);
+/* Tiles [ip_first, ip_end) x [jp_first, jp_end) of one K block, from the packed A panels of
+ * ip_first.. and B panels of jp_first.. */
+static void multiply_packed(const gemm_problem *pr, const gemm_kernel *kernel, const thread_share *tiles, int kc,
+                            const float *a_block, const float *b_block, float beta) {
+    int mr = kernel->mr, nr = kernel->nr;
+    for (int ip = tiles->ip_first; ip < tiles->ip_end; ip++) {
+        const float *a_panel = a_block + (size_t)(ip - tiles->ip_first) * kc * kernel->a_width;
+        int row = ip * mr;
+        for (int jp = tiles->jp_first; jp < tiles->jp_end; jp++) {
+            run_tile(kernel, kc, a_panel, b_block + (size_t)(jp - tiles->jp_first) * kc * nr,
+                     pr->C + (size_t)row * pr->ldc + (size_t)jp * nr, pr->ldc, min_int(mr, pr->M - row),
+                     min_int(nr, pr->N - jp * nr), pr->alpha, beta);
+        }
+    }
 }
 
-/* This thread's tiles of C[i0:i0+mb, :] for one packed A block, B block by B block. */
-static void multiply_a_block(const gemm_problem *pr, const gemm_plan *plan, gemm_team team, int i0, int mb,
-                             int p0, int kc, float beta) {
+/* One thread's whole part of the product. */
+static void gemm_thread(const gemm_problem *pr, const gemm_plan *plan, int thread, int threads) {
     const gemm_kernel *kernel = plan->kernel;
     int mr = kernel->mr, nr = kernel->nr;
-    thread_share share = share_for_thread(team, ceil_div(mb, mr), ceil_div(pr->N, nr));
-    float *b_block = plan->b_blocks + (size_t)team.thread * kc * plan->nc_block;
-    int panels_per_block = plan->nc_block / nr;
-    for (int jb = share.jp_first; jb < share.jp_end; jb += panels_per_block) {
-        int jb_end = min_int(share.jp_end, jb + panels_per_block);
-        panel_layout lay = {jb * nr, min_int(pr->N, jb_end * nr) - jb * nr, nr, nr, p0, kc};
-        kernel->pack(&pr->b, &lay, b_block);
-        for (int ip = share.ip_first; ip < share.ip_end; ip++) {
-            const float *a_panel = plan->a_block + (size_t)ip * kc * kernel->a_width;
-            int row = i0 + ip * mr;
-            for (int jp = jb; jp < jb_end; jp++) {
-                run_tile(kernel, kc, a_panel, b_block + (size_t)(jp - jb) * kc * nr,
-                         pr->C + (size_t)row * pr->ldc + (size_t)jp * nr, pr->ldc, min_int(mr, pr->M - row),
-                         min_int(nr, pr->N - jp * nr), pr->alpha, beta);
+    thread_share share = share_for_thread(pr, kernel, thread, threads);
+    float *a_block = plan->workspace + (size_t)thread * (plan->a_floats + plan->b_floats);
+    float *b_block = a_block + plan->a_floats;
+    for (int ib = share.ip_first; ib < share.ip_end; ib += plan->mb_panels) {
+        int ib_end = min_int(share.ip_end, ib + plan->mb_panels);
+        for (int p0 = 0; p0 < pr->K; p0 += plan->kc_block) {
+            int kc = min_int(plan->kc_block, pr->K - p0);
+            panel_layout a_lay = {ib * mr, min_int(pr->M, ib_end * mr) - ib * mr, mr, kernel->a_width, p0, kc};
+            kernel->pack(&pr->a, &a_lay, a_block);
+            for (int jb = share.jp_first; jb < share.jp_end; jb += plan->nb_panels) {
+                int jb_end = min_int(share.jp_end, jb + plan->nb_panels);
+                panel_layout b_lay = {jb * nr, min_int(pr->N, jb_end * nr) - jb * nr, nr, nr, p0, kc};
+                kernel->pack(&pr->b, &b_lay, b_block);
+                thread_share tiles = {ib, ib_end, jb, jb_end};
+                multiply_packed(pr, kernel, &tiles, kc, a_block, b_block, p0 == 0 ? pr->beta : 1.0f);
             }
         }
     }
 }
 
-static void team_barrier(gemm_team team) {
-    if (team.threads > 1) {
-#pragma omp barrier
-    }
-}
-
-/* Every thread of the team walks the same (A block, K block) sequence. */
-static void gemm_blocked(const gemm_problem *pr, const gemm_plan *plan, gemm_team team) {
-    for (int i0 = 0; i0 < pr->M; i0 += plan->mb_block) {
-        int mb = min_int(plan->mb_block, pr->M - i0);
-        for (int p0 = 0; p0 < pr->K; p0 += plan->kc_block) {
-            int kc = min_int(plan->kc_block, pr->K - p0);
-            pack_a_block(pr, plan, team, i0, mb, p0, kc);
-            team_barrier(team);
-            multiply_a_block(pr, plan, team, i0, mb, p0, kc, p0 == 0 ? pr->beta : 1.0f);
-            /* the next K block overwrites a_block */
-            team_barrier(team);
-        }
-    }
-}
-
-/* Without memory for the packed blocks, or for tiny problems where packing costs more than it
+/* Without memory for the packed blocks, or for tiny products where packing costs more than it
  * saves, a plain loop does the job. */
 static void gemm_unpacked(const gemm_problem *pr) {
     const gemm_operand *a = &pr->a, *b = &pr->b;
@@ -448,23 +463,70 @@ static void scale_c(const gemm_problem *pr) {
     }
 }
 
-/* Chooses block sizes and the thread count, and allocates the packing buffers (0 if that fails). */
+/* ---- workspace -------------------------------------------------------------------------
+ * The packing buffers are kept per calling thread from one call to the next: a fresh
+ * allocation of this size comes straight from mmap and pays a page fault per 4 KiB on every
+ * call (a third of the time of a 512x256x256 product). A thread's workspace only grows, to
+ * the largest plan it has needed (at most about 3.5 MiB per thread of its team), and is freed
+ * when the thread exits. */
+
+typedef struct gemm_workspace {
+    float *data;
+    size_t floats;
+} gemm_workspace;
+
+static pthread_key_t workspace_key;
+static int workspace_key_ready;
+static pthread_once_t workspace_key_once = PTHREAD_ONCE_INIT;
+
+static void free_workspace(void *ptr) {
+    gemm_workspace *ws = ptr;
+    free(ws->data);
+    free(ws);
+}
+
+static void create_workspace_key(void) {
+    workspace_key_ready = pthread_key_create(&workspace_key, free_workspace) == 0;
+}
+
+/* The calling thread's workspace, 64-byte aligned and at least `floats` long; NULL when out of
+ * memory. */
+static float *workspace_floats(size_t floats) {
+    pthread_once(&workspace_key_once, create_workspace_key);
+    if (!workspace_key_ready) return NULL;
+    gemm_workspace *ws = pthread_getspecific(workspace_key);
+    if (!ws) {
+        ws = calloc(1, sizeof *ws);
+        if (!ws) return NULL;
+        if (pthread_setspecific(workspace_key, ws) != 0) {
+            free(ws);
+            return NULL;
+        }
+    }
+    if (ws->floats < floats) {
+        free(ws->data);
+        ws->data = aligned_alloc(64, ((floats * sizeof(float) + 63) & ~(size_t)63));
+        ws->floats = ws->data ? floats : 0;
+    }
+    return ws->data;
+}
+
+/* ---- entry point ----------------------------------------------------------------------- */
+
+/* Chooses block sizes and the thread count, and finds the packing buffers (0 if out of memory). */
 static int plan_gemm(const gemm_problem *pr, gemm_plan *plan) {
     const gemm_kernel *kernel = &gemm_kernels[simd_level()];
     plan->kernel = kernel;
     plan->kc_block = ceil_div(pr->K, ceil_div(pr->K, KC_MAX));
-    plan->mb_block = min_int(MB_MAX / kernel->mr, ceil_div(pr->M, kernel->mr)) * kernel->mr;
-    int nc_max = B_BLOCK_FLOATS / plan->kc_block / kernel->nr * kernel->nr;
-    plan->nc_block = min_int(nc_max, ceil_div(pr->N, kernel->nr) * kernel->nr);
+    plan->mb_panels = min_int(MB_MAX / kernel->mr, ceil_div(pr->M, kernel->mr));
+    plan->nb_panels = min_int(B_BLOCK_FLOATS / plan->kc_block / kernel->nr, ceil_div(pr->N, kernel->nr));
     double muladds = (double)pr->M * pr->N * pr->K;
     plan->threads = muladds < PARALLEL_MIN_MULADDS || omp_in_parallel() ? 1 : omp_get_max_threads();
     /* rounded to 64 bytes so that every panel is aligned for the vector loads and stores */
-    size_t a_floats = ((size_t)plan->mb_block / kernel->mr * plan->kc_block * kernel->a_width + 15) & ~(size_t)15;
-    size_t b_floats = ((size_t)plan->kc_block * plan->nc_block + 15) & ~(size_t)15;
-    size_t bytes = (a_floats + b_floats * plan->threads) * sizeof(float);
-    plan->a_block = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
-    plan->b_blocks = plan->a_block ? plan->a_block + a_floats : NULL;
-    return plan->a_block != NULL;
+    plan->a_floats = ((size_t)plan->mb_panels * plan->kc_block * kernel->a_width + 15) & ~(size_t)15;
+    plan->b_floats = ((size_t)plan->nb_panels * plan->kc_block * kernel->nr + 15) & ~(size_t)15;
+    plan->workspace = workspace_floats((plan->a_floats + plan->b_floats) * plan->threads);
+    return plan->workspace != NULL;
 }
 
 void tga_cpu_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
@@ -487,10 +549,9 @@ void tga_cpu_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, co
     }
     if (plan.threads == 1) {
         /* even a one-thread parallel region costs about a microsecond */
-        gemm_blocked(&pr, &plan, (gemm_team){0, 1});
+        gemm_thread(&pr, &plan, 0, 1);
     } else {
 #pragma omp parallel num_threads(plan.threads)
-        gemm_blocked(&pr, &plan, (gemm_team){omp_get_thread_num(), omp_get_num_threads()});
+        gemm_thread(&pr, &plan, omp_get_thread_num(), omp_get_num_threads());
     }
-    free(plan.a_block);
 }
