@@ -36,5 +36,6 @@ tga_status tga_cmd_tokenize(int argc, char **argv);
 tga_status tga_cmd_train(int argc, char **argv);
 tga_status tga_cmd_eval(int argc, char **argv);
 tga_status tga_cmd_bench(int argc, char **argv);
+tga_status tga_cmd_prep(int argc, char **argv);
 
 #endif

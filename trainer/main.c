@@ -31,6 +31,22 @@ static const tga_command commands[] = {
      "  --kind dsr|utility|auto  headline number (auto: dsr when every expected answer is a refusal)\n"
      "  --out FILE             JSON summary with every number and a few example answers\n"
      "  --config FILE, --set section.key=V, --device auto|cpu|cuda, --threads N", tga_cmd_eval},
+    {"prep", 1, "LLaVA-style records + image features -> training shards (1 rank or under mpirun)",
+     "  --records FILE         a JSON array or JSON Lines of LLaVA records + image_caption, retrieved_caption\n"
+     "  --features DIR|FILE    per-image .npy files under DIR, or one [N, P, Dv] .npy with --feature-index\n"
+     "  --feature-index FILE   image name -> row: JSON Lines {\"image\", \"row\"} or text 'NAME ROW' lines\n"
+     "  --tokenizer PATH       a folder, tokenizer.json, *.gguf or a *.txt word list\n"
+     "  --template NAME|FILE   plain, plain_retrieval, llama_2, mistral_instruct, chatml, or a YAML file\n"
+     "  --out DIR              shard-NNNNN.tgas + prep.json (written last)\n"
+     "  --config FILE          take data.template, data.max_len, data.image_tokens, projector.vision_dim\n"
+     "  --max-len N            tokens per sample, image patches included (default 2048)\n"
+     "  --image-tokens P, --feature-dim Dv   (default: from the features)\n"
+     "  --feature-dtype f16|f32  features in the shards (default f16)\n"
+     "  --samples-per-shard S  records per shard (default 512)\n"
+     "  --skip-bad             count and skip bad records instead of stopping\n"
+     "  --tox-from-id          an id containing \"tox\" marks a toxic-image record (upstream)\n"
+     "  --keep-equal-retrieved keep R when it equals C (upstream halves it)\n"
+     "  --quiet                no progress line", tga_cmd_prep},
     {"plan", 0, "print the memory plan of a config without allocating it",
      "  --config FILE          run config (YAML)\n"
      "  --set section.key=V    override a config key (repeatable)\n"
