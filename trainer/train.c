@@ -389,9 +389,24 @@ static tga_status mkdir_p(const char *path) {
     return TGA_OK;
 }
 
+/* A shard directory is complete only when `tga prep` wrote its prep.json (last): an interrupted
+ * prep leaves complete shards but not all of them, which must not silently shrink the data. */
+static tga_status require_finished_prep(const char *path, const char *key) {
+    struct stat st;
+    if (stat(path, &st) != 0) return tga_error(TGA_ERR_CONFIG, "%s %s: %s", key, path, strerror(errno));
+    if (!S_ISDIR(st.st_mode)) return TGA_OK;
+    char marker[700];
+    snprintf(marker, sizeof marker, "%s/prep.json", path);
+    if (access(marker, F_OK) != 0)
+        return tga_error(TGA_ERR_CONFIG, "%s %s has no prep.json: the tga prep that wrote it did not finish", key, path);
+    return TGA_OK;
+}
+
 static tga_status open_loaders(run *r) {
     const tga_config *c = &r->cfg;
     if (!c->data.train[0]) return tga_error(TGA_ERR_CONFIG, "data.train is empty: name a shard directory or file");
+    TGA_TRY(require_finished_prep(c->data.train, "data.train"));
+    if (c->data.eval[0]) TGA_TRY(require_finished_prep(c->data.eval, "data.eval"));
     tga_loader_config lc = {.path = c->data.train, .vocab_size = (int32_t)c->model.vocab_size, .pad_id = 0,
                             .seed = (uint64_t)c->train.seed, .shuffle = 1, .mode = TGA_LOADER_TRAIN,
                             .micro_batch = (int)c->train.micro_batch, .grad_accum = (int)c->train.grad_accum,
