@@ -8,6 +8,7 @@
 #include "trainer/cli.h"
 #include "trainer/config.h"
 #include "trainer/prep.h"
+#include "trainer/synthetic.h"
 #include "trainer/template.h"
 
 /* The options that --config may set; flags given on the command line win over it. */
@@ -105,8 +106,48 @@ static void print_summary(const tga_prep_options *o, const tga_prep_summary *s) 
            s->truncated, o->max_len, s->too_long, s->bad);
 }
 
+/* `tga prep --synthetic DIR [--seed N] [--pretrain N] [--align N] [--eval N]`: writes the embedded
+ * default world's records, features and retrieval embeddings (trainer/synthetic.h) into DIR; the
+ * usual `tga retrieve` and `tga prep` turn them into shards (launch/demo.sh shows the chain). */
+static tga_status prep_synthetic(int argc, char **argv) {
+    tga_synthetic_options o;
+    tga_synthetic_defaults(&o);
+    const char *dir = NULL;
+    for (int i = 0; i < argc; i++) {
+        long long v = 0;
+        if (strcmp(argv[i], "--synthetic") == 0) {
+            TGA_TRY(string_arg(argc, argv, &i, &dir));
+        } else if (strcmp(argv[i], "--seed") == 0) {
+            TGA_TRY(tga_cli_int_arg(argc, argv, &i, 0, (1LL << 53), &v));
+            o.seed = (uint64_t)v;
+        } else if (strcmp(argv[i], "--pretrain") == 0) {
+            TGA_TRY(tga_cli_int_arg(argc, argv, &i, 1, 10000000, &v));
+            o.n_pretrain = (int)v;
+        } else if (strcmp(argv[i], "--align") == 0) {
+            TGA_TRY(tga_cli_int_arg(argc, argv, &i, 1, 10000000, &v));
+            o.n_align = (int)v;
+        } else if (strcmp(argv[i], "--eval") == 0) {
+            TGA_TRY(tga_cli_int_arg(argc, argv, &i, 1, 1000000, &v));
+            o.n_eval = (int)v;
+        } else {
+            return tga_error(TGA_ERR_USAGE, "tga prep --synthetic: unknown option %s (see tga help prep)", argv[i]);
+        }
+    }
+    tga_status st = tga_dist_rank() == 0 ? tga_synthetic_write(dir, &o) : TGA_OK;
+    int failed;
+    TGA_TRY(tga_dist_any_failed(st, &failed, "synthetic world"));
+    TGA_TRY(st);
+    if (failed) return tga_error(TGA_ERR_IO, "rank 0 could not write the synthetic world");
+    if (tga_dist_rank() == 0)
+        printf("synthetic world (seed %llu): %d pretraining records, %d image-caption records, 3 x %d eval records in %s\n",
+               (unsigned long long)o.seed, o.n_pretrain, o.n_align, o.n_eval, dir);
+    return TGA_OK;
+}
+
 /* Runs on every rank: main() initialises MPI first (the command's uses_mpi flag). */
 tga_status tga_cmd_prep(int argc, char **argv) {
+    for (int i = 0; i < argc; i++)
+        if (strcmp(argv[i], "--synthetic") == 0) return prep_synthetic(argc, argv);
     tga_prep_options o;
     TGA_TRY(parse_options(argc, argv, &o));
     tga_prep_summary summary;

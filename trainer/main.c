@@ -46,7 +46,9 @@ static const tga_command commands[] = {
      "  --skip-bad             count and skip bad records instead of stopping\n"
      "  --tox-from-id          an id containing \"tox\" marks a toxic-image record (upstream)\n"
      "  --keep-equal-retrieved keep R when it equals C (upstream halves it)\n"
-     "  --quiet                no progress line", tga_cmd_prep},
+     "  --quiet                no progress line\n"
+     "  --synthetic DIR [--seed N] [--pretrain N] [--align N] [--eval N]\n"
+     "                         write the embedded default world (records, features, retrieval embeddings) to DIR", tga_cmd_prep},
     {"plan", 0, "print the memory plan of a config without allocating it",
      "  --config FILE          run config (YAML)\n"
      "  --set section.key=V    override a config key (repeatable)\n"
