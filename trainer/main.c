@@ -49,6 +49,15 @@ static const tga_command commands[] = {
      "  --quiet                no progress line\n"
      "  --synthetic DIR [--seed N] [--pretrain N] [--align N] [--eval N]\n"
      "                         write the embedded default world (records, features, retrieval embeddings) to DIR", tga_cmd_prep},
+    {"export", 0, "a run's weights as safetensors: the projector (LLaVA and HF names) or the model (HF sharded + config.json)",
+     "  --run DIR              run or checkpoint directory (its config.effective.yaml / config.yaml gives the model)\n"
+     "  --out DIR              a new or empty directory (its parent must exist)\n"
+     "  --what auto|projector|model  auto: the projector after stage1, the model after lm and stage2\n"
+     "  --dtype f32|bf16       tensor dtype (default f32; bf16 rounds to nearest even)\n"
+     "  --shard-size SIZE      most tensor bytes per model shard: 2GB, 500MB, 1GiB, bytes (default 5GB)\n"
+     "  --arch llama|mistral   config.json architecture (default llama)\n"
+     "  --tokenizer PATH       bos/eos ids for config.json\n"
+     "  --config FILE, --set section.key=V, --threads N", tga_cmd_export},
     {"plan", 0, "print the memory plan of a config without allocating it",
      "  --config FILE          run config (YAML)\n"
      "  --set section.key=V    override a config key (repeatable)\n"
