@@ -36,6 +36,7 @@ tga_status tga_cmd_tokenize(int argc, char **argv);
 tga_status tga_cmd_train(int argc, char **argv);
 tga_status tga_cmd_eval(int argc, char **argv);
 tga_status tga_cmd_export(int argc, char **argv);
+tga_status tga_cmd_retrieve(int argc, char **argv);
 tga_status tga_cmd_bench(int argc, char **argv);
 tga_status tga_cmd_prep(int argc, char **argv);
 

@@ -21,6 +21,13 @@ static const tga_command commands[] = {
      "  --fresh                start from step 0 even when checkpoints exist\n"
      "  --dry-run              validate everything and print the memory plan; allocate nothing\n"
      "  --device auto|cpu|cuda, --threads N", tga_cmd_train},
+    {"retrieve", 1, "top-k caption texts for each image by embedding cosine (corpus sharded over MPI ranks)",
+     "  --queries Q.npy        query (image) embeddings [N, d], row i = record i\n"
+     "  --corpus C.npy         corpus (caption) embeddings [M, d]\n"
+     "  --texts T.jsonl        corpus texts, one JSON object per line (--text-key, default text)\n"
+     "  --records R.json[l]    LLaVA records (JSON array or JSONL); the image's own caption is never retrieved\n"
+     "  --out OUT              the records with retrieved_caption (and retrieved_captions when k > 1)\n"
+     "  --k K                  how many to keep (default 1); --caption-key (default image_caption); --threads N", tga_cmd_retrieve},
     {"eval", 0, "greedy answers of a run to eval records: DSR (refusal rate), utility accuracy, image-vs-caption probe",
      "  --run DIR              run or checkpoint directory (its config.effective.yaml / config.yaml gives the model)\n"
      "  --records FILE         LLaVA JSON/JSONL eval records (repeatable)\n"
