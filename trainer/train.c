@@ -649,6 +649,9 @@ static tga_status train_main(int argc, char **argv, run *r) {
         tga_status cs = tga_config_write(&r->cfg, f);
         fclose(f);
         TGA_TRY(cs);
+        printf("effective config (also in %s):\n", path);
+        TGA_TRY(tga_config_write(&r->cfg, stdout));
+        fflush(stdout);
         snprintf(path, sizeof path, "%s/metrics.jsonl", r->run_dir);
         r->metrics = fopen(path, "a");
         if (!r->metrics) return tga_error(TGA_ERR_IO, "cannot open %s: %s", path, strerror(errno));
