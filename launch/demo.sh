@@ -62,8 +62,9 @@ common=(--tokenizer "$world/vocab.txt" --template mistral_instruct --max-len 96 
 train() { # config out_dir steps [--set ...]
     local config=$1 dir=$2 steps=$3
     shift 3
+    # the effective config goes to stdout (and into the run directory); the progress log is stderr
     "${mpi[@]}" "$tga" train --config "$config" --set "train.out_dir=$dir" --set "train.steps=$steps" \
-        --set train.log_every=50 "$@"
+        --set train.log_every=50 "$@" >"$dir.stdout.txt"
 }
 echo "== (i) pretrain the LLM on text (lm)"
 train configs/demo/lm.yaml "$out/lm" "$lm_steps" --set "data.train=$data/pretrain"
