@@ -73,14 +73,14 @@ static const tga_ops *load_cuda(char *why, size_t why_size) {
     cuda_library_path(path, sizeof path);
     void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!lib) {
-        snprintf(why, why_size, "cannot load the CUDA backend %s: %s", path, dlerror());
+        snprintf(why, why_size, "cannot load the CUDA backend %.300s: %.180s", path, dlerror());
         return NULL;
     }
     typedef const tga_ops *(*init_fn)(char *, size_t);
     init_fn init;
     *(void **)(&init) = dlsym(lib, "tga_cuda_backend_init");
     if (!init) {
-        snprintf(why, why_size, "%s does not export tga_cuda_backend_init", path);
+        snprintf(why, why_size, "%.400s does not export tga_cuda_backend_init", path);
         dlclose(lib);
         return NULL;
     }

@@ -1,0 +1,106 @@
+/* Host emulation of CUDA's SIMT execution (tests/gpu/emulate.sh): each thread of a block is a
+ * fiber; blocks run one after another. Barriers (__syncthreads, __syncwarp) and every warp-level
+ * exchange (shuffles, ballots, mma.sync) suspend the fiber until the threads they involve have all
+ * arrived, so kernels run with CUDA's semantics, one thread at a time. __shared__ variables are
+ * static (blocks never overlap), dynamic shared memory is one static array, and mma.sync
+ * m16n8k16 bf16 is computed from the fragment layouts of the PTX ISA. Launches check their
+ * configuration as the device would (block size, dynamic shared memory against the kernel's
+ * limit) and record cudaErrorInvalidValue/InvalidConfiguration for cudaGetLastError.
+ *
+ * Only what the backend's kernels use is here. */
+#ifndef TGA_EMULATED_SIMT_H
+#define TGA_EMULATED_SIMT_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <functional>
+#include <tuple>
+#include <type_traits>
+
+#include "cuda_runtime_api.h"
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
+#define __shared__ static
+
+struct dim3 {
+    unsigned x, y, z;
+    constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+extern dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+
+namespace simt {
+void warp_sync();
+void block_sync();
+int lane();
+uint64_t exchange(uint64_t value, int src_lane); /* src_lane's value; every lane of the warp takes part */
+uint32_t ballot(bool pred);
+void mma_m16n8k16_bf16(float c[4], const uint32_t a[4], const uint32_t b[2]);
+bool launch_begin(const void *kernel, dim3 grid, dim3 block, size_t dynamic_smem);
+void run_block(dim3 block_index, const std::function<void()> &body);
+
+template <class T>
+uint64_t to_bits(T v) {
+    static_assert(sizeof(T) <= sizeof(uint64_t), "exchange of a type wider than 8 bytes");
+    uint64_t bits = 0;
+    memcpy(&bits, &v, sizeof v);
+    return bits;
+}
+
+template <class T>
+T from_bits(uint64_t bits) {
+    T v;
+    memcpy(&v, &bits, sizeof v);
+    return v;
+}
+}  // namespace simt
+
+inline void __syncthreads() { simt::block_sync(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { simt::warp_sync(); }
+
+template <class T>
+T __shfl_xor_sync(unsigned, T v, int lane_mask) {
+    return simt::from_bits<T>(simt::exchange(simt::to_bits(v), simt::lane() ^ lane_mask));
+}
+
+template <class T>
+T __shfl_sync(unsigned, T v, int src_lane) {
+    return simt::from_bits<T>(simt::exchange(simt::to_bits(v), src_lane));
+}
+
+inline unsigned __ballot_sync(unsigned, int pred) { return simt::ballot(pred != 0); }
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline int __ffs(int x) { return __builtin_ffs(x); }
+/* the _rn intrinsics: single IEEE operations (the emulator is built with -ffp-contract=off) */
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float a) { return sqrtf(a); }
+inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+
+inline void tga_emulated_mma_m16n8k16_bf16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+    simt::mma_m16n8k16_bf16(c, a, b);
+}
+
+/* kernel<<<grid, block, smem, stream>>>(args...) becomes this call (tests/gpu/emulator/translate.py) */
+template <class... P, class... A>
+void tga_emulate_launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t,
+                        const A &...args) {
+    if (!simt::launch_begin(reinterpret_cast<const void *>(kernel), grid, block, dynamic_smem)) return;
+    const std::tuple<std::decay_t<P>...> params(static_cast<std::decay_t<P>>(args)...);
+    for (unsigned z = 0; z < grid.z; z++)
+        for (unsigned y = 0; y < grid.y; y++)
+            for (unsigned x = 0; x < grid.x; x++) simt::run_block(dim3(x, y, z), [&] { std::apply(kernel, params); });
+}
+
+#endif

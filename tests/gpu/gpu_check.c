@@ -1,0 +1,691 @@
+/* GPU check: every op of the CUDA backend against the CPU reference (tga_cpu_ops), several shapes
+ * each, fresh random inputs, outputs poisoned with NaN before the call (so an element the op
+ * fails to write is caught), padding rows of attention inputs poisoned too (they must not leak).
+ * One "PASS|FAIL op shape relerr=E limit=L" line per comparison; then the model-level check
+ * (gpu_check_model.c). Exit code 1 if anything failed, 2 if no GPU backend could be loaded.
+ *
+ *   gpu_check [--only family,family,...] [--small] [--seed N]
+ * families: memory gemm linear embedding rmsnorm rope attention activations lm_head pooling
+ * tga_align elementwise adamw topk model
+ *
+ * Limits follow the precision policy of kernels/cuda/README.md: exact where the CUDA op repeats
+ * the CPU's arithmetic, 1e-5..1e-6 for fp32 reductions in another order, the GEMM limit (TF32 or
+ * fp32) for GEMM-based ops, 1e-2 (forward) and 2e-2 (backward) for bf16 attention. */
+#include "tests/gpu/gpu_check.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tests/testutil.h"
+
+const tga_ops *gc_gpu, *gc_cpu;
+uint64_t gc_rng = 20240611;
+int gc_small;
+static int failures, checks;
+static const char *only_families;
+
+/* ---- helpers ---------------------------------------------------------------------------------- */
+
+static void *xmalloc(size_t bytes) {
+    void *p = malloc(bytes ? bytes : 1);
+    if (!p) {
+        fprintf(stderr, "gpu_check: out of host memory\n");
+        exit(2);
+    }
+    return p;
+}
+
+float *gc_random(size_t n, float lo, float hi) {
+    float *x = xmalloc(n * sizeof *x);
+    tu_fill_uniform(x, n, lo, hi, &gc_rng);
+    return x;
+}
+
+float *gc_nan(size_t n) {
+    float *x = xmalloc(n * sizeof *x);
+    for (size_t i = 0; i < n; i++) x[i] = NAN;
+    return x;
+}
+
+float *gc_copy(const float *x, size_t n) {
+    float *y = xmalloc(n * sizeof *y);
+    memcpy(y, x, n * sizeof *y);
+    return y;
+}
+
+#define MAX_DEVICE_BUFFERS 64
+static void *device_buffers[MAX_DEVICE_BUFFERS];
+static int n_device_buffers;
+
+void *gc_device(const void *host, size_t bytes) {
+    if (n_device_buffers == MAX_DEVICE_BUFFERS) {
+        fprintf(stderr, "gpu_check: more than %d device buffers in one check\n", MAX_DEVICE_BUFFERS);
+        exit(2);
+    }
+    void *d = gc_gpu->alloc(bytes);
+    if (!d) {
+        fprintf(stderr, "gpu_check: cannot allocate %zu bytes on the GPU\n", bytes);
+        exit(2);
+    }
+    if (host) gc_gpu->upload(d, host, bytes);
+    device_buffers[n_device_buffers++] = d;
+    return d;
+}
+
+float *gc_device_nan(size_t n) {
+    float *host = gc_nan(n);
+    float *d = gc_device(host, n * sizeof(float));
+    free(host);
+    return d;
+}
+
+void gc_free_device(void) {
+    for (int i = 0; i < n_device_buffers; i++) gc_gpu->free(device_buffers[i]);
+    n_device_buffers = 0;
+}
+
+float *gc_download(const float *dev, size_t n) {
+    float *host = xmalloc(n * sizeof *host);
+    gc_gpu->download(host, dev, n * sizeof *host);
+    return host;
+}
+
+int gc_report(const char *op, const char *shape, double relerr, double limit) {
+    int pass = isfinite(relerr) && relerr <= limit;
+    printf("%s %s %s relerr=%.3g limit=%.3g\n", pass ? "PASS" : "FAIL", op, shape, relerr, limit);
+    fflush(stdout);
+    checks++;
+    failures += !pass;
+    return pass;
+}
+
+int gc_compare(const char *op, const char *shape, const float *dev, const float *ref, size_t n, double limit) {
+    float *got = gc_download(dev, n);
+    int pass = gc_report(op, shape, tu_rel_error(got, ref, n), limit);
+    free(got);
+    return pass;
+}
+
+double gc_gemm_limit(void) { return strstr(gc_gpu->name, "GEMM fp32") ? 1e-4 : 5e-3; }
+
+int gc_selected(const char *name) {
+    if (!only_families) return 1;
+    size_t len = strlen(name);
+    for (const char *p = only_families; (p = strstr(p, name)) != NULL; p += len) {
+        int starts = p == only_families || p[-1] == ',';
+        int ends = p[len] == '\0' || p[len] == ',';
+        if (starts && ends) return 1;
+    }
+    return 0;
+}
+
+/* free() of each argument up to a NULL */
+static void gc_free_host(void *first, ...) {
+    va_list ap;
+    va_start(ap, first);
+    for (void *p = first; p != NULL; p = va_arg(ap, void *)) free(p);
+    va_end(ap);
+}
+
+static double rel_error_double(double a, double b) { return b == 0.0 ? fabs(a) : fabs(a - b) / fabs(b); }
+
+/* ---- memory ----------------------------------------------------------------------------------- */
+
+static void check_memory(void) {
+    const size_t n = 100000;
+    float *h = gc_random(n, -1, 1), *ref = gc_copy(h, n);
+    float *d = gc_device(h, n * sizeof(float));
+    gc_compare("upload+download", "n=100000", d, ref, n, 0);
+    gc_gpu->zero(d + 10, 1000 * sizeof(float));
+    memset(ref + 10, 0, 1000 * sizeof(float));
+    gc_compare("zero", "n=1000 at +10", d, ref, n, 0);
+    gc_gpu->copy(d + 5, d, 50000 * sizeof(float)); /* overlapping, forward */
+    memmove(ref + 5, ref, 50000 * sizeof(float));
+    gc_compare("copy", "overlap dst>src", d, ref, n, 0);
+    gc_gpu->copy(d, d + 7, 50000 * sizeof(float)); /* overlapping, backward */
+    memmove(ref, ref + 7, 50000 * sizeof(float));
+    gc_compare("copy", "overlap dst<src", d, ref, n, 0);
+    float *d2 = gc_device_nan(n);
+    gc_gpu->copy(d2, d, n * sizeof(float));
+    gc_compare("copy", "disjoint", d2, ref, n, 0);
+    float *fresh = gc_device(NULL, 4096 * sizeof(float));
+    float zeros[4096] = {0};
+    gc_compare("alloc", "zeroed 4096", fresh, zeros, 4096, 0);
+    gc_free_device();
+    free(h);
+    free(ref);
+}
+
+/* ---- GEMM ------------------------------------------------------------------------------------- */
+
+/* op(A)[M,K] op(B)[K,N] into C[M,N], every matrix with `pad` extra columns that must stay as they
+ * were; C starts random (beta != 0) or NaN (beta == 0: C must not be read). */
+static void gemm_case(int ta, int tb, int M, int N, int K, int pad, float alpha, float beta) {
+    const int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
+    const size_t a_n = (size_t)(ta ? K : M) * lda, b_n = (size_t)(tb ? N : K) * ldb, c_n = (size_t)M * ldc;
+    float *a = gc_random(a_n, -1, 1), *b = gc_random(b_n, -1, 1);
+    float *c = beta != 0.0f ? gc_random(c_n, -1, 1) : gc_nan(c_n), *ref = gc_copy(c, c_n);
+    gc_cpu->gemm(ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, ref, ldc);
+    float *dc = gc_device(c, c_n * sizeof(float));
+    gc_gpu->gemm(ta, tb, M, N, K, alpha, gc_device(a, a_n * sizeof(float)), lda, gc_device(b, b_n * sizeof(float)),
+                 ldb, beta, dc, ldc);
+    float *got = gc_download(dc, c_n);
+    float *got_block = xmalloc((size_t)M * N * sizeof(float)), *ref_block = xmalloc((size_t)M * N * sizeof(float));
+    int padding_kept = 1;
+    for (int i = 0; i < M; i++) {
+        memcpy(got_block + (size_t)i * N, got + (size_t)i * ldc, (size_t)N * sizeof(float));
+        memcpy(ref_block + (size_t)i * N, ref + (size_t)i * ldc, (size_t)N * sizeof(float));
+        padding_kept &= memcmp(got + (size_t)i * ldc + N, c + (size_t)i * ldc + N, (size_t)pad * sizeof(float)) == 0;
+    }
+    char shape[128];
+    snprintf(shape, sizeof shape, "M=%d N=%d K=%d ta=%d tb=%d pad=%d alpha=%g beta=%g", M, N, K, ta, tb, pad, alpha,
+             beta);
+    gc_report("gemm", shape, tu_rel_error(got_block, ref_block, (size_t)M * N), gc_gemm_limit());
+    gc_report("gemm.padding_untouched", shape, padding_kept ? 0.0 : 1.0, 0);
+    gc_free_host(a, b, c, ref, got, got_block, ref_block, NULL);
+    gc_free_device();
+}
+
+static void check_gemm(void) {
+    static const int shapes[][3] = {{1, 1, 1}, {17, 33, 65}, {64, 128, 256}, {300, 77, 513}, {5, 4096, 64}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int t = 0; t < 4; t++)
+            gemm_case(t >> 1, t & 1, shapes[s][0], shapes[s][1], shapes[s][2], (int)(s % 2) * 3, 1.0f,
+                      (t + (int)s) % 2 ? 1.0f : 0.0f);
+    gemm_case(0, 1, 40, 50, 60, 0, 0.5f, 0.25f);
+    gemm_case(1, 0, 40, 50, 0, 2, 1.0f, 0.5f); /* K = 0: C = beta C */
+    gemm_case(0, 0, 40, 50, 0, 0, 1.0f, 0.0f); /* K = 0, beta 0: C = 0 */
+    gemm_case(0, 0, 40, 50, 60, 1, 0.0f, 2.0f); /* alpha 0 */
+}
+
+/* ---- linear ----------------------------------------------------------------------------------- */
+
+static void linear_case(int N, int in_dim, int out_dim, int with_bias, int accumulate_din) {
+    char shape[96];
+    snprintf(shape, sizeof shape, "N=%d in=%d out=%d bias=%d acc_din=%d", N, in_dim, out_dim, with_bias,
+             accumulate_din);
+    const size_t n_in = (size_t)N * in_dim, n_out = (size_t)N * out_dim, n_w = (size_t)out_dim * in_dim;
+    float *in = gc_random(n_in, -1, 1), *w = gc_random(n_w, -0.5f, 0.5f), *bias = gc_random((size_t)out_dim, -1, 1);
+    float *out_ref = gc_nan(n_out);
+    gc_cpu->linear_forward(out_ref, in, w, with_bias ? bias : NULL, N, in_dim, out_dim);
+    float *d_in = gc_device(in, n_in * 4), *d_w = gc_device(w, n_w * 4), *d_out = gc_device_nan(n_out);
+    gc_gpu->linear_forward(d_out, d_in, d_w, with_bias ? gc_device(bias, (size_t)out_dim * 4) : NULL, N, in_dim,
+                           out_dim);
+    gc_compare("linear_forward", shape, d_out, out_ref, n_out, gc_gemm_limit());
+
+    float *dout = gc_random(n_out, -1, 1);
+    float *din = accumulate_din ? gc_random(n_in, -1, 1) : gc_nan(n_in), *din_ref = gc_copy(din, n_in);
+    float *dw = gc_random(n_w, -1, 1), *dw_ref = gc_copy(dw, n_w);
+    float *db = gc_random((size_t)out_dim, -1, 1), *db_ref = gc_copy(db, (size_t)out_dim);
+    gc_cpu->linear_backward(din_ref, dw_ref, with_bias ? db_ref : NULL, dout, in, w, N, in_dim, out_dim,
+                            accumulate_din);
+    float *d_din = gc_device(din, n_in * 4), *d_dw = gc_device(dw, n_w * 4), *d_db = gc_device(db, (size_t)out_dim * 4);
+    gc_gpu->linear_backward(d_din, d_dw, with_bias ? d_db : NULL, gc_device(dout, n_out * 4), d_in, d_w, N, in_dim,
+                            out_dim, accumulate_din);
+    gc_compare("linear_backward.din", shape, d_din, din_ref, n_in, gc_gemm_limit());
+    gc_compare("linear_backward.dweight", shape, d_dw, dw_ref, n_w, gc_gemm_limit());
+    gc_compare("linear_backward.dbias", shape, d_db, db_ref, (size_t)out_dim, 1e-6);
+    /* only dweight requested: din must stay untouched */
+    gc_gpu->linear_backward(NULL, d_dw, NULL, gc_device(dout, n_out * 4), d_in, d_w, N, in_dim, out_dim, 0);
+    gc_compare("linear_backward.din_null_untouched", shape, d_din, din_ref, n_in, gc_gemm_limit());
+    gc_free_host(in, w, bias, out_ref, dout, din, din_ref, dw, dw_ref, db, db_ref, NULL);
+    gc_free_device();
+}
+
+static void check_linear(void) {
+    linear_case(37, 96, 130, 1, 0);
+    linear_case(37, 96, 130, 0, 1);
+    linear_case(600, 64, 256, 1, 1); /* several row chunks in the bias gradient */
+    linear_case(1, 1, 1, 1, 0);
+}
+
+/* ---- embedding -------------------------------------------------------------------------------- */
+
+static void embedding_case(int N, int D, int V) {
+    char shape[64];
+    snprintf(shape, sizeof shape, "N=%d D=%d V=%d", N, D, V);
+    int *ids = xmalloc((size_t)N * sizeof *ids);
+    for (int n = 0; n < N; n++) /* repeats, and negative ids (image placeholders) */
+        ids[n] = (int)(tu_next(&gc_rng) % (uint64_t)(V + 3)) - 3;
+    float *table = gc_random((size_t)V * D, -1, 1), *out_ref = gc_nan((size_t)N * D);
+    gc_cpu->embedding_forward(out_ref, ids, table, N, D);
+    int *d_ids = gc_device(ids, (size_t)N * sizeof *ids);
+    float *d_out = gc_device_nan((size_t)N * D);
+    gc_gpu->embedding_forward(d_out, d_ids, gc_device(table, (size_t)V * D * 4), N, D);
+    gc_compare("embedding_forward", shape, d_out, out_ref, (size_t)N * D, 0);
+    float *dout = gc_random((size_t)N * D, -1, 1), *dtable = gc_random((size_t)V * D, -1, 1);
+    float *dtable_ref = gc_copy(dtable, (size_t)V * D);
+    gc_cpu->embedding_backward(dtable_ref, dout, ids, N, D, V);
+    float *d_dtable = gc_device(dtable, (size_t)V * D * 4);
+    gc_gpu->embedding_backward(d_dtable, gc_device(dout, (size_t)N * D * 4), d_ids, N, D, V);
+    /* same additions in the same order: the same bits */
+    gc_compare("embedding_backward", shape, d_dtable, dtable_ref, (size_t)V * D, 0);
+    gc_free_host(ids, table, out_ref, dout, dtable, dtable_ref, NULL);
+    gc_free_device();
+}
+
+static void check_embedding(void) {
+    embedding_case(200, 70, 50);
+    embedding_case(64, 4096, 8);
+    embedding_case(3000, 33, 1000);
+}
+
+/* ---- RMSNorm ---------------------------------------------------------------------------------- */
+
+static void rmsnorm_case(int N, int D, int accumulate_din) {
+    char shape[64];
+    snprintf(shape, sizeof shape, "N=%d D=%d acc_din=%d", N, D, accumulate_din);
+    const size_t n = (size_t)N * D;
+    const float eps = 1e-5f;
+    float *x = gc_random(n, -2, 2), *w = gc_random((size_t)D, 0.5f, 1.5f);
+    float *out_ref = gc_nan(n), *rstd_ref = gc_nan((size_t)N);
+    gc_cpu->rmsnorm_forward(out_ref, rstd_ref, x, w, N, D, eps);
+    float *d_x = gc_device(x, n * 4), *d_w = gc_device(w, (size_t)D * 4);
+    float *d_out = gc_device_nan(n), *d_rstd = gc_device_nan((size_t)N);
+    gc_gpu->rmsnorm_forward(d_out, d_rstd, d_x, d_w, N, D, eps);
+    gc_compare("rmsnorm_forward.out", shape, d_out, out_ref, n, 1e-5);
+    gc_compare("rmsnorm_forward.rstd", shape, d_rstd, rstd_ref, (size_t)N, 1e-5);
+
+    float *dout = gc_random(n, -1, 1);
+    float *din = accumulate_din ? gc_random(n, -1, 1) : gc_nan(n), *din_ref = gc_copy(din, n);
+    float *dw = gc_random((size_t)D, -1, 1), *dw_ref = gc_copy(dw, (size_t)D);
+    gc_cpu->rmsnorm_backward(din_ref, dw_ref, dout, x, w, rstd_ref, N, D, accumulate_din);
+    float *d_din = gc_device(din, n * 4), *d_dw = gc_device(dw, (size_t)D * 4);
+    gc_gpu->rmsnorm_backward(d_din, d_dw, gc_device(dout, n * 4), d_x, d_w, gc_device(rstd_ref, (size_t)N * 4), N, D,
+                             accumulate_din);
+    gc_compare("rmsnorm_backward.din", shape, d_din, din_ref, n, 1e-5);
+    gc_compare("rmsnorm_backward.dweight", shape, d_dw, dw_ref, (size_t)D, 1e-5);
+
+    float *delta = gc_random(n, -1, 1), *res_ref = gc_copy(x, n);
+    float *out2_ref = gc_nan(n), *rstd2_ref = gc_nan((size_t)N);
+    gc_cpu->add_rmsnorm_forward(res_ref, delta, out2_ref, rstd2_ref, w, N, D, eps);
+    float *d_res = gc_device(x, n * 4), *d_out2 = gc_device_nan(n), *d_rstd2 = gc_device_nan((size_t)N);
+    gc_gpu->add_rmsnorm_forward(d_res, gc_device(delta, n * 4), d_out2, d_rstd2, d_w, N, D, eps);
+    gc_compare("add_rmsnorm_forward.residual", shape, d_res, res_ref, n, 0);
+    gc_compare("add_rmsnorm_forward.out", shape, d_out2, out2_ref, n, 1e-5);
+    gc_compare("add_rmsnorm_forward.rstd", shape, d_rstd2, rstd2_ref, (size_t)N, 1e-5);
+    gc_free_host(x, w, out_ref, rstd_ref, dout, din, din_ref, dw, dw_ref, delta, res_ref, out2_ref, rstd2_ref, NULL);
+    gc_free_device();
+}
+
+static void check_rmsnorm(void) {
+    rmsnorm_case(33, 4096, 0);
+    rmsnorm_case(7, 64, 1);
+    rmsnorm_case(700, 100, 1); /* several row chunks in the weight gradient */
+}
+
+/* ---- RoPE ------------------------------------------------------------------------------------- */
+
+static void rope_case(int B, int T, int heads, int hd, int inverse) {
+    char shape[80];
+    snprintf(shape, sizeof shape, "B=%d T=%d heads=%d hd=%d inverse=%d", B, T, heads, hd, inverse);
+    const int max_T = T + 5;
+    const size_t n = (size_t)B * T * heads * hd, n_table = (size_t)max_T * hd;
+    float *table = xmalloc(n_table * sizeof *table);
+    tga_rope_table(table, max_T, hd, 10000.0);
+    float *x = gc_random(n, -1, 1), *ref = gc_copy(x, n);
+    gc_cpu->rope(ref, table, B, T, heads, hd, inverse);
+    float *d_x = gc_device(x, n * 4);
+    gc_gpu->rope(d_x, gc_device(table, n_table * 4), B, T, heads, hd, inverse);
+    gc_compare("rope", shape, d_x, ref, n, 1e-6);
+    gc_free_host(table, x, ref, NULL);
+    gc_free_device();
+}
+
+static void check_rope(void) {
+    rope_case(2, 50, 3, 64, 0);
+    rope_case(2, 50, 3, 64, 1);
+    rope_case(1, 300, 8, 128, 0);
+    rope_case(3, 7, 1, 16, 1);
+}
+
+/* ---- attention -------------------------------------------------------------------------------- */
+
+/* NaN in every row of padding of a [B,T,heads,hd] tensor: the op must never read them. */
+static void poison_padding(float *x, const int *lengths, int B, int T, int heads, int hd) {
+    for (int b = 0; b < B; b++)
+        for (int t = lengths[b] < 0 ? 0 : lengths[b]; t < T; t++)
+            for (size_t i = 0; i < (size_t)heads * hd; i++) x[((size_t)b * T + t) * heads * hd + i] = NAN;
+}
+
+static void attention_case(int B, int T, int H, int KVH, int hd, const int *lengths) {
+    char shape[128];
+    int len_off = snprintf(shape, sizeof shape, "B=%d T=%d H=%d KVH=%d hd=%d lengths=", B, T, H, KVH, hd);
+    for (int b = 0; b < B && len_off < (int)sizeof shape - 8; b++)
+        len_off += snprintf(shape + len_off, sizeof shape - (size_t)len_off, "%s%d", b ? "," : "", lengths[b]);
+    const size_t nq = (size_t)B * T * H * hd, nkv = (size_t)B * T * KVH * hd, nl = (size_t)B * H * T;
+    float *q = gc_random(nq, -2, 2), *k = gc_random(nkv, -2, 2), *v = gc_random(nkv, -1, 1);
+    poison_padding(q, lengths, B, T, H, hd);
+    poison_padding(k, lengths, B, T, KVH, hd);
+    poison_padding(v, lengths, B, T, KVH, hd);
+    float *out_ref = gc_nan(nq), *lse_ref = gc_nan(nl);
+    gc_cpu->attention_forward(out_ref, lse_ref, q, k, v, lengths, B, T, H, KVH, hd);
+    int *d_len = gc_device(lengths, (size_t)B * sizeof(int));
+    float *d_q = gc_device(q, nq * 4), *d_k = gc_device(k, nkv * 4), *d_v = gc_device(v, nkv * 4);
+    float *d_out = gc_device_nan(nq), *d_lse = gc_device_nan(nl);
+    gc_gpu->attention_forward(d_out, d_lse, d_q, d_k, d_v, d_len, B, T, H, KVH, hd);
+    gc_compare("attention_forward.out", shape, d_out, out_ref, nq, 1e-2);
+    gc_compare("attention_forward.lse", shape, d_lse, lse_ref, nl, 5e-3);
+
+    /* the backward of both backends starts from the CPU forward's out and lse */
+    float *dout = gc_random(nq, -1, 1);
+    poison_padding(dout, lengths, B, T, H, hd);
+    float *dq_ref = gc_nan(nq), *dk_ref = gc_nan(nkv), *dv_ref = gc_nan(nkv);
+    gc_cpu->attention_backward(dq_ref, dk_ref, dv_ref, dout, q, k, v, out_ref, lse_ref, lengths, B, T, H, KVH, hd);
+    float *d_dq = gc_device_nan(nq), *d_dk = gc_device_nan(nkv), *d_dv = gc_device_nan(nkv);
+    gc_gpu->attention_backward(d_dq, d_dk, d_dv, gc_device(dout, nq * 4), d_q, d_k, d_v, gc_device(out_ref, nq * 4),
+                               gc_device(lse_ref, nl * 4), d_len, B, T, H, KVH, hd);
+    gc_compare("attention_backward.dq", shape, d_dq, dq_ref, nq, 2e-2);
+    gc_compare("attention_backward.dk", shape, d_dk, dk_ref, nkv, 2e-2);
+    gc_compare("attention_backward.dv", shape, d_dv, dv_ref, nkv, 2e-2);
+    gc_free_host(q, k, v, out_ref, lse_ref, dout, dq_ref, dk_ref, dv_ref, NULL);
+    gc_free_device();
+}
+
+static void check_attention(void) {
+    attention_case(2, 100, 4, 2, 64, (const int[]){100, 37});
+    attention_case(1, 64, 2, 2, 32, (const int[]){64});
+    attention_case(2, 200, 8, 2, 128, (const int[]){200, 129});
+    attention_case(3, 17, 4, 1, 16, (const int[]){17, 0, 5});
+    if (!gc_small) attention_case(1, 680, 32, 8, 128, (const int[]){680}); /* a 7B stage-1 sample */
+    attention_case(4, 130, 4, 4, 64, (const int[]){1, 64, 65, 128});
+}
+
+/* ---- activations ------------------------------------------------------------------------------ */
+
+static void check_activations(void) {
+    static const size_t sizes[] = {1, 1000, 1000003};
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+        const size_t n = sizes[s];
+        char shape[32];
+        snprintf(shape, sizeof shape, "n=%zu", n);
+        float *gate = gc_random(n, -8, 8), *up = gc_random(n, -2, 2), *dout = gc_random(n, -1, 1);
+        float *d_gate = gc_device(gate, n * 4), *d_up = gc_device(up, n * 4), *d_dout = gc_device(dout, n * 4);
+        float *ref = gc_nan(n), *ref2 = gc_nan(n);
+        float *d_out = gc_device_nan(n), *d_out2 = gc_device_nan(n);
+        gc_cpu->swiglu_forward(ref, gate, up, n);
+        gc_gpu->swiglu_forward(d_out, d_gate, d_up, n);
+        gc_compare("swiglu_forward", shape, d_out, ref, n, 1e-6);
+        gc_cpu->swiglu_backward(ref, ref2, dout, gate, up, n);
+        gc_gpu->swiglu_backward(d_out, d_out2, d_dout, d_gate, d_up, n);
+        gc_compare("swiglu_backward.dgate", shape, d_out, ref, n, 1e-6);
+        gc_compare("swiglu_backward.dup", shape, d_out2, ref2, n, 1e-6);
+        gc_cpu->gelu_forward(ref, gate, n);
+        gc_gpu->gelu_forward(d_out, d_gate, n);
+        gc_compare("gelu_forward", shape, d_out, ref, n, 1e-6);
+        gc_cpu->gelu_backward(ref, dout, gate, n);
+        gc_gpu->gelu_backward(d_out, d_dout, d_gate, n);
+        gc_compare("gelu_backward", shape, d_out, ref, n, 1e-6);
+        gc_free_host(gate, up, dout, ref, ref2, NULL);
+        gc_free_device();
+    }
+}
+
+/* ---- LM head ---------------------------------------------------------------------------------- */
+
+static void lm_head_case(int N, int D, int V, int chunk, int with_grads) {
+    char shape[80];
+    snprintf(shape, sizeof shape, "N=%d D=%d V=%d chunk=%d grads=%d", N, D, V, chunk, with_grads);
+    int *targets = xmalloc((size_t)N * sizeof *targets);
+    for (int n = 0; n < N; n++) {
+        uint64_t r = tu_next(&gc_rng);
+        targets[n] = r % 5 < 2 ? -100 : (int)(r / 5 % (uint64_t)V);
+    }
+    targets[N / 2] = V + 5; /* outside the vocabulary: skipped like -100 */
+    const size_t nh = (size_t)N * D, nw = (size_t)V * D, ns = (size_t)chunk * (V + D);
+    float *hidden = gc_random(nh, -1, 1), *w = gc_random(nw, -0.2f, 0.2f);
+    float *dh_ref = gc_nan(nh), *dw = gc_random(nw, -1, 1), *dw_ref = gc_copy(dw, nw), *scratch = gc_nan(ns);
+    const float grad_scale = 1.0f / 30.0f;
+    double loss_ref = -1.0, loss = -1.0;
+    gc_cpu->lm_head_ce(&loss_ref, with_grads ? dh_ref : NULL, with_grads ? dw_ref : NULL, hidden, w, targets, N, D, V,
+                       grad_scale, scratch, chunk);
+    float *d_dh = gc_device_nan(nh), *d_dw = gc_device(dw, nw * 4);
+    gc_gpu->lm_head_ce(&loss, with_grads ? d_dh : NULL, with_grads ? d_dw : NULL, gc_device(hidden, nh * 4),
+                       gc_device(w, nw * 4), gc_device(targets, (size_t)N * sizeof *targets), N, D, V, grad_scale,
+                       gc_device_nan(ns), chunk);
+    gc_report("lm_head_ce.loss_sum", shape, rel_error_double(loss, loss_ref), gc_gemm_limit());
+    if (with_grads) {
+        gc_compare("lm_head_ce.dhidden", shape, d_dh, dh_ref, nh, gc_gemm_limit());
+        gc_compare("lm_head_ce.dweight", shape, d_dw, dw_ref, nw, gc_gemm_limit());
+    }
+    gc_free_host(targets, hidden, w, dh_ref, dw, dw_ref, scratch, NULL);
+    gc_free_device();
+}
+
+static void check_lm_head(void) {
+    lm_head_case(50, 64, 1000, 16, 1);
+    lm_head_case(50, 64, 1000, 64, 0);
+    lm_head_case(300, 128, 32000, 64, 1);
+    lm_head_case(3, 16, 10, 1, 1);
+}
+
+/* ---- pooling ---------------------------------------------------------------------------------- */
+
+/* Mean-pooling of n_seg segments of an [n_rows, D] tensor into n_out outputs. */
+static void pooling_case(const char *shape, int n_rows, int D, int n_seg, const int *row_start, const int *row_count,
+                         const int *out_index, int n_out) {
+    int *out_rows = xmalloc((size_t)n_out * sizeof *out_rows);
+    memset(out_rows, 0, (size_t)n_out * sizeof *out_rows);
+    for (int s = 0; s < n_seg; s++) out_rows[out_index[s]] += row_count[s];
+    const size_t seg_bytes = (size_t)n_seg * sizeof(int), n_in = (size_t)n_rows * D, n_pooled = (size_t)n_out * D;
+    const tga_segments host_seg = {n_seg, n_out, row_start, row_count, out_index, out_rows};
+    const tga_segments dev_seg = {n_seg, n_out, gc_device(row_start, seg_bytes), gc_device(row_count, seg_bytes),
+                                  gc_device(out_index, seg_bytes), gc_device(out_rows, (size_t)n_out * sizeof(int))};
+    float *in = gc_random(n_in, -1, 1), *out_ref = gc_nan(n_pooled);
+    gc_cpu->segment_mean_forward(out_ref, in, &host_seg, D);
+    float *d_out = gc_device_nan(n_pooled);
+    gc_gpu->segment_mean_forward(d_out, gc_device(in, n_in * 4), &dev_seg, D);
+    gc_compare("segment_mean_forward", shape, d_out, out_ref, n_pooled, 1e-6);
+    float *dout = gc_random(n_pooled, -1, 1), *din = gc_random(n_in, -1, 1), *din_ref = gc_copy(din, n_in);
+    gc_cpu->segment_mean_backward(din_ref, dout, &host_seg, D);
+    float *d_din = gc_device(din, n_in * 4);
+    gc_gpu->segment_mean_backward(d_din, gc_device(dout, n_pooled * 4), &dev_seg, D);
+    /* the CPU's multiply and add per segment, in segment order: the same bits */
+    gc_compare("segment_mean_backward", shape, d_din, din_ref, n_in, 0);
+    gc_free_host(out_rows, in, out_ref, dout, din, din_ref, NULL);
+    gc_free_device();
+}
+
+static void check_pooling(void) {
+    /* overlapping segments, two segments feeding one output, an empty output (2), an output fed by
+     * a segment equal to another's */
+    const int start[] = {0, 5, 20, 0, 35}, count[] = {10, 10, 5, 10, 5}, out[] = {0, 1, 0, 3, 3};
+    pooling_case("40 rows, 5 overlapping segments, 4 outputs", 40, 300, 5, start, count, out, 4);
+    /* a stage-1 micro-batch: 4 samples of 700 rows, one 576-patch image each (sample 3 has two,
+     * pooled together), and 8-row retrieved-text spans pooled into outputs 4..7 */
+    const int img_start[] = {9, 709, 1409, 2109, 2109 + 576 - 600}, img_count[] = {576, 576, 576, 576, 576};
+    const int img_out[] = {0, 1, 2, 3, 3};
+    pooling_case("4 samples x 700 rows, D=1024, images", 2800, 1024, 5, img_start, img_count, img_out, 4);
+    const int ret_start[] = {1, 701, 1401, 2101}, ret_count[] = {8, 8, 0, 8}, ret_out[] = {0, 1, 2, 3};
+    pooling_case("4 samples x 700 rows, D=1024, retrieved text (one empty)", 2800, 1024, 4, ret_start, ret_count,
+                 ret_out, 4);
+}
+
+/* ---- TGA alignment loss ----------------------------------------------------------------------- */
+
+/* n samples of dimension D; sample 2 skipped (no pair), samples with b % 3 == 1 without the rank
+ * term, sample 3 with |v| below eps (the clamped branch). */
+static void align_case(int N, int D, int with_outputs) {
+    uint8_t *use_pair = xmalloc((size_t)N), *use_rank = xmalloc((size_t)N);
+    for (int b = 0; b < N; b++) {
+        use_pair[b] = b != 2;
+        use_rank[b] = b % 3 != 1;
+    }
+    float *v = gc_random((size_t)N * D, -1, 1), *r = gc_random((size_t)N * D, -1, 1), *c = gc_random((size_t)N * D, -1, 1);
+    for (int d = 0; d < D; d++) v[3 * D + d] = 1e-12f;
+    tga_align_args args = {N, D, v, r, c, use_pair, use_rank, 0.3f, 0.2f, 1e-8f};
+    double pair_ref = 1.5, rank_ref = 0.5, pair = 1.5, rank = 0.5;
+    float *cos_vc_ref = gc_nan(N), *cos_rc_ref = gc_nan(N), *dv_ref = gc_nan((size_t)N * D), *dr_ref = gc_nan((size_t)N * D);
+    gc_cpu->tga_align_loss(&pair_ref, &rank_ref, with_outputs ? cos_vc_ref : NULL, with_outputs ? cos_rc_ref : NULL,
+                           with_outputs ? dv_ref : NULL, with_outputs ? dr_ref : NULL, &args);
+    float *d_cos_vc = gc_device_nan(N), *d_cos_rc = gc_device_nan(N);
+    float *d_dv = gc_device_nan((size_t)N * D), *d_dr = gc_device_nan((size_t)N * D);
+    tga_align_args dev_args = {N,
+                               D,
+                               gc_device(v, sizeof(float) * N * D),
+                               gc_device(r, sizeof(float) * N * D),
+                               gc_device(c, sizeof(float) * N * D),
+                               gc_device(use_pair, (size_t)N),
+                               gc_device(use_rank, (size_t)N),
+                               0.3f,
+                               0.2f,
+                               1e-8f};
+    gc_gpu->tga_align_loss(&pair, &rank, with_outputs ? d_cos_vc : NULL, with_outputs ? d_cos_rc : NULL,
+                           with_outputs ? d_dv : NULL, with_outputs ? d_dr : NULL, &dev_args);
+    char shape[64];
+    snprintf(shape, sizeof shape, "n=%d D=%d %s", N, D, with_outputs ? "with cos and grads" : "sums only");
+    gc_report("tga_align_loss.pair_sum", shape, rel_error_double(pair, pair_ref), 1e-9);
+    gc_report("tga_align_loss.rank_sum", shape, rel_error_double(rank, rank_ref), 1e-9);
+    if (with_outputs) {
+        gc_compare("tga_align_loss.cos_vc", shape, d_cos_vc, cos_vc_ref, N, 1e-6);
+        gc_compare("tga_align_loss.cos_rc", shape, d_cos_rc, cos_rc_ref, N, 1e-6);
+        gc_compare("tga_align_loss.dv", shape, d_dv, dv_ref, (size_t)N * D, 1e-6);
+        gc_compare("tga_align_loss.dr", shape, d_dr, dr_ref, (size_t)N * D, 1e-6);
+    }
+    gc_free_host(use_pair, use_rank, v, r, c, cos_vc_ref, cos_rc_ref, dv_ref, dr_ref, NULL);
+    gc_free_device();
+}
+
+static void check_tga_align(void) {
+    align_case(6, 257, 1);
+    align_case(6, 257, 0);
+    align_case(32, 4096, 1);
+}
+
+/* ---- elementwise ------------------------------------------------------------------------------ */
+
+static void check_elementwise(void) {
+    static const size_t sizes[] = {1, 1000, 5000003};
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+        const size_t n = sizes[s];
+        char shape[32];
+        snprintf(shape, sizeof shape, "n=%zu", n);
+        float *y = gc_random(n, -1, 1), *x = gc_random(n, -1, 1), *ref = gc_copy(y, n);
+        float *d_y = gc_device(y, n * 4), *d_x = gc_device(x, n * 4);
+        gc_cpu->add_inplace(ref, x, n);
+        gc_gpu->add_inplace(d_y, d_x, n);
+        gc_compare("add_inplace", shape, d_y, ref, n, 0);
+        gc_cpu->scale_inplace(ref, 0.37f, n);
+        gc_gpu->scale_inplace(d_y, 0.37f, n);
+        gc_compare("scale_inplace", shape, d_y, ref, n, 0);
+        gc_report("sum_squares", shape, rel_error_double(gc_gpu->sum_squares(d_x, n), gc_cpu->sum_squares(x, n)), 1e-12);
+        gc_report("all_finite.clean", shape, gc_gpu->all_finite(d_x, n) == 1 ? 0.0 : 1.0, 0);
+        const float bad[2] = {NAN, INFINITY};
+        for (int b = 0; b < 2; b++) {
+            gc_gpu->upload(d_x + n - 1, &bad[b], sizeof(float));
+            gc_report(b ? "all_finite.inf_last" : "all_finite.nan_last", shape, gc_gpu->all_finite(d_x, n) == 0 ? 0.0 : 1.0,
+                      0);
+        }
+        gc_free_host(y, x, ref, NULL);
+        gc_free_device();
+    }
+}
+
+/* ---- AdamW ------------------------------------------------------------------------------------ */
+
+static void adamw_case(size_t n) {
+    char shape[48];
+    snprintf(shape, sizeof shape, "n=%zu 3 steps", n);
+    float *p = gc_random(n, -1, 1), *g = gc_random(n, -0.1f, 0.1f), *m = gc_random(n, -0.01f, 0.01f);
+    float *v = gc_random(n, 0, 1e-4f);
+    float *p_ref = gc_copy(p, n), *m_ref = gc_copy(m, n), *v_ref = gc_copy(v, n);
+    float *d_p = gc_device(p, n * 4), *d_m = gc_device(m, n * 4), *d_v = gc_device(v, n * 4);
+    float *d_g = gc_device(g, n * 4);
+    for (int step = 1; step <= 3; step++) {
+        gc_cpu->adamw(p_ref, g, m_ref, v_ref, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
+        gc_gpu->adamw(d_p, d_g, d_m, d_v, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
+    }
+    /* the same correctly rounded operations in the same order: the same bits */
+    gc_compare("adamw.param", shape, d_p, p_ref, n, 0);
+    gc_compare("adamw.m", shape, d_m, m_ref, n, 0);
+    gc_compare("adamw.v", shape, d_v, v_ref, n, 0);
+    gc_free_host(p, g, m, v, p_ref, m_ref, v_ref, NULL);
+    gc_free_device();
+}
+
+static void check_adamw(void) {
+    adamw_case(1);
+    adamw_case(1000);
+    adamw_case(1000003);
+}
+
+/* ---- top-k ------------------------------------------------------------------------------------ */
+
+static void topk_case(int n_rows, int n_cols, int n_blocks, int k) {
+    char shape[64];
+    snprintf(shape, sizeof shape, "rows=%d cols=%dx%d k=%d", n_rows, n_blocks, n_cols, k);
+    const int ld = n_cols + 3;
+    const size_t n_list = (size_t)n_rows * k;
+    float *best = xmalloc(n_list * sizeof *best);
+    int32_t *index = xmalloc(n_list * sizeof *index);
+    for (size_t i = 0; i < n_list; i++) best[i] = -INFINITY, index[i] = -1;
+    float *d_best = gc_device(best, n_list * sizeof *best);
+    int32_t *d_index = gc_device(index, n_list * sizeof *index);
+    float *scores = xmalloc((size_t)n_rows * ld * sizeof *scores);
+    for (int blk = 0; blk < n_blocks; blk++) {
+        for (size_t i = 0; i < (size_t)n_rows * ld; i++) { /* multiples of 1/8: many ties */
+            uint64_t r = tu_next(&gc_rng);
+            scores[i] = r % 10 == 0 ? -INFINITY : (float)((int)(r / 10 % 33) - 16) / 8.0f;
+        }
+        gc_cpu->topk_merge(best, index, scores, n_rows, n_cols, ld, blk * n_cols, k);
+        gc_gpu->topk_merge(d_best, d_index, gc_device(scores, (size_t)n_rows * ld * sizeof *scores), n_rows, n_cols, ld,
+                           blk * n_cols, k);
+    }
+    float *got = gc_download(d_best, n_list);
+    int32_t *got_index = xmalloc(n_list * sizeof *got_index);
+    gc_gpu->download(got_index, d_index, n_list * sizeof *got_index);
+    size_t mismatches = 0;
+    for (size_t i = 0; i < n_list; i++)
+        mismatches += memcmp(&got[i], &best[i], sizeof *got) != 0 || got_index[i] != index[i];
+    gc_report("topk_merge", shape, (double)mismatches / (double)n_list, 0);
+    gc_free_host(best, index, scores, got, got_index, NULL);
+    gc_free_device();
+}
+
+static void check_topk(void) {
+    topk_case(37, 300, 3, 10);
+    topk_case(5, 7, 2, 20); /* fewer items than k: empty slots stay at the end */
+    topk_case(200, 4096, 2, 64);
+}
+
+/* ---- main ------------------------------------------------------------------------------------- */
+
+typedef struct family {
+    const char *name;
+    void (*run)(void);
+} family;
+
+static const family families[] = {
+    {"memory", check_memory},           {"gemm", check_gemm},         {"linear", check_linear},
+    {"embedding", check_embedding},     {"rmsnorm", check_rmsnorm},   {"rope", check_rope},
+    {"attention", check_attention},     {"activations", check_activations}, {"lm_head", check_lm_head},
+    {"pooling", check_pooling},         {"tga_align", check_tga_align}, {"elementwise", check_elementwise},
+    {"adamw", check_adamw},             {"topk", check_topk},         {"model", gc_check_model},
+};
+
+int main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
+            only_families = argv[++i];
+        } else if (strcmp(argv[i], "--small") == 0) {
+            gc_small = 1;
+        } else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc) {
+            gc_rng = strtoull(argv[++i], NULL, 10);
+        } else {
+            fprintf(stderr, "usage: gpu_check [--only family,...] [--small] [--seed N]\n");
+            return 2;
+        }
+    }
+    gc_gpu = gc_load_backend();
+    if (!gc_gpu) return 2;
+    gc_cpu = tga_cpu_ops();
+    printf("gpu_check: backend %s, seed %llu\n", gc_gpu->name, (unsigned long long)gc_rng);
+    for (size_t f = 0; f < sizeof families / sizeof families[0]; f++)
+        if (gc_selected(families[f].name)) families[f].run();
+    printf("gpu_check: %d checks, %d failed\n", checks, failures);
+    printf("%s gpu_check\n", failures ? "FAIL" : "PASS");
+    return failures ? 1 : 0;
+}
