@@ -1,6 +1,6 @@
 /* The CPU backend's ops (see kernels/ops.h for the contract of each). One file per op family:
  * memory.c, gemm.c, linear.c, embedding.c, rmsnorm.c, rope.c, attention.c, activations.c
- * (SwiGLU, GELU), lm_head.c, pooling.c, tga_align.c, elementwise.c, adamw.c. */
+ * (SwiGLU, GELU), lm_head.c, pooling.c, tga_align.c, elementwise.c, adamw.c, topk.c. */
 #ifndef TGA_KERNELS_CPU_KERNELS_H
 #define TGA_KERNELS_CPU_KERNELS_H
 
@@ -51,6 +51,8 @@ double tga_cpu_sum_squares(const float *x, size_t n);
 int tga_cpu_all_finite(const float *x, size_t n);
 void tga_cpu_adamw(float *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1,
                    float beta2, float eps, float weight_decay, int step);
+void tga_cpu_topk_merge(float *best_score, int32_t *best_index, const float *scores, int n_rows, int n_cols,
+                        int ld, int32_t col_offset, int k);
 
 /* Widest SIMD the CPU supports, detected once (cpuid): "avx512", "avx2" or "scalar". */
 const char *tga_cpu_simd_level(void);

@@ -33,6 +33,7 @@ static const tga_ops cpu_ops = {
     .sum_squares = tga_cpu_sum_squares,
     .all_finite = tga_cpu_all_finite,
     .adamw = tga_cpu_adamw,
+    .topk_merge = tga_cpu_topk_merge,
 };
 
 const tga_ops *tga_cpu_ops(void) { return &cpu_ops; }
