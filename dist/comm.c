@@ -48,7 +48,7 @@ static void *watchdog_main(void *arg) {
         pthread_mutex_lock(&watch_lock);
         int expired = watch_op && now_seconds() - watch_since > watch_timeout;
         if (expired)
-            fprintf(stderr, "[rank %d] error: watchdog: %s (%s) has not completed in %.0f s (dist.timeout); "
+            fprintf(stderr, "[rank %d] error: watchdog: %s (%s) has not completed in %.0f s (runtime.collective_timeout); "
                             "another rank is hung or dead; aborting the job\n",
                     g_rank, watch_op, watch_what, watch_timeout);
         pthread_mutex_unlock(&watch_lock);

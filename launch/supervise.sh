@@ -24,6 +24,10 @@ while :; do
         exit "$rc"
     fi
     attempt=$((attempt + 1))
+    # a restart resumes: drop --fresh, which would otherwise start over on every restart
+    args=()
+    for a in "$@"; do [ "$a" = "--fresh" ] || args+=("$a"); done
+    set -- "${args[@]}"
     echo "supervise: exit $rc; restart $attempt of $max from the newest complete checkpoint" >&2
     sleep "${TGA_SUPERVISE_DELAY:-1}"
 done

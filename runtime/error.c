@@ -2,12 +2,17 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 static _Thread_local char error_message[2048];
 static _Thread_local tga_status error_code = TGA_OK;
 
+/* Formats into a scratch buffer first: an argument may be the current message itself
+ * (tga_error_replace(code, "%s", tga_error_message()) re-files a message under another code). */
 static tga_status set_message(tga_status code, const char *fmt, va_list ap) {
-    vsnprintf(error_message, sizeof error_message, fmt, ap);
+    char formatted[sizeof error_message];
+    vsnprintf(formatted, sizeof formatted, fmt, ap);
+    memcpy(error_message, formatted, sizeof error_message);
     error_code = code;
     return code;
 }

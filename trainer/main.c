@@ -118,8 +118,10 @@ int main(int argc, char **argv) {
         tga_status st = commands[i].uses_mpi ? tga_dist_init(&argc, &argv) : TGA_OK;
         if (st == TGA_OK) st = commands[i].run(argc - 2, argv + 2);
         if (st != TGA_OK) {
-            if (tga_dist_world() > 1) fprintf(stderr, "[rank %d] ", tga_dist_rank());
-            fprintf(stderr, "tga %s: %s: %s\n", commands[i].name, tga_status_name(st), tga_error_message());
+            char prefix[32] = "";
+            if (tga_dist_world() > 1) snprintf(prefix, sizeof prefix, "[rank %d] ", tga_dist_rank());
+            /* one write per line, so the lines of several ranks do not interleave */
+            fprintf(stderr, "%stga %s: %s: %s\n", prefix, commands[i].name, tga_status_name(st), tga_error_message());
             fflush(stderr);
             /* Exit without MPI_Finalize: ranks still waiting in a collective cannot finish one, and
              * mpirun ends the whole job when a rank exits non-zero, so no rank is left hanging. */

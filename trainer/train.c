@@ -282,13 +282,13 @@ static tga_status resume_from(run *r, const char *ckpt) {
     r->step = json_integer_value(json_object_get(j, "step"));
     r->adam_updates = json_integer_value(json_object_get(j, "adam_updates"));
     long long seed = json_integer_value(json_object_get(j, "seed"));
-    const char *base = json_string_value(json_object_get(j, "base"));
-    int same_base = base && strcmp(base, r->cfg.train.init_from) == 0;
+    char base[sizeof r->cfg.train.init_from];
+    snprintf(base, sizeof base, "%s", json_string_value(json_object_get(j, "base")) ? json_string_value(json_object_get(j, "base")) : "");
     json_decref(j);
-    if (seed != r->cfg.train.seed || !same_base)
+    if (seed != r->cfg.train.seed || strcmp(base, r->cfg.train.init_from) != 0)
         return tga_error(TGA_ERR_CONFIG, "%s was trained with train.seed %lld and train.init_from '%s'; this run has %lld "
                                          "and '%s' (start fresh with --fresh, or restore those keys)",
-                         ckpt, seed, base ? base : "", (long long)r->cfg.train.seed, r->cfg.train.init_from);
+                         ckpt, seed, base, (long long)r->cfg.train.seed, r->cfg.train.init_from);
     if (r->base_params[0]) TGA_TRY(tga_ckpt_check_identity(ckpt, "base_model.id", r->base_params));
     TGA_TRY(tga_loader_seek(r->loader, &p));
     TGA_TRY(read_tensors(r, ckpt, "params.tgat", 0));
@@ -399,6 +399,18 @@ static tga_status require_finished_prep(const char *path, const char *key) {
     snprintf(marker, sizeof marker, "%s/prep.json", path);
     if (access(marker, F_OK) != 0)
         return tga_error(TGA_ERR_CONFIG, "%s %s has no prep.json: the tga prep that wrote it did not finish", key, path);
+    return TGA_OK;
+}
+
+/* --fresh: the old run's checkpoints move to checkpoints.replaced-<time> (nothing is deleted), so a
+ * crash of the new run can never resume from the old one. */
+static tga_status set_aside_checkpoints(const char *run_dir) {
+    char from[700], to[760];
+    snprintf(from, sizeof from, "%s/checkpoints", run_dir);
+    if (access(from, F_OK) != 0) return TGA_OK;
+    snprintf(to, sizeof to, "%s.replaced-%lld", from, (long long)time(NULL));
+    if (rename(from, to) != 0) return tga_error(TGA_ERR_IO, "--fresh: cannot move %s aside to %s: %s", from, to, strerror(errno));
+    TGA_WARN("--fresh: the previous checkpoints are now in %s", to);
     return TGA_OK;
 }
 
@@ -623,6 +635,7 @@ static tga_status train_main(int argc, char **argv, run *r) {
     r->world = tga_dist_world();
     TGA_TRY(derive_batch(&r->cfg, r->world));
     if (dry) return dry_run(r);
+    install_signal_handlers(); /* a stop signal during set-up stops after the first step's checkpoint */
     TGA_TRY(tga_dist_watchdog_start(r->cfg.runtime.collective_timeout));
     int threads = (int)r->cfg.runtime.threads;
     if (threads == 0 && tga_dist_local_world() > 1) { /* ranks sharing a host share its cores */
@@ -634,12 +647,22 @@ static tga_status train_main(int argc, char **argv, run *r) {
     snprintf(r->run_dir, sizeof r->run_dir, "%s", r->cfg.train.out_dir);
     tga_status setup = tga_backend_select(o.device, threads);
     if (setup == TGA_OK && r->rank == 0) setup = mkdir_p(r->run_dir);
+    if (setup == TGA_OK && r->rank == 0 && fresh) setup = set_aside_checkpoints(r->run_dir);
     if (setup == TGA_OK) setup = open_loaders(r);
     if (setup == TGA_OK) setup = create_model(r);
-    int failed;
-    TGA_TRY(tga_dist_any_failed(setup, &failed, "set-up"));
-    if (setup != TGA_OK) return setup;
-    if (failed) return tga_error(TGA_ERR_CONFIG, "set-up failed on another rank (its message says why)");
+    /* every rank returns the status of the first failing rank, so mpirun's exit code (2 = a
+     * configuration error, final for the supervisor) does not depend on which rank it reports */
+    int32_t mine = (int32_t)setup, *all = malloc(sizeof(int32_t) * (size_t)r->world);
+    if (!all) return tga_error(TGA_ERR_NOMEM, "out of memory");
+    tga_status gathered = tga_dist_allgather(&mine, all, sizeof mine, "set-up");
+    int first = -1;
+    for (int k = 0; gathered == TGA_OK && k < r->world && first < 0; k++)
+        if (all[k] != TGA_OK) first = k;
+    tga_status code = first >= 0 ? (tga_status)all[first] : TGA_OK;
+    free(all);
+    TGA_TRY(gathered);
+    if (first >= 0 && setup != TGA_OK) return tga_error_replace(code, "%s", tga_error_message());
+    if (first >= 0) return tga_error(code, "set-up failed on rank %d (its message says why)", first);
     TGA_TRY(maybe_resume(r, resume));
     if (r->rank == 0) {
         char path[700];
@@ -662,7 +685,6 @@ static tga_status train_main(int argc, char **argv, run *r) {
                  (long long)r->cfg.train.micro_batch, (long long)r->cfg.train.grad_accum, r->world,
                  (long long)r->cfg.train.steps, tga_model_numel(r->model, 1) / 1e6, tga_model_numel(r->model, 0) / 1e6);
     }
-    install_signal_handlers();
     if (r->step >= r->cfg.train.steps) {
         if (r->rank == 0) TGA_INFO("the run is already complete (step %lld of %lld)", r->step, (long long)r->cfg.train.steps);
         return TGA_OK;
