@@ -7,7 +7,8 @@
  * Reported per thread count (best and median after one warm-up run; --repeats runs of the
  * retrieval, 5x as many of the peak GEMM and 20x as many of the block GEMM, which are shorter):
  *   peak       tga_cpu_gemm GFLOP/s on a 2048^3 product (A B^T, the retrieval's layout)
- *   block      tga_cpu_gemm GFLOP/s on one retrieval score block (256 x 2048 x dim), no selection
+ *   block      tga_cpu_gemm GFLOP/s on one retrieval score block (TGA_RETRIEVE_QUERY_BLOCK x
+ *              TGA_RETRIEVE_CORPUS_BLOCK x dim), no selection
  *   retrieve   queries/s and effective GFLOP/s (2 N M dim / time), and effective / peak
  * Each rate also by process CPU time ([cpu], the least of the runs): on a shared machine other
  * processes stretch the wall time but hardly the CPU time, so the [cpu] fraction of peak is the
@@ -189,11 +190,13 @@ int main(int argc, char **argv) {
            cfg.repeats, cfg.repeats * 5, cfg.repeats * 20);
     printf("%4s %22s %16s %18s %22s %8s %8s\n", "thr", "peak GFLOP/s [cpu]", "block GFLOP/s",
            "retrieve queries/s", "retr. GFLOP/s [cpu]", "of peak", "[cpu]");
-    const double peak_flops = 2.0 * 2048 * 2048 * 2048, block_flops = 2.0 * 256 * 2048 * cfg.dim;
+    const double peak_flops = 2.0 * 2048 * 2048 * 2048,
+                 block_flops = 2.0 * TGA_RETRIEVE_QUERY_BLOCK * TGA_RETRIEVE_CORPUS_BLOCK * cfg.dim;
     for (int t = 0; t < cfg.n_threads; t++) {
         omp_set_num_threads(cfg.threads[t]);
         timing peak = time_gemm(2048, 2048, 2048, cfg.repeats * 5);
-        timing block = time_gemm(256, 2048, cfg.dim, cfg.repeats * 20);
+        timing block =
+            time_gemm(TGA_RETRIEVE_QUERY_BLOCK, TGA_RETRIEVE_CORPUS_BLOCK, cfg.dim, cfg.repeats * 20);
         timing retr = time_runs(run_retrieve, &c, cfg.repeats);
         printf(
             "%4d %6.1f (%5.1f) [%5.1f] %7.1f (%6.1f) %8.0f (%7.0f) %6.1f (%5.1f) [%5.1f] %7.1f%% %7.1f%%\n",

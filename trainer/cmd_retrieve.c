@@ -10,7 +10,7 @@
  * The per-rank lists are gathered and merged (ties to the lower corpus row: the same answer for
  * any number of ranks); rank 0 reads the winners' texts and writes the output, atomically. After
  * every step that can fail on one rank only, the ranks agree on whether any failed, so that all
- * stop together and none waits forever in the next collective. */
+ * stop together and none waits forever in the next collective. main() starts and ends MPI. */
 #define _POSIX_C_SOURCE 200809L /* getline */
 #include <errno.h>
 #include <jansson.h>
@@ -572,11 +572,9 @@ static tga_status run(const retrieve_options *o, retrieve_state *s) {
 tga_status tga_cmd_retrieve(int argc, char **argv) {
     retrieve_options o;
     TGA_TRY(parse_options(argc, argv, &o));
-    TGA_TRY(tga_dist_init(&argc, &argv));
     retrieve_state s;
     memset(&s, 0, sizeof s);
     tga_status st = run(&o, &s);
     state_free(&s);
-    tga_dist_finalize();
     return st;
 }

@@ -118,7 +118,8 @@ tga_status tga_retrieve_shard_topk(const float *queries, const int32_t *caption_
     if (n_queries == 0 || shard->n_rows == 0) return TGA_OK;
     /* the buffers are host memory, so the CPU ops run whatever the active backend */
     const tga_ops *ops = tga_cpu_ops();
-    int block_rows = shard->corpus_rows < TGA_RETRIEVE_CORPUS_BLOCK ? (int)shard->corpus_rows : TGA_RETRIEVE_CORPUS_BLOCK;
+    int block_rows =
+        shard->corpus_rows < TGA_RETRIEVE_CORPUS_BLOCK ? (int)shard->corpus_rows : TGA_RETRIEVE_CORPUS_BLOCK;
     int query_rows = n_queries < TGA_RETRIEVE_QUERY_BLOCK ? n_queries : TGA_RETRIEVE_QUERY_BLOCK;
     float *corpus = malloc(sizeof(float) * (size_t)block_rows * dim);
     float *scores = malloc(sizeof(float) * (size_t)query_rows * block_rows);

@@ -258,8 +258,14 @@ static void check_retrieval_case(int n, int m, int dim, int k, int all_excluded_
 
 static void test_retrieval(uint64_t *rng) {
     const int cases[][5] = {
-        {1, 1, 1, 1, 0},    {5, 3, 4, 5, 0},       {6, 9, 3, 12, 1},      {37, 300, 16, 3, 0},
-        {20, 64, 8, 64, 0}, {300, 2500, 33, 7, 0}, {257, 2049, 64, 2, 1}, {3, 4100, 5, 1, 0},
+        {1, 1, 1, 1, 0},
+        {5, 3, 4, 5, 0},
+        {6, 9, 3, 12, 1},
+        {37, 300, 16, 3, 0},
+        {20, 64, 8, 64, 0},
+        {300, 2500, 33, 7, 0},
+        {TGA_RETRIEVE_QUERY_BLOCK + 1, 2 * TGA_RETRIEVE_CORPUS_BLOCK + 1, 16, 2, 1},
+        {3, 4100, 5, 1, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         check_retrieval_case(cases[i][0], cases[i][1], cases[i][2], cases[i][3], cases[i][4], rng);
