@@ -1,11 +1,14 @@
+#define _POSIX_C_SOURCE 200809L /* access */
 #include "trainer/cli.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "runtime/backend.h"
+#include "trainer/weights.h"
 
 static tga_status need_value(int argc, char **argv, int i) {
     if (i + 1 >= argc) return tga_error(TGA_ERR_USAGE, "%s needs a value", argv[i]);
@@ -78,4 +81,43 @@ tga_status tga_cli_load_config(int argc, char **argv, tga_common_options *o, tga
     o->threads = (int)cfg->runtime.threads;
     tga_log_set_level(cfg->runtime.log_level);
     return TGA_OK;
+}
+
+static const char *option_value(int argc, char **argv, const char *name) {
+    for (int i = 0; i + 1 < argc; i++)
+        if (strcmp(argv[i], name) == 0) return argv[i + 1];
+    return NULL;
+}
+
+/* The run's own config: <run>/config.effective.yaml, else the resolved checkpoint's config.yaml. */
+static tga_status run_config_path(const char *run, char *path, size_t size) {
+    snprintf(path, size, "%s/config.effective.yaml", run);
+    if (access(path, R_OK) == 0) return TGA_OK;
+    char ckpt[1024];
+    TGA_TRY(tga_weights_resolve(run, ckpt, sizeof ckpt));
+    snprintf(path, size, "%s/config.yaml", ckpt);
+    if (access(path, R_OK) == 0) return TGA_OK;
+    return tga_error(TGA_ERR_CONFIG, "%s holds no config.effective.yaml and its checkpoint %s no config.yaml; pass --config",
+                     run, ckpt);
+}
+
+tga_status tga_cli_load_run_config(int argc, char **argv, const char *command, tga_common_options *opts,
+                                   tga_config *cfg) {
+    const char *run = option_value(argc, argv, "--run");
+    if (!run) return tga_error(TGA_ERR_USAGE, "tga %s needs --run (a run or checkpoint directory)", command);
+    char config_path[1200];
+    char **args = calloc((size_t)argc + 3, sizeof *args);
+    if (!args) return tga_error(TGA_ERR_NOMEM, "out of memory");
+    int n = 0;
+    tga_status st = TGA_OK;
+    if (!option_value(argc, argv, "--config")) {
+        st = run_config_path(run, config_path, sizeof config_path);
+        args[n++] = "--config";
+        args[n++] = config_path;
+    }
+    for (int i = 0; i < argc; i++) args[n++] = argv[i];
+    if (st == TGA_OK) st = tga_cli_load_config(n, args, opts, cfg);
+    if (opts->config_path == config_path) opts->config_path = NULL; /* a local buffer */
+    free(args); /* opts->rest points at argv's strings, not at args */
+    return st;
 }

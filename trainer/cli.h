@@ -28,6 +28,12 @@ typedef struct tga_common_options {
 /* Parses the shared options and builds the validated config (defaults < file < --set). */
 tga_status tga_cli_load_config(int argc, char **argv, tga_common_options *opts, tga_config *cfg);
 
+/* For commands that act on a finished run (eval, export): --run DIR names a run or checkpoint
+ * directory, and unless --config is given the run's own config is loaded (its
+ * config.effective.yaml, else the checkpoint's config.yaml) under the other options. */
+tga_status tga_cli_load_run_config(int argc, char **argv, const char *command, tga_common_options *opts,
+                                   tga_config *cfg);
+
 /* Option value helpers for the commands: "--name VALUE" at argv[*i] (advances *i). */
 tga_status tga_cli_int_arg(int argc, char **argv, int *i, long long min, long long max, long long *out);
 

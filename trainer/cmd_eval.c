@@ -6,12 +6,10 @@
  * config.yaml) unless --config names another file; --set overrides as everywhere. The weights are
  * initialised as training did (train.seed, model.init_std), then the checkpoint chain is loaded, so
  * frozen parameters that no checkpoint holds come back exactly. */
-#define _POSIX_C_SOURCE 200809L /* access */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "runtime/backend.h"
 #include "runtime/fileio.h"
@@ -46,26 +44,6 @@ typedef struct eval_session {
 } eval_session;
 
 /* ---- options ----------------------------------------------------------------------------------- */
-
-static const char *option_value(int argc, char **argv, const char *name) {
-    for (int i = 0; i + 1 < argc; i++)
-        if (strcmp(argv[i], name) == 0) return argv[i + 1];
-    return NULL;
-}
-
-/* The run's own config: <run>/config.effective.yaml, else the resolved checkpoint's config.yaml. */
-static tga_status default_config(const char *run, char *path, size_t size) {
-    snprintf(path, size, "%s/config.effective.yaml", run);
-    if (access(path, R_OK) == 0) return TGA_OK;
-    char ckpt[1024];
-    TGA_TRY(tga_weights_resolve(run, ckpt, sizeof ckpt));
-    snprintf(path, size, "%s/config.yaml", ckpt);
-    if (access(path, R_OK) == 0) return TGA_OK;
-    return tga_error(TGA_ERR_CONFIG,
-                     "%s holds no config.effective.yaml and its checkpoint %s no config.yaml; pass "
-                     "--config",
-                     run, ckpt);
-}
 
 static tga_status parse_kind(const char *text, tga_eval_kind *kind) {
     for (int k = TGA_EVAL_AUTO; k <= TGA_EVAL_UTILITY; k++)
@@ -129,26 +107,11 @@ static tga_status parse_options(const tga_common_options *common, const tga_conf
 
 /* The config (the run's own unless --config is given) and the eval options. */
 static tga_status load_settings(int argc, char **argv, eval_session *s) {
-    const char *run = option_value(argc, argv, "--run");
-    if (!run) return tga_error(TGA_ERR_USAGE, "tga eval needs --run (a run or checkpoint directory)");
-    char config_path[1200];
-    char **args = calloc((size_t)argc + 3, sizeof *args);
-    if (!args) return tga_error(TGA_ERR_NOMEM, "out of memory");
-    int n = 0;
-    tga_status st = TGA_OK;
-    if (!option_value(argc, argv, "--config")) {
-        st = default_config(run, config_path, sizeof config_path);
-        args[n++] = "--config";
-        args[n++] = config_path;
-    }
-    for (int i = 0; i < argc; i++)
-        args[n++] = argv[i];
     tga_common_options common = {0};
-    if (st == TGA_OK) st = tga_cli_load_config(n, args, &common, &s->cfg);
+    tga_status st = tga_cli_load_run_config(argc, argv, "eval", &common, &s->cfg);
     if (st == TGA_OK) st = parse_options(&common, &s->cfg, &s->opt);
     if (st == TGA_OK) st = tga_backend_select(common.device, common.threads);
     free(common.rest);
-    free(args);
     return st;
 }
 

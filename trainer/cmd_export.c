@@ -35,12 +35,6 @@ typedef struct export_cli {
 
 /* ---- options ----------------------------------------------------------------------------------- */
 
-static const char *option_value(int argc, char **argv, const char *name) {
-    for (int i = 0; i + 1 < argc; i++)
-        if (strcmp(argv[i], name) == 0) return argv[i + 1];
-    return NULL;
-}
-
 static tga_status string_option(int argc, char **argv, int *i, const char **out) {
     if (*i + 1 >= argc) return tga_error(TGA_ERR_USAGE, "%s needs a value", argv[*i]);
     *out = argv[++*i];
@@ -128,41 +122,13 @@ static tga_status parse_options(const tga_common_options *common, export_cli *c)
     return TGA_OK;
 }
 
-/* The run's own config: <run>/config.effective.yaml, else the resolved checkpoint's config.yaml. */
-static tga_status default_config(const char *run, char *path, size_t size) {
-    snprintf(path, size, "%s/config.effective.yaml", run);
-    if (access(path, R_OK) == 0) return TGA_OK;
-    char ckpt[1024];
-    TGA_TRY(tga_weights_resolve(run, ckpt, sizeof ckpt));
-    snprintf(path, size, "%s/config.yaml", ckpt);
-    if (access(path, R_OK) == 0) return TGA_OK;
-    return tga_error(TGA_ERR_CONFIG,
-                     "%s holds no config.effective.yaml and its checkpoint %s no config.yaml; pass --config",
-                     run, ckpt);
-}
-
 /* The config (the run's own unless --config is given) and the export options. */
 static tga_status load_settings(int argc, char **argv, tga_config *cfg, export_cli *c) {
-    const char *run = option_value(argc, argv, "--run");
-    if (!run) return tga_error(TGA_ERR_USAGE, "tga export needs --run (a run or checkpoint directory)");
-    char config_path[1200];
-    char **args = calloc((size_t)argc + 3, sizeof *args);
-    if (!args) return tga_error(TGA_ERR_NOMEM, "out of memory");
-    int n = 0;
-    tga_status st = TGA_OK;
-    if (!option_value(argc, argv, "--config")) {
-        st = default_config(run, config_path, sizeof config_path);
-        args[n++] = "--config";
-        args[n++] = config_path;
-    }
-    for (int i = 0; i < argc; i++)
-        args[n++] = argv[i];
     tga_common_options common = {0};
-    if (st == TGA_OK) st = tga_cli_load_config(n, args, &common, cfg);
+    tga_status st = tga_cli_load_run_config(argc, argv, "export", &common, cfg);
     if (st == TGA_OK) st = parse_options(&common, c);
-    if (st == TGA_OK) st = tga_backend_select("cpu", common.threads);
+    if (st == TGA_OK) st = tga_backend_select("cpu", common.threads); /* export computes nothing */
     free(common.rest);
-    free(args);
     return st;
 }
 
