@@ -261,7 +261,42 @@ static tga_status read_tensors(run *r, const char *ckpt, const char *file, int w
     return st;
 }
 
+/* Keys whose value differs between the checkpoint's config.yaml and this run's (both written by
+ * tga_config_write, so key order and formatting match line by line): a resumed run continues with
+ * the new values, which is allowed (e.g. more steps) but is said, since it changes the schedule. */
+static void warn_changed_keys(run *r, const char *ckpt) {
+    void *saved = NULL;
+    size_t n_saved = 0, n_now = 0;
+    char *now = NULL;
+    FILE *mem = open_memstream(&now, &n_now);
+    if (!mem || tga_ckpt_read_blob(ckpt, "config.yaml", 1 << 20, &saved, &n_saved) != TGA_OK) {
+        tga_error_clear();
+        if (mem) fclose(mem);
+        free(now);
+        free(saved);
+        return;
+    }
+    tga_config_write(&r->cfg, mem);
+    fclose(mem);
+    char changed[1024] = "", section[64] = "";
+    char *sp = NULL, *np = NULL;
+    for (char *a = strtok_r(saved, "\n", &sp), *b = strtok_r(now, "\n", &np); a && b;
+         a = strtok_r(NULL, "\n", &sp), b = strtok_r(NULL, "\n", &np)) {
+        if (a[0] != ' ' && strchr(a, ':')) snprintf(section, sizeof section, "%.*s", (int)(strchr(a, ':') - a), a);
+        if (strcmp(a, b) == 0 || a[0] != ' ' || strstr(a, "out_dir:")) continue;
+        while (*a == ' ') a++;
+        while (*b == ' ') b++;
+        const char *colon = strchr(b, ':');
+        size_t len = strlen(changed);
+        snprintf(changed + len, sizeof changed - len, "%s%s.%s ->%s", len ? "; " : "", section, a, colon ? colon + 1 : b);
+    }
+    if (changed[0]) TGA_WARN("resuming %s with changed config: %s", ckpt, changed);
+    free(saved);
+    free(now);
+}
+
 static tga_status resume_from(run *r, const char *ckpt) {
+    if (r->rank == 0) warn_changed_keys(r, ckpt);
     void *text = NULL;
     size_t n;
     TGA_TRY(tga_ckpt_read_blob(ckpt, "state.json", 1 << 20, &text, &n));
