@@ -53,8 +53,7 @@ struct tga_model {
     float *rope_table;
 
     /* the last batch, for the accessors and the backward pass */
-    int B, T, n_images;
-    int32_t *h_img_sample, *h_img_start; /* host copies */
+    int B, T;
     tga_segments seg_img, seg_ret, seg_cap;
     uint8_t *d_use_pair, *d_use_rank;
     tga_align_config align;
@@ -353,9 +352,7 @@ tga_status tga_model_create(tga_model **out, const tga_model_dims *dims, const t
     m->g = calloc((size_t)L, sizeof *m->g);
     m->xs = calloc((size_t)L + 1, sizeof *m->xs);
     m->acts = calloc((size_t)L, sizeof *m->acts);
-    m->h_img_sample = calloc((size_t)shape->max_images + 1, sizeof(int32_t));
-    m->h_img_start = calloc((size_t)shape->max_images + 1, sizeof(int32_t));
-    if (!m->params || !m->w || !m->g || !m->xs || !m->acts || !m->h_img_sample || !m->h_img_start) {
+    if (!m->params || !m->w || !m->g || !m->xs || !m->acts) {
         tga_model_free(m);
         return tga_error(TGA_ERR_NOMEM, "model: out of host memory");
     }
@@ -384,8 +381,6 @@ void tga_model_free(tga_model *m) {
     free(m->g);
     free(m->xs);
     free(m->acts);
-    free(m->h_img_sample);
-    free(m->h_img_start);
     free(m);
 }
 
@@ -707,9 +702,6 @@ tga_status tga_model_forward_backward(tga_model *m, const tga_batch *b, const tg
     const int B = b->B, T = b->T, N = B * T, D = d->dim, L = d->n_layers;
     m->B = B;
     m->T = T;
-    m->n_images = b->n_images;
-    memcpy(m->h_img_sample, b->image_sample, (size_t)b->n_images * sizeof(int32_t));
-    memcpy(m->h_img_start, b->image_start, (size_t)b->n_images * sizeof(int32_t));
     m->align_active = align->mode != TGA_ALIGN_OFF && align->n_layers > 0 && b->n_images > 0;
     m->align_grad = m->align_active && align->mode == TGA_ALIGN_INTENDED && with_backward;
     out->n_align_layers = m->align_active ? align->n_layers : 0;
