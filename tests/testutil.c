@@ -1,3 +1,4 @@
+#define _POSIX_C_SOURCE 200809L /* readlink */
 #include "tests/testutil.h"
 
 #include <math.h>
@@ -5,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 int tu_failures = 0;
 
@@ -92,6 +94,16 @@ double tu_fd_check(tu_scalar_fn f, void *ctx, float *x, const float *grad, size_
         if (!(err <= worst)) worst = err; /* NaN propagates as a failure */
     }
     return worst;
+}
+
+void tu_rerun_with_simd(const char *level, const char *what) {
+    char self[4096], cmd[4300];
+    ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
+    CHECK(len > 0, "cannot find this executable to rerun it with TGA_CPU_SIMD=%s", level);
+    if (len <= 0) return;
+    self[len] = '\0';
+    snprintf(cmd, sizeof cmd, "TGA_CPU_SIMD=%s '%s'", level, self);
+    CHECK(system(cmd) == 0, "the %s path of %s failed (see its output above)", level, what);
 }
 
 int tu_finish(const char *name) {

@@ -36,6 +36,10 @@ typedef double (*tu_scalar_fn)(const float *x, void *ctx);
 double tu_fd_check(tu_scalar_fn f, void *ctx, float *x, const float *grad, size_t n, int probes, float h,
                    double abs_floor, uint64_t *state);
 
+/* Runs this test executable again in a child with TGA_CPU_SIMD=level (e.g. "scalar"), so a
+ * dispatched op's portable path is checked too; a failing child is a failed CHECK naming `what`. */
+void tu_rerun_with_simd(const char *level, const char *what);
+
 /* Print "PASS name" / "FAIL name" and return the process exit code. */
 int tu_finish(const char *name);
 

@@ -133,17 +133,6 @@ static void check_tails(void) {
     }
 }
 
-/* Runs every check again in a child process limited to the portable SwiGLU loop. */
-static void rerun_portable(void) {
-    char self[4096], cmd[4200];
-    ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
-    CHECK(len > 0, "cannot find this executable to rerun it with TGA_CPU_SIMD=scalar");
-    if (len <= 0) return;
-    self[len] = '\0';
-    snprintf(cmd, sizeof cmd, "TGA_CPU_SIMD=scalar '%s'", self);
-    CHECK(system(cmd) == 0, "the portable SwiGLU path failed (see its output above)");
-}
-
 int main(void) {
     uint64_t rng = 0xAC71;
     check_swiglu(1000, &rng);
@@ -151,7 +140,8 @@ int main(void) {
     check_gelu(1000, &rng);
     check_gelu(100003, &rng);
     check_tails();
-    if (tga_cpu_has_avx512()) rerun_portable();
+    /* the checks again, limited to the portable SwiGLU loop */
+    if (tga_cpu_has_avx512()) tu_rerun_with_simd("scalar", "SwiGLU");
     return tu_finish(tga_cpu_has_avx512() ? "test_activations (avx512 and portable)"
                                           : "test_activations (portable)");
 }

@@ -159,18 +159,6 @@ static void check_against_torch(size_t n, const adamw_hparams *h, uint64_t *rng)
     state_free(&s), free(grads), free(torch_out);
 }
 
-/* With AVX-512 the dispatched path is the vector one; the portable path must give the same
- * results, so the checks run again in a child process restricted to it (TGA_CPU_SIMD). */
-static void rerun_portable(void) {
-    char self[4096], cmd[4200];
-    ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
-    CHECK(len > 0, "cannot find this executable to rerun it with TGA_CPU_SIMD=scalar");
-    if (len <= 0) return;
-    self[len] = '\0';
-    snprintf(cmd, sizeof cmd, "TGA_CPU_SIMD=scalar '%s'", self);
-    CHECK(system(cmd) == 0, "the portable AdamW path failed (see its output above)");
-}
-
 int main(void) {
     uint64_t rng = 0xADA3;
     const adamw_hparams decayed = {5e-2f, 0.9f, 0.999f, 1e-8f, 0.1f};
@@ -179,6 +167,7 @@ int main(void) {
     check_against_double(1000, &decayed, &rng);
     check_against_double(100003, &plain, &rng); /* above the parallel threshold */
     check_against_torch(301, &small_lr, &rng);  /* one run: starting python takes seconds */
-    if (tga_cpu_has_avx512()) rerun_portable();
+    /* the portable loop must give the same bits as the AVX-512 one that ran above */
+    if (tga_cpu_has_avx512()) tu_rerun_with_simd("scalar", "AdamW");
     return tu_finish(tga_cpu_has_avx512() ? "test_adamw (avx512 and portable)" : "test_adamw (portable)");
 }
