@@ -96,6 +96,25 @@ double tu_fd_check(tu_scalar_fn f, void *ctx, float *x, const float *grad, size_
     return worst;
 }
 
+const char *tu_in_dir(const char *dir, const char *name) {
+    static char paths[4][512];
+    static int next = 0;
+    char *out = paths[next];
+    next = (next + 1) % 4;
+    snprintf(out, sizeof paths[0], "%s/%s", dir, name);
+    return out;
+}
+
+void tu_write_file(const char *path, const void *bytes, size_t n) {
+    remove(path);
+    FILE *f = fopen(path, "wb");
+    CHECK(f != NULL, "cannot create test file %s", path);
+    if (!f) return;
+    size_t written = fwrite(bytes, 1, n, f);
+    int closed = fclose(f);
+    CHECK(written == n && closed == 0, "cannot write test file %s", path);
+}
+
 void tu_rerun_with_simd(const char *level, const char *what) {
     char self[4096], cmd[4300];
     ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);

@@ -36,6 +36,14 @@ typedef double (*tu_scalar_fn)(const float *x, void *ctx);
 double tu_fd_check(tu_scalar_fn f, void *ctx, float *x, const float *grad, size_t n, int probes, float h,
                    double abs_floor, uint64_t *state);
 
+/* "dir/name" in one of 4 rotating static buffers (valid until the 4th call after it), for tests
+ * that build paths inside their temporary folder. */
+const char *tu_in_dir(const char *dir, const char *name);
+
+/* Writes n bytes to a fresh file at path (an old one is removed first: truncating a file in place
+ * makes ext4 flush it on close, which is slow when a test rewrites one file many times). */
+void tu_write_file(const char *path, const void *bytes, size_t n);
+
 /* Runs this test executable again in a child with TGA_CPU_SIMD=level (e.g. "scalar"), so a
  * dispatched op's portable path is checked too; a failing child is a failed CHECK naming `what`. */
 void tu_rerun_with_simd(const char *level, const char *what);

@@ -70,18 +70,13 @@ static unsigned char *read_file(const char *path, size_t *n) {
     return bytes;
 }
 
-static void write_file(const char *path, const void *bytes, size_t n) {
-    FILE *f = fopen(path, "wb");
-    CHECK(f && fwrite(bytes, 1, n, f) == n && fclose(f) == 0, "cannot write %s", path);
-}
-
 static void flip_byte(const char *path, long offset) {
     size_t n = 0;
     unsigned char *bytes = read_file(path, &n);
     CHECK(bytes && offset >= 0 && (size_t)offset < n, "cannot flip byte %ld of %s", offset, path);
     if (bytes && offset >= 0 && (size_t)offset < n) {
         bytes[offset] ^= 0x10;
-        write_file(path, bytes, n);
+        tu_write_file(path, bytes, n);
     }
     free(bytes);
 }
@@ -368,7 +363,7 @@ static void test_tensor_file_mutations(uint64_t *rng) {
     int silent = 0, metadata_accepted = 0, same = 0;
     for (size_t pos = 0; pos < n; pos++) {
         bytes[pos] ^= (unsigned char)(1u << (pos % 8));
-        write_file(mutated, bytes, n);
+        tu_write_file(mutated, bytes, n);
         bytes[pos] ^= (unsigned char)(1u << (pos % 8));
         int failed = read_all_tensors(mutated, &s, SAMPLE_TENSORS, &same);
         if (!failed && !same) silent++;
@@ -379,7 +374,7 @@ static void test_tensor_file_mutations(uint64_t *rng) {
           metadata_accepted);
     int unchanged = read_all_tensors(path, &s, SAMPLE_TENSORS, &same);
     CHECK(unchanged == 0 && same, "the unmutated file reads back");
-    write_file(mutated, bytes, n / 2);
+    tu_write_file(mutated, bytes, n / 2);
     tga_error_clear();
     tga_ckpt_reader *r = NULL;
     CHECK(tga_ckpt_reader_open(&r, mutated) == TGA_ERR_FORMAT && strstr(tga_error_message(), mutated),
@@ -436,7 +431,7 @@ static void test_round_trip(uint64_t *rng) {
     char model[1024];
     snprintf(model, sizeof model, "%s/base_model.bin", tmp_root);
     unsigned char *model_bytes = random_bytes(5000, rng);
-    write_file(model, model_bytes, 5000);
+    tu_write_file(model, model_bytes, 5000);
     const tga_ckpt_codec codecs[2] = {codec_of(TGA_CKPT_ZSTD, 3, 256), tga_ckpt_default_codec()};
     for (int k = 0; k < 2; k++) {
         sample s;
@@ -467,7 +462,7 @@ static void test_round_trip(uint64_t *rng) {
     CHECK(tga_ckpt_find_latest(run, &step, &found) == TGA_OK && found && step == 200, "latest: %" PRId64,
           step);
     model_bytes[4321] ^= 1;
-    write_file(model, model_bytes, 5000);
+    tu_write_file(model, model_bytes, 5000);
     tga_error_clear();
     CHECK(tga_ckpt_check_identity(path_fmt("%s/checkpoints/step-00000200", run), "base_model.id", model) ==
                   TGA_ERR_CONFIG &&
@@ -543,7 +538,7 @@ static void test_ranks_and_resharding(uint64_t *rng) {
     CHECK(tga_ckpt_begin(run, 400) == TGA_OK, "begin 400");
     CHECK(tga_ckpt_writer_open(&only, run, 400, 0) == TGA_OK && tga_ckpt_writer_close(only) == TGA_OK,
           "rank 0 of 400");
-    write_file(path_fmt("%s/checkpoints/step-00000400.tmp/extra.bin", run), "x", 1);
+    tu_write_file(path_fmt("%s/checkpoints/step-00000400.tmp/extra.bin", run), "x", 1);
     tga_error_clear();
     CHECK(tga_ckpt_commit(run, 400, 1) == TGA_ERR_FORMAT &&
               strstr(tga_error_message(), "extra.bin: in the checkpoint"),
@@ -560,18 +555,18 @@ static void corrupt_tensor_byte(const char *dir) { flip_byte(path_fmt("%s/params
 static void truncate_file(const char *dir) {
     CHECK(truncate(path_fmt("%s/state.json", dir), 3) == 0, "truncate");
 }
-static void add_stray_file(const char *dir) { write_file(path_fmt("%s/stray.bin", dir), "x", 1); }
+static void add_stray_file(const char *dir) { tu_write_file(path_fmt("%s/stray.bin", dir), "x", 1); }
 static void remove_file(const char *dir) { CHECK(unlink(path_fmt("%s/state.json", dir)) == 0, "unlink"); }
 static void edit_manifest(const char *dir) { flip_byte(path_fmt("%s/MANIFEST", dir), 30); }
-static void garble_done(const char *dir) { write_file(path_fmt("%s/DONE", dir), "step x\n", 7); }
+static void garble_done(const char *dir) { tu_write_file(path_fmt("%s/DONE", dir), "step x\n", 7); }
 /* A MANIFEST that DONE vouches for but that does not parse. */
 static void malformed_manifest(const char *dir) {
     const char text[] = "tga-checkpoint-manifest 1\nstep 300\nnot a file line\n";
-    write_file(path_fmt("%s/MANIFEST", dir), text, sizeof text - 1);
+    tu_write_file(path_fmt("%s/MANIFEST", dir), text, sizeof text - 1);
     char done[128];
     int n = snprintf(done, sizeof done, "step 300\nmanifest %016" PRIx64 "\n",
                      tga_xxh64(text, sizeof text - 1, 0));
-    write_file(path_fmt("%s/DONE", dir), done, (size_t)n);
+    tu_write_file(path_fmt("%s/DONE", dir), done, (size_t)n);
 }
 
 static void test_find_latest(uint64_t *rng) {

@@ -22,14 +22,6 @@ static char temp_dir[64];
 
 /* ---- helpers ---------------------------------------------------------------------------------- */
 
-static void write_file(const char *path, const void *data, size_t size) {
-    FILE *file = fopen(path, "wb");
-    CHECK(file != NULL, "cannot create %s", path);
-    if (!file) return;
-    CHECK(fwrite(data, 1, size, file) == size, "cannot write %s", path);
-    fclose(file);
-}
-
 static void temp_path(const char *name, char *path, size_t size) {
     snprintf(path, size, "%s/%s", temp_dir, name);
 }
@@ -234,7 +226,7 @@ static void test_bad_files(void) {
         char name[32], path[256], located[300];
         snprintf(name, sizeof name, "bad_%02zu.yaml", i);
         temp_path(name, path, sizeof path);
-        write_file(path, c.content, c.size ? c.size : strlen(c.content));
+        tu_write_file(path, c.content, c.size ? c.size : strlen(c.content));
         if (c.line)
             snprintf(located, sizeof located, "%s:%zu: ", path, c.line);
         else
@@ -250,7 +242,7 @@ static void test_bad_files(void) {
     memset(oversized, '#', sizeof oversized);
     char path[256];
     temp_path("oversized.yaml", path, sizeof path);
-    write_file(path, oversized, sizeof oversized);
+    tu_write_file(path, oversized, sizeof oversized);
     tga_error_clear();
     check_error("oversized file", tga_config_load(&cfg, path), TGA_ERR_CONFIG, path, "larger than", NULL);
     unlink(path);
@@ -278,7 +270,7 @@ static void test_good_file(void) {
                        "  out_dir: 'it''s here'\n";
     char path[256];
     temp_path("good.yaml", path, sizeof path);
-    write_file(path, text, strlen(text));
+    tu_write_file(path, text, strlen(text));
     tga_config cfg;
     init_ok(&cfg);
     set_ok(&cfg, "train.init_from=old.ckpt");

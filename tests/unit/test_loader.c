@@ -38,15 +38,6 @@ static void *xcalloc(size_t n) {
     return p;
 }
 
-static const char *in_tmp(const char *name) {
-    static char path[4][512];
-    static int next = 0;
-    char *out = path[next];
-    next = (next + 1) % 4;
-    snprintf(out, sizeof path[0], "%s/%s", tmp_dir, name);
-    return out;
-}
-
 /* ---- the data: samples kept in memory, in global index order -------------------------------------- */
 
 typedef struct {
@@ -154,7 +145,7 @@ static void make_data(uint64_t *rng) {
                   {"b_empty.tgas", 0, 1, TGA_SHARD_F32},
                   {"c.tgas", 11, 0, TGA_SHARD_F32},
                   {"d.tgas", 9, 1, TGA_SHARD_F32}};
-    mkdir(in_tmp("data"), 0700);
+    mkdir(tu_in_dir(tmp_dir, "data"), 0700);
     n_refs = 0;
     for (size_t k = 0; k < sizeof shards / sizeof shards[0]; k++) {
         int first = n_refs;
@@ -162,11 +153,11 @@ static void make_data(uint64_t *rng) {
             make_ref(&refs[n_refs], n_refs, shards[k].images ? (int32_t)(i % 3) : 0, shards[k].dtype, rng);
         tga_shard_layout layout = {shards[k].images ? P : 0, shards[k].images ? DV : 0, shards[k].dtype};
         char path[600];
-        snprintf(path, sizeof path, "%s/%s", in_tmp("data"), shards[k].name);
+        snprintf(path, sizeof path, "%s/%s", tu_in_dir(tmp_dir, "data"), shards[k].name);
         write_shard(path, &layout, refs + first, shards[k].count);
     }
-    write_file(in_tmp("data/zz.tgas.tmp"), "an unfinished shard: ignored");
-    write_file(in_tmp("data/README"), "not a shard: ignored");
+    write_file(tu_in_dir(tmp_dir, "data/zz.tgas.tmp"), "an unfinished shard: ignored");
+    write_file(tu_in_dir(tmp_dir, "data/README"), "not a shard: ignored");
 }
 
 /* ---- references ----------------------------------------------------------------------------------- */
@@ -323,7 +314,7 @@ static void run_world(const char *what, run_shape s, const tga_loader_position *
     memset(out, 0, sizeof *out);
     uint64_t n = (uint64_t)n_refs, G = (uint64_t)s.m * s.a * s.w, order[MAX_SAMPLES];
     for (int rank = 0; rank < s.w; rank++) {
-        tga_loader *l = open_loader(in_tmp("data"), s, rank);
+        tga_loader *l = open_loader(tu_in_dir(tmp_dir, "data"), s, rank);
         if (!l) return;
         uint64_t per_epoch = tga_loader_get_info(l).steps_per_epoch;
         tga_error_clear();
@@ -415,7 +406,7 @@ static void check_epoch_cover(const char *what, run_shape s, const run_record *r
 
 static void test_info(void) {
     run_shape s = {2, 2, 1, 1, 0, TGA_LOADER_TRAIN, 5};
-    tga_loader *l = open_loader(in_tmp("data"), s, 0);
+    tga_loader *l = open_loader(tu_in_dir(tmp_dir, "data"), s, 0);
     if (!l) return;
     tga_loader_info info = tga_loader_get_info(l);
     int32_t max_t = 0, max_tc = 0, max_images = 0;
@@ -437,7 +428,7 @@ static void test_info(void) {
     tga_loader_position p = tga_loader_tell(l);
     CHECK(p.epoch == 0 && p.step_in_epoch == 0 && p.global_step == 0, "a new loader starts at step 0");
     tga_loader_close(l);
-    tga_loader *file = open_loader(in_tmp("data/c.tgas"), s, 0); /* a single shard file */
+    tga_loader *file = open_loader(tu_in_dir(tmp_dir, "data/c.tgas"), s, 0); /* a single shard file */
     CHECK(file && tga_loader_get_info(file).n_samples == 11 &&
               tga_loader_get_info(file).patches_per_image == 0,
           "a single text-only shard");
@@ -526,7 +517,7 @@ static void test_save_restore(run_record *rec) {
          {2, 2, 2, 1, 1, TGA_LOADER_TRAIN, 21}}, /* across one */
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
-        tga_loader *l = open_loader(in_tmp("data"), cases[c].before, cases[c].before.w - 1);
+        tga_loader *l = open_loader(tu_in_dir(tmp_dir, "data"), cases[c].before, cases[c].before.w - 1);
         if (!l) return;
         tga_loader_step st;
         for (int k = 0; k < cases[c].stop; k++)
@@ -551,7 +542,7 @@ static void test_save_restore(run_record *rec) {
 /* A seek within one loader (backwards, after prefetch ran ahead) and the positions it refuses. */
 static void test_seek(void) {
     run_shape s = {2, 2, 1, 1, 1, TGA_LOADER_TRAIN, 8};
-    tga_loader *l = open_loader(in_tmp("data"), s, 0);
+    tga_loader *l = open_loader(tu_in_dir(tmp_dir, "data"), s, 0);
     if (!l) return;
     tga_loader_step st;
     uint64_t hashes[12];
@@ -602,7 +593,7 @@ static void test_eval(run_record *rec) {
               "eval: the last step holds the rest of the epoch");
     }
     run_shape s = {2, 2, 3, 0, 0, TGA_LOADER_EVAL, 11};
-    tga_loader *last_rank = open_loader(in_tmp("data"), s, 2);
+    tga_loader *last_rank = open_loader(tu_in_dir(tmp_dir, "data"), s, 2);
     tga_loader_step st = {0};
     for (int k = 0; last_rank && k < (n_refs + 11) / 12; k++)
         CHECK(tga_loader_next(last_rank, &st) == TGA_OK, "eval step %d: %s", k, tga_error_message());
@@ -635,7 +626,7 @@ static void expect_failure(tga_status st, tga_status code, const char *what, con
  * and the position stays at the failing step (with prefetch, the error waits for that step). */
 static void test_bad_token(uint64_t *rng) {
     static const char *arrays[] = {"input_ids", "labels", "cap_ids"};
-    mkdir(in_tmp("bad"), 0700);
+    mkdir(tu_in_dir(tmp_dir, "bad"), 0700);
     for (int which = 0; which < 3; which++) {
         ref_sample samples[4];
         for (int i = 0; i < 4; i++) {
@@ -650,9 +641,9 @@ static void test_bad_token(uint64_t *rng) {
                                        : samples[2].s.cap_ids;
         target[1 - (which == 2)] = VOCAB + 5;
         tga_shard_layout text = {0, 0, TGA_SHARD_F32};
-        write_shard(in_tmp("bad/x.tgas"), &text, samples, 4);
+        write_shard(tu_in_dir(tmp_dir, "bad/x.tgas"), &text, samples, 4);
         run_shape s = {1, 1, 1, 0, which != 1, TGA_LOADER_TRAIN, 1};
-        tga_loader *l = open_loader(in_tmp("bad/x.tgas"), s, 0);
+        tga_loader *l = open_loader(tu_in_dir(tmp_dir, "bad/x.tgas"), s, 0);
         tga_loader_step st;
         for (int k = 0; l && k < 2; k++)
             CHECK(tga_loader_next(l, &st) == TGA_OK, "bad token: step %d must pass: %s", k,
@@ -660,7 +651,7 @@ static void test_bad_token(uint64_t *rng) {
         char expected[700];
         snprintf(expected, sizeof expected,
                  "%s: sample 2 (id 'sample_102'): %s[%d] = %d is outside the model's vocabulary [0, %d)",
-                 in_tmp("bad/x.tgas"), arrays[which], 1 - (which == 2), VOCAB + 5, VOCAB);
+                 tu_in_dir(tmp_dir, "bad/x.tgas"), arrays[which], 1 - (which == 2), VOCAB + 5, VOCAB);
         tga_error_clear();
         if (l) expect_failure(tga_loader_next(l, &st), TGA_ERR_FORMAT, "bad token", expected, NULL);
         CHECK(l && tga_loader_tell(l).global_step == 2, "a failed step must not move the position");
@@ -694,37 +685,37 @@ static tga_status open_expecting_failure(const char *path, run_shape s, int rank
 
 static void test_bad_paths_and_configs(uint64_t *rng) {
     run_shape s = {2, 2, 1, 1, 1, TGA_LOADER_TRAIN, 1};
-    mkdir(in_tmp("mismatch"), 0700);
-    mkdir(in_tmp("empty_dir"), 0700);
+    mkdir(tu_in_dir(tmp_dir, "mismatch"), 0700);
+    mkdir(tu_in_dir(tmp_dir, "empty_dir"), 0700);
     ref_sample sample;
     make_ref(&sample, 0, 1, TGA_SHARD_F32, rng);
     tga_shard_layout wide = {P, DV + 1, TGA_SHARD_F32}, narrow = {P, DV, TGA_SHARD_F32};
     float *features = xcalloc(sizeof(float) * P * (DV + 1));
     void *own = sample.s.features;
-    write_shard(in_tmp("mismatch/1.tgas"), &narrow, &sample, 1);
+    write_shard(tu_in_dir(tmp_dir, "mismatch/1.tgas"), &narrow, &sample, 1);
     sample.s.features = features;
-    write_shard(in_tmp("mismatch/2.tgas"), &wide, &sample, 1);
+    write_shard(tu_in_dir(tmp_dir, "mismatch/2.tgas"), &wide, &sample, 1);
     sample.s.features = own;
     free(features);
     free_ref(&sample);
-    expect_failure(open_expecting_failure(in_tmp("mismatch"), s, 0, VOCAB, PAD), TGA_ERR_FORMAT,
+    expect_failure(open_expecting_failure(tu_in_dir(tmp_dir, "mismatch"), s, 0, VOCAB, PAD), TGA_ERR_FORMAT,
                    "P/Dv mismatch", "mismatch/2.tgas has images of P = 3 patches x Dv = 5, but ",
                    "mismatch/1.tgas has P = 3 x Dv = 4");
-    expect_failure(open_expecting_failure(in_tmp("empty_dir"), s, 0, VOCAB, PAD), TGA_ERR_IO, "empty dir",
-                   "holds no *.tgas shard", NULL);
-    expect_failure(open_expecting_failure(in_tmp("missing"), s, 0, VOCAB, PAD), TGA_ERR_IO, "missing",
-                   "cannot open the data path", "No such file");
-    expect_failure(open_expecting_failure(in_tmp("data/b_empty.tgas"), s, 0, VOCAB, PAD), TGA_ERR_FORMAT,
-                   "no samples", "holds no sample", NULL);
+    expect_failure(open_expecting_failure(tu_in_dir(tmp_dir, "empty_dir"), s, 0, VOCAB, PAD), TGA_ERR_IO,
+                   "empty dir", "holds no *.tgas shard", NULL);
+    expect_failure(open_expecting_failure(tu_in_dir(tmp_dir, "missing"), s, 0, VOCAB, PAD), TGA_ERR_IO,
+                   "missing", "cannot open the data path", "No such file");
+    expect_failure(open_expecting_failure(tu_in_dir(tmp_dir, "data/b_empty.tgas"), s, 0, VOCAB, PAD),
+                   TGA_ERR_FORMAT, "no samples", "holds no sample", NULL);
     run_shape huge = {4, 4, 3, 1, 0, TGA_LOADER_TRAIN, 1};
-    expect_failure(open_expecting_failure(in_tmp("data"), huge, 0, VOCAB, PAD), TGA_ERR_CONFIG, "G > n",
-                   "fewer than one global batch of 48", NULL);
-    expect_failure(open_expecting_failure(in_tmp("data"), s, 1, VOCAB, PAD), TGA_ERR_CONFIG, "rank",
-                   "rank 1 of a world of 1", NULL);
-    expect_failure(open_expecting_failure(in_tmp("data"), s, 0, VOCAB, VOCAB), TGA_ERR_CONFIG, "pad",
-                   "pad id 1000", NULL);
+    expect_failure(open_expecting_failure(tu_in_dir(tmp_dir, "data"), huge, 0, VOCAB, PAD), TGA_ERR_CONFIG,
+                   "G > n", "fewer than one global batch of 48", NULL);
+    expect_failure(open_expecting_failure(tu_in_dir(tmp_dir, "data"), s, 1, VOCAB, PAD), TGA_ERR_CONFIG,
+                   "rank", "rank 1 of a world of 1", NULL);
+    expect_failure(open_expecting_failure(tu_in_dir(tmp_dir, "data"), s, 0, VOCAB, VOCAB), TGA_ERR_CONFIG,
+                   "pad", "pad id 1000", NULL);
     run_shape zero = {0, 2, 1, 1, 0, TGA_LOADER_TRAIN, 1};
-    expect_failure(open_expecting_failure(in_tmp("data"), zero, 0, VOCAB, PAD), TGA_ERR_CONFIG,
+    expect_failure(open_expecting_failure(tu_in_dir(tmp_dir, "data"), zero, 0, VOCAB, PAD), TGA_ERR_CONFIG,
                    "micro_batch 0", "micro_batch 0", NULL);
 }
 

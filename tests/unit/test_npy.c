@@ -16,20 +16,6 @@
 
 static char tmp_dir[] = "/tmp/tga_test_npy_XXXXXX";
 
-static const char *in_tmp(const char *name) {
-    static char path[4][512];
-    static int next = 0;
-    char *out = path[next];
-    next = (next + 1) % 4;
-    snprintf(out, sizeof path[0], "%s/%s", tmp_dir, name);
-    return out;
-}
-
-static void write_bytes(const char *path, const void *bytes, size_t n) {
-    FILE *f = fopen(path, "wb");
-    CHECK(f && fwrite(bytes, 1, n, f) == n && fclose(f) == 0, "cannot write test file %s", path);
-}
-
 static void *read_bytes(const char *path, size_t *n) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
@@ -91,7 +77,7 @@ static void test_raw_round_trips(uint64_t *rng) {
                 data[i] = (unsigned char)tu_next(rng);
             char what[64];
             snprintf(what, sizeof what, "%s rank %d case %zu", tga_npy_dtype_name(dtype), ranks[s], s);
-            const char *path = in_tmp("round_trip.npy");
+            const char *path = tu_in_dir(tmp_dir, "round_trip.npy");
             tga_error_clear();
             CHECK(tga_npy_save(path, dtype, data, ranks[s], shapes[s]) == TGA_OK, "%s: save: %s", what,
                   tga_error_message());
@@ -102,7 +88,8 @@ static void test_raw_round_trips(uint64_t *rng) {
                 check_header(&h, dtype, ranks[s], shapes[s], what);
                 CHECK(memcmp(back, data, bytes) == 0, "%s: data differs after a round trip", what);
             }
-            CHECK(!file_exists(in_tmp("round_trip.npy.tmp")), "%s: temporary file left behind", what);
+            CHECK(!file_exists(tu_in_dir(tmp_dir, "round_trip.npy.tmp")), "%s: temporary file left behind",
+                  what);
             free(back);
             free(data);
         }
@@ -133,10 +120,12 @@ static void test_typed_conversions(uint64_t *rng) {
     int32_t *i32 = NULL;
 
     tga_error_clear();
-    CHECK(tga_npy_save(in_tmp("h.npy"), TGA_NPY_F16, halves, 1, shape) == TGA_OK, "save f16: %s",
+    CHECK(tga_npy_save(tu_in_dir(tmp_dir, "h.npy"), TGA_NPY_F16, halves, 1, shape) == TGA_OK, "save f16: %s",
           tga_error_message());
-    CHECK(tga_npy_load_f32(in_tmp("h.npy"), &f32, &h) == TGA_OK, "f16->f32: %s", tga_error_message());
-    CHECK(tga_npy_load_f64(in_tmp("h.npy"), &f64, &h) == TGA_OK, "f16->f64: %s", tga_error_message());
+    CHECK(tga_npy_load_f32(tu_in_dir(tmp_dir, "h.npy"), &f32, &h) == TGA_OK, "f16->f32: %s",
+          tga_error_message());
+    CHECK(tga_npy_load_f64(tu_in_dir(tmp_dir, "h.npy"), &f64, &h) == TGA_OK, "f16->f64: %s",
+          tga_error_message());
     for (int i = 0; f32 && f64 && i < N; i++) {
         CHECK(same_value(f32[i], half_reference(halves[i])), "f16 %04x -> f32 %g, want %g", halves[i], f32[i],
               half_reference(halves[i]));
@@ -146,20 +135,23 @@ static void test_typed_conversions(uint64_t *rng) {
     free(f32);
     free(f64);
 
-    CHECK(tga_npy_save(in_tmp("d.npy"), TGA_NPY_F64, doubles, 1, shape) == TGA_OK, "save f64");
-    CHECK(tga_npy_load_f32(in_tmp("d.npy"), &f32, &h) == TGA_OK, "f64->f32: %s", tga_error_message());
+    CHECK(tga_npy_save(tu_in_dir(tmp_dir, "d.npy"), TGA_NPY_F64, doubles, 1, shape) == TGA_OK, "save f64");
+    CHECK(tga_npy_load_f32(tu_in_dir(tmp_dir, "d.npy"), &f32, &h) == TGA_OK, "f64->f32: %s",
+          tga_error_message());
     for (int i = 0; f32 && i < N; i++)
         CHECK(f32[i] == floats[i], "f64 %g -> f32 %g", doubles[i], f32[i]);
     free(f32);
 
-    CHECK(tga_npy_save(in_tmp("f.npy"), TGA_NPY_F32, floats, 1, shape) == TGA_OK, "save f32");
-    CHECK(tga_npy_load_f64(in_tmp("f.npy"), &f64, &h) == TGA_OK, "f32->f64: %s", tga_error_message());
+    CHECK(tga_npy_save(tu_in_dir(tmp_dir, "f.npy"), TGA_NPY_F32, floats, 1, shape) == TGA_OK, "save f32");
+    CHECK(tga_npy_load_f64(tu_in_dir(tmp_dir, "f.npy"), &f64, &h) == TGA_OK, "f32->f64: %s",
+          tga_error_message());
     for (int i = 0; f64 && i < N; i++)
         CHECK(f64[i] == (double)floats[i], "f32 -> f64 at %d", i);
     free(f64);
 
-    CHECK(tga_npy_save(in_tmp("l.npy"), TGA_NPY_I64, longs, 1, shape) == TGA_OK, "save i64");
-    CHECK(tga_npy_load_i32(in_tmp("l.npy"), &i32, &h) == TGA_OK, "i64->i32: %s", tga_error_message());
+    CHECK(tga_npy_save(tu_in_dir(tmp_dir, "l.npy"), TGA_NPY_I64, longs, 1, shape) == TGA_OK, "save i64");
+    CHECK(tga_npy_load_i32(tu_in_dir(tmp_dir, "l.npy"), &i32, &h) == TGA_OK, "i64->i32: %s",
+          tga_error_message());
     for (int i = 0; i32 && i < N; i++)
         CHECK(i32[i] == longs[i], "i64 %lld -> i32 %d", (long long)longs[i], i32[i]);
     free(i32);
@@ -194,8 +186,8 @@ static const char numpy_writer_py[] =
     "put('np_bool', np.array([True, False]))\n";
 
 static int run_python(const char *script_name, const char *script) {
-    const char *script_path = in_tmp(script_name);
-    write_bytes(script_path, script, strlen(script));
+    const char *script_path = tu_in_dir(tmp_dir, script_name);
+    tu_write_file(script_path, script, strlen(script));
     char command[1200];
     snprintf(command, sizeof command, "/usr/bin/python3 %s %s", script_path, tmp_dir);
     int rc = system(command);
@@ -208,11 +200,11 @@ static void check_numpy_float_file(const char *name, int ndim, const int64_t *sh
     snprintf(npy, sizeof npy, "%s.npy", name);
     snprintf(ref, sizeof ref, "%s.ref", name);
     size_t ref_bytes = 0;
-    double *want = read_bytes(in_tmp(ref), &ref_bytes);
+    double *want = read_bytes(tu_in_dir(tmp_dir, ref), &ref_bytes);
     float *got = NULL;
     tga_npy_header h;
     tga_error_clear();
-    CHECK(tga_npy_load_f32(in_tmp(npy), &got, &h) == TGA_OK, "%s: %s", name, tga_error_message());
+    CHECK(tga_npy_load_f32(tu_in_dir(tmp_dir, npy), &got, &h) == TGA_OK, "%s: %s", name, tga_error_message());
     if (got && want) {
         CHECK(h.ndim == ndim && (size_t)h.count * sizeof(double) == ref_bytes,
               "%s: header ndim %d count %lld", name, h.ndim, (long long)h.count);
@@ -231,13 +223,13 @@ static void check_numpy_int_file(const char *name, tga_npy_dtype stored) {
     snprintf(npy, sizeof npy, "%s.npy", name);
     snprintf(ref, sizeof ref, "%s.ref", name);
     size_t ref_bytes = 0;
-    int64_t *want = read_bytes(in_tmp(ref), &ref_bytes);
+    int64_t *want = read_bytes(tu_in_dir(tmp_dir, ref), &ref_bytes);
     void *bytes = NULL;
     int32_t *ints = NULL;
     tga_npy_header h;
     tga_error_clear();
-    tga_status st = stored == TGA_NPY_U8 ? tga_npy_load_raw(in_tmp(npy), &bytes, &h)
-                                         : tga_npy_load_i32(in_tmp(npy), &ints, &h);
+    tga_status st = stored == TGA_NPY_U8 ? tga_npy_load_raw(tu_in_dir(tmp_dir, npy), &bytes, &h)
+                                         : tga_npy_load_i32(tu_in_dir(tmp_dir, npy), &ints, &h);
     CHECK(st == TGA_OK, "%s: %s", name, tga_error_message());
     if ((bytes || ints) && want) {
         CHECK(h.dtype == stored && (size_t)h.count * sizeof(int64_t) == ref_bytes, "%s: dtype %d count %lld",
@@ -267,14 +259,14 @@ static void test_numpy_written_files(void) {
     check_numpy_int_file("np_i32", TGA_NPY_I32);
     check_numpy_int_file("np_i64", TGA_NPY_I64);
     check_numpy_int_file("np_u8", TGA_NPY_U8);
-    expect_error(in_tmp("np_big_endian.npy"), TGA_ERR_FORMAT, "big-endian");
-    expect_error(in_tmp("np_fortran.npy"), TGA_ERR_FORMAT, "Fortran");
-    expect_error(in_tmp("np_bool.npy"), TGA_ERR_FORMAT, "'|b1'");
+    expect_error(tu_in_dir(tmp_dir, "np_big_endian.npy"), TGA_ERR_FORMAT, "big-endian");
+    expect_error(tu_in_dir(tmp_dir, "np_fortran.npy"), TGA_ERR_FORMAT, "Fortran");
+    expect_error(tu_in_dir(tmp_dir, "np_bool.npy"), TGA_ERR_FORMAT, "'|b1'");
 
     int32_t *ints = NULL;
     tga_npy_header h;
     tga_error_clear();
-    CHECK(tga_npy_load_i32(in_tmp("np_i64_big.npy"), &ints, &h) == TGA_ERR_FORMAT && !ints,
+    CHECK(tga_npy_load_i32(tu_in_dir(tmp_dir, "np_i64_big.npy"), &ints, &h) == TGA_ERR_FORMAT && !ints,
           "an int64 beyond int32 must be refused");
     CHECK(strstr(tga_error_message(), "1099511627776") && strstr(tga_error_message(), "element 1"),
           "message should name the value and element: %s", tga_error_message());
@@ -284,11 +276,11 @@ static void test_numpy_written_files(void) {
 /* Rows of NumPy's float16 file, read through the streaming interface. */
 static void test_row_streaming(void) {
     size_t ref_bytes = 0;
-    double *want = read_bytes(in_tmp("np_f16.ref"), &ref_bytes);
+    double *want = read_bytes(tu_in_dir(tmp_dir, "np_f16.ref"), &ref_bytes);
     FILE *f = NULL;
     tga_npy_header h;
     tga_error_clear();
-    CHECK(tga_npy_open(in_tmp("np_f16.npy"), &f, &h) == TGA_OK, "open: %s", tga_error_message());
+    CHECK(tga_npy_open(tu_in_dir(tmp_dir, "np_f16.npy"), &f, &h) == TGA_OK, "open: %s", tga_error_message());
     if (!f || !want || ref_bytes != 24 * sizeof(double)) {
         CHECK(0, "streaming test needs np_f16.npy and its reference");
         if (f) fclose(f);
@@ -347,10 +339,11 @@ static void test_numpy_reads_our_files(uint64_t *rng) {
         char name[64];
         snprintf(name, sizeof name, "%s.npy", cases[c].name);
         tga_error_clear();
-        CHECK(tga_npy_save(in_tmp(name), cases[c].dtype, data, cases[c].ndim, cases[c].shape) == TGA_OK,
+        CHECK(tga_npy_save(tu_in_dir(tmp_dir, name), cases[c].dtype, data, cases[c].ndim, cases[c].shape) ==
+                  TGA_OK,
               "save %s: %s", name, tga_error_message());
         snprintf(name, sizeof name, "%s.raw", cases[c].name);
-        write_bytes(in_tmp(name), data, bytes);
+        tu_write_file(tu_in_dir(tmp_dir, name), data, bytes);
     }
     run_python("read_with_numpy.py", numpy_reader_py);
 }
@@ -392,44 +385,44 @@ static void check_malformed_dict(const char *name, const char *dict, size_t data
                                  const char *fragment) {
     unsigned char file[8192];
     size_t n = build_file(file, 1, dict, data_bytes);
-    write_bytes(in_tmp(name), file, n);
-    expect_error(in_tmp(name), TGA_ERR_FORMAT, fragment);
+    tu_write_file(tu_in_dir(tmp_dir, name), file, n);
+    expect_error(tu_in_dir(tmp_dir, name), TGA_ERR_FORMAT, fragment);
 }
 
 static void test_malformed_files(void) {
     unsigned char file[8192];
     const char *good = "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }";
     size_t n = build_file(file, 1, good, 48);
-    write_bytes(in_tmp("good.npy"), file, n);
+    tu_write_file(tu_in_dir(tmp_dir, "good.npy"), file, n);
     void *data = NULL;
     tga_npy_header h;
     tga_error_clear();
-    CHECK(tga_npy_load_raw(in_tmp("good.npy"), &data, &h) == TGA_OK, "the hand-built file must load: %s",
-          tga_error_message());
+    CHECK(tga_npy_load_raw(tu_in_dir(tmp_dir, "good.npy"), &data, &h) == TGA_OK,
+          "the hand-built file must load: %s", tga_error_message());
     free(data);
 
     file[5] = 'X';
-    write_bytes(in_tmp("magic.npy"), file, n);
-    expect_error(in_tmp("magic.npy"), TGA_ERR_FORMAT, "not a .npy file");
+    tu_write_file(tu_in_dir(tmp_dir, "magic.npy"), file, n);
+    expect_error(tu_in_dir(tmp_dir, "magic.npy"), TGA_ERR_FORMAT, "not a .npy file");
     file[5] = 'Y';
-    write_bytes(in_tmp("empty.npy"), file, 0);
-    expect_error(in_tmp("empty.npy"), TGA_ERR_FORMAT, "not a .npy file");
-    write_bytes(in_tmp("cut_length.npy"), file, 9);
-    expect_error(in_tmp("cut_length.npy"), TGA_ERR_FORMAT, "header length");
-    write_bytes(in_tmp("cut_header.npy"), file, 40);
-    expect_error(in_tmp("cut_header.npy"), TGA_ERR_FORMAT, "truncated header");
-    write_bytes(in_tmp("cut_data.npy"), file, n - 8);
-    expect_error(in_tmp("cut_data.npy"), TGA_ERR_FORMAT,
+    tu_write_file(tu_in_dir(tmp_dir, "empty.npy"), file, 0);
+    expect_error(tu_in_dir(tmp_dir, "empty.npy"), TGA_ERR_FORMAT, "not a .npy file");
+    tu_write_file(tu_in_dir(tmp_dir, "cut_length.npy"), file, 9);
+    expect_error(tu_in_dir(tmp_dir, "cut_length.npy"), TGA_ERR_FORMAT, "header length");
+    tu_write_file(tu_in_dir(tmp_dir, "cut_header.npy"), file, 40);
+    expect_error(tu_in_dir(tmp_dir, "cut_header.npy"), TGA_ERR_FORMAT, "truncated header");
+    tu_write_file(tu_in_dir(tmp_dir, "cut_data.npy"), file, n - 8);
+    expect_error(tu_in_dir(tmp_dir, "cut_data.npy"), TGA_ERR_FORMAT,
                  "12 float32 values (48 bytes) but only 40 bytes follow");
     file[6] = 4;
-    write_bytes(in_tmp("version.npy"), file, n);
-    expect_error(in_tmp("version.npy"), TGA_ERR_FORMAT, "version 4.0");
+    tu_write_file(tu_in_dir(tmp_dir, "version.npy"), file, n);
+    expect_error(tu_in_dir(tmp_dir, "version.npy"), TGA_ERR_FORMAT, "version 4.0");
     file[6] = 1;
 
     n = build_file(file, 2, good, 48);
     file[8] = file[9] = file[10] = file[11] = 0xff;
-    write_bytes(in_tmp("huge_header.npy"), file, n);
-    expect_error(in_tmp("huge_header.npy"), TGA_ERR_FORMAT, "header length 4294967295");
+    tu_write_file(tu_in_dir(tmp_dir, "huge_header.npy"), file, n);
+    expect_error(tu_in_dir(tmp_dir, "huge_header.npy"), TGA_ERR_FORMAT, "header length 4294967295");
 
     check_malformed_dict(
         "short_data.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (300, 4), }", 4000,
@@ -473,21 +466,21 @@ static void test_malformed_files(void) {
     check_malformed_dict("trailing.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (3,)} x", 12,
                          "only spaces");
 
-    expect_error(in_tmp("does_not_exist.npy"), TGA_ERR_IO, "No such file");
+    expect_error(tu_in_dir(tmp_dir, "does_not_exist.npy"), TGA_ERR_IO, "No such file");
     expect_error(tmp_dir, TGA_ERR_IO, "read error");
 
     float *floats = NULL;
     int32_t *ints = NULL;
     tga_error_clear();
-    CHECK(tga_npy_load_i32(in_tmp("good.npy"), &ints, &h) == TGA_ERR_FORMAT && !ints,
+    CHECK(tga_npy_load_i32(tu_in_dir(tmp_dir, "good.npy"), &ints, &h) == TGA_ERR_FORMAT && !ints,
           "int load of float32 data");
     CHECK(strstr(tga_error_message(), "expected int32 or int64 data, found float32") != NULL, "message: %s",
           tga_error_message());
     free(ints);
     n = build_file(file, 1, "{'descr': '<i4', 'fortran_order': False, 'shape': (3,)}", 12);
-    write_bytes(in_tmp("ints.npy"), file, n);
+    tu_write_file(tu_in_dir(tmp_dir, "ints.npy"), file, n);
     tga_error_clear();
-    CHECK(tga_npy_load_f32(in_tmp("ints.npy"), &floats, &h) == TGA_ERR_FORMAT && !floats,
+    CHECK(tga_npy_load_f32(tu_in_dir(tmp_dir, "ints.npy"), &floats, &h) == TGA_ERR_FORMAT && !floats,
           "float load of int32 data");
     CHECK(strstr(tga_error_message(), "expected float32, float16 or float64 data, found int32") != NULL,
           "message: %s", tga_error_message());
@@ -495,9 +488,10 @@ static void test_malformed_files(void) {
     floats = NULL;
     const double too_big[2] = {1.0, 1e300};
     tga_error_clear();
-    CHECK(tga_npy_save(in_tmp("too_big.npy"), TGA_NPY_F64, too_big, 1, (const int64_t[]){2}) == TGA_OK,
+    CHECK(tga_npy_save(tu_in_dir(tmp_dir, "too_big.npy"), TGA_NPY_F64, too_big, 1, (const int64_t[]){2}) ==
+              TGA_OK,
           "save float64");
-    CHECK(tga_npy_load_f32(in_tmp("too_big.npy"), &floats, &h) == TGA_ERR_FORMAT && !floats,
+    CHECK(tga_npy_load_f32(tu_in_dir(tmp_dir, "too_big.npy"), &floats, &h) == TGA_ERR_FORMAT && !floats,
           "1e300 as float32");
     CHECK(strstr(tga_error_message(), "does not fit in float32") != NULL, "message: %s", tga_error_message());
     free(floats);
@@ -513,18 +507,18 @@ static void test_header_mutations(void) {
                                                  '"', ',', ':', '-', '9', 0xff};
     int loaded = 0;
     for (size_t len = 0; len < n; len++) {
-        write_bytes(in_tmp("mutant.npy"), file, len);
-        expect_error(in_tmp("mutant.npy"), TGA_ERR_FORMAT, "");
+        tu_write_file(tu_in_dir(tmp_dir, "mutant.npy"), file, len);
+        expect_error(tu_in_dir(tmp_dir, "mutant.npy"), TGA_ERR_FORMAT, "");
     }
     for (size_t pos = 0; pos < n - 12; pos++) {
         for (size_t r = 0; r < sizeof replacements; r++) {
             memcpy(mutated, file, n);
             mutated[pos] = replacements[r];
-            write_bytes(in_tmp("mutant.npy"), mutated, n);
+            tu_write_file(tu_in_dir(tmp_dir, "mutant.npy"), mutated, n);
             void *data = NULL;
             tga_npy_header h;
             tga_error_clear();
-            tga_status st = tga_npy_load_raw(in_tmp("mutant.npy"), &data, &h);
+            tga_status st = tga_npy_load_raw(tu_in_dir(tmp_dir, "mutant.npy"), &data, &h);
             CHECK(st == TGA_OK || st == TGA_ERR_FORMAT, "byte %zu -> %d: status %s", pos, replacements[r],
                   tga_status_name(st));
             if (st == TGA_OK) {
@@ -542,7 +536,7 @@ static void test_header_mutations(void) {
 
 static void test_save_replaces_atomically(void) {
     const float first[2] = {1, 2}, second[3] = {3, 4, 5};
-    const char *path = in_tmp("replace.npy");
+    const char *path = tu_in_dir(tmp_dir, "replace.npy");
     tga_error_clear();
     CHECK(tga_npy_save(path, TGA_NPY_F32, first, 1, (const int64_t[]){2}) == TGA_OK, "first save");
     CHECK(tga_npy_save(path, TGA_NPY_F32, second, 1, (const int64_t[]){3}) == TGA_OK, "second save");
@@ -553,8 +547,8 @@ static void test_save_replaces_atomically(void) {
     free(back);
 
     tga_error_clear();
-    CHECK(tga_npy_save(in_tmp("no_such_dir/x.npy"), TGA_NPY_F32, first, 1, (const int64_t[]){2}) ==
-              TGA_ERR_IO,
+    CHECK(tga_npy_save(tu_in_dir(tmp_dir, "no_such_dir/x.npy"), TGA_NPY_F32, first, 1,
+                       (const int64_t[]){2}) == TGA_ERR_IO,
           "saving into a missing directory");
     CHECK(strstr(tga_error_message(), "no_such_dir/x.npy") != NULL, "message: %s", tga_error_message());
 
@@ -572,7 +566,8 @@ static void test_save_replaces_atomically(void) {
     setrlimit(RLIMIT_FSIZE, &old_limit);
     CHECK(st == TGA_ERR_IO, "a failing write must give an I/O error, got %s", tga_status_name(st));
     CHECK(strstr(tga_error_message(), "replace.npy") != NULL, "message: %s", tga_error_message());
-    CHECK(!file_exists(in_tmp("replace.npy.tmp")), "the temporary file must be removed after a failure");
+    CHECK(!file_exists(tu_in_dir(tmp_dir, "replace.npy.tmp")),
+          "the temporary file must be removed after a failure");
     back = NULL;
     CHECK(tga_npy_load_f32(path, &back, &h) == TGA_OK && h.count == 3,
           "the old file must survive a failed save");

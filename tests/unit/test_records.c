@@ -21,20 +21,6 @@
 
 static char tmp_dir[] = "/tmp/tga_test_records_XXXXXX";
 
-static const char *in_tmp(const char *name) {
-    static char path[4][512];
-    static int next = 0;
-    char *out = path[next];
-    next = (next + 1) % 4;
-    snprintf(out, sizeof path[0], "%s/%s", tmp_dir, name);
-    return out;
-}
-
-static void write_text(const char *path, const char *text, size_t n) {
-    FILE *f = fopen(path, "wb");
-    CHECK(f && fwrite(text, 1, n, f) == n && fclose(f) == 0, "cannot write %s", path);
-}
-
 /* ---- the reader against jansson ------------------------------------------------------------- */
 
 /* A string with the characters that trip a hand-written scanner: quotes, backslashes, brackets,
@@ -102,8 +88,8 @@ static void test_reader_random(void) {
     size_t flags[2] = {JSON_COMPACT, JSON_INDENT(3)};
     for (int k = 0; k < 2; k++) {
         char *text = json_dumps(records, flags[k]);
-        const char *path = in_tmp(k ? "pretty.json" : "compact.json");
-        write_text(path, text, strlen(text));
+        const char *path = tu_in_dir(tmp_dir, k ? "pretty.json" : "compact.json");
+        tu_write_file(path, text, strlen(text));
         check_stream(path, records, k ? "pretty array" : "compact array");
         free(text);
     }
@@ -118,11 +104,11 @@ static void test_reader_random(void) {
         n += (size_t)sprintf(lines + n, "%s%s%s", i % 3 == 0 ? "\n  \n" : "", one, i % 2 ? "\r\n" : "  \n");
         free(one);
     }
-    write_text(in_tmp("records.jsonl"), lines, n);
-    check_stream(in_tmp("records.jsonl"), records, "JSON Lines");
+    tu_write_file(tu_in_dir(tmp_dir, "records.jsonl"), lines, n);
+    check_stream(tu_in_dir(tmp_dir, "records.jsonl"), records, "JSON Lines");
     /* the last line without a newline */
-    write_text(in_tmp("unterminated.jsonl"), lines, n - 2);
-    check_stream(in_tmp("unterminated.jsonl"), records, "JSON Lines without a final newline");
+    tu_write_file(tu_in_dir(tmp_dir, "unterminated.jsonl"), lines, n - 2);
+    check_stream(tu_in_dir(tmp_dir, "unterminated.jsonl"), records, "JSON Lines without a final newline");
     free(lines);
     json_decref(records);
 }
@@ -131,13 +117,14 @@ static void test_reader_random(void) {
 static void test_reader_lines(void) {
     const char *array =
         "\xEF\xBB\xBF  [\n  {\"id\": \"a\"},\n\n  {\"id\":\n \"b\", \"s\": \"[,]\\\"\"} ,{\"id\": 3}\n]\n";
-    write_text(in_tmp("lines.json"), array, strlen(array));
+    tu_write_file(tu_in_dir(tmp_dir, "lines.json"), array, strlen(array));
     const char *jsonl = "\n{\"id\": \"a\"}\n   \n{\"id\": \"b\"}\r\n{\"id\": 3}";
-    write_text(in_tmp("lines.jsonl"), jsonl, strlen(jsonl));
+    tu_write_file(tu_in_dir(tmp_dir, "lines.jsonl"), jsonl, strlen(jsonl));
     const uint64_t array_lines[3] = {2, 4, 5}, jsonl_lines[3] = {2, 4, 5};
     for (int k = 0; k < 2; k++) {
         tga_record_reader *r = NULL;
-        CHECK(tga_record_reader_open(in_tmp(k ? "lines.jsonl" : "lines.json"), &r) == TGA_OK, "open");
+        CHECK(tga_record_reader_open(tu_in_dir(tmp_dir, k ? "lines.jsonl" : "lines.json"), &r) == TGA_OK,
+              "open");
         if (!r) continue;
         for (uint64_t i = 0; i < 4; i++) {
             tga_raw_record raw;
@@ -156,11 +143,11 @@ static void test_reader_lines(void) {
     }
     for (int k = 0; k < 3; k++) {
         const char *empty[3] = {"", " \n\t", "[ ]\n"};
-        write_text(in_tmp("empty"), empty[k], strlen(empty[k]));
+        tu_write_file(tu_in_dir(tmp_dir, "empty"), empty[k], strlen(empty[k]));
         tga_record_reader *r = NULL;
         tga_raw_record raw;
         bool done = false;
-        CHECK(tga_record_reader_open(in_tmp("empty"), &r) == TGA_OK &&
+        CHECK(tga_record_reader_open(tu_in_dir(tmp_dir, "empty"), &r) == TGA_OK &&
                   tga_record_reader_next(r, &raw, &done) == TGA_OK && done,
               "empty input %d has a record", k);
         tga_record_reader_close(r);
@@ -184,9 +171,9 @@ static void test_reader_broken(void) {
         {"x{\"a\": 1}", 0, "expected a JSON array of records"},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
-        write_text(in_tmp("broken.json"), cases[c].text, strlen(cases[c].text));
+        tu_write_file(tu_in_dir(tmp_dir, "broken.json"), cases[c].text, strlen(cases[c].text));
         tga_record_reader *r = NULL;
-        CHECK(tga_record_reader_open(in_tmp("broken.json"), &r) == TGA_OK, "open");
+        CHECK(tga_record_reader_open(tu_in_dir(tmp_dir, "broken.json"), &r) == TGA_OK, "open");
         if (!r) continue;
         int good = 0;
         tga_status st = TGA_OK;
@@ -204,7 +191,7 @@ static void test_reader_broken(void) {
         tga_record_reader_close(r);
     }
     tga_record_reader *r = NULL;
-    CHECK(tga_record_reader_open(in_tmp("no_such_file.json"), &r) == TGA_ERR_IO && !r &&
+    CHECK(tga_record_reader_open(tu_in_dir(tmp_dir, "no_such_file.json"), &r) == TGA_ERR_IO && !r &&
               strstr(tga_error_message(), "no_such_file.json"),
           "missing file: '%s'", tga_error_message());
     tga_error_clear();
@@ -373,9 +360,9 @@ static void test_bad_in_stream(void) {
                                                      "{\"id\": 3, \"tox\": \"yes\", " TURNS(
                                                          "q", "a") "}\n"
                                                                    "{\"id\": \"d\", " TURNS("q", "a") "}\n";
-    write_text(in_tmp("mixed.jsonl"), text, strlen(text));
+    tu_write_file(tu_in_dir(tmp_dir, "mixed.jsonl"), text, strlen(text));
     tga_record_reader *reader = NULL;
-    CHECK(tga_record_reader_open(in_tmp("mixed.jsonl"), &reader) == TGA_OK, "open");
+    CHECK(tga_record_reader_open(tu_in_dir(tmp_dir, "mixed.jsonl"), &reader) == TGA_OK, "open");
     if (!reader) return;
     tga_record_options o;
     tga_record_options_init(&o);
@@ -386,7 +373,7 @@ static void test_bad_in_stream(void) {
         CHECK(tga_record_reader_next(reader, &raw, &done) == TGA_OK && !done, "next");
         tga_record r;
         tga_error_clear();
-        tga_status st = tga_record_parse(in_tmp("mixed.jsonl"), &raw, &o, &r);
+        tga_status st = tga_record_parse(tu_in_dir(tmp_dir, "mixed.jsonl"), &raw, &o, &r);
         if (expect[i])
             CHECK(st == TGA_ERR_FORMAT && strstr(tga_error_message(), expect[i]) &&
                       strstr(tga_error_message(), "mixed.jsonl"),

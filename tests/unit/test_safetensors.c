@@ -65,15 +65,6 @@ static const spec hf_projector_specs[] = {
 
 static const tga_st_meta meta[] = {{"format", "pt"}, {"tga.step", "1234"}};
 
-static const char *in_tmp(const char *name) {
-    static char paths[4][512];
-    static int next = 0;
-    char *out = paths[next];
-    next = (next + 1) % 4;
-    snprintf(out, sizeof paths[0], "%s/%s", tmp_dir, name);
-    return out;
-}
-
 /* ---- the value formulas (safetensors_check.py implements the same ones in numpy/torch) --------- */
 
 static uint16_t bf16_round_nearest_even(float x) {
@@ -207,27 +198,30 @@ static int expected_shards(const spec *specs, int n, uint64_t budget) {
 static void write_c_files(void) {
     tga_st_tensor *t = make_tensors(single_specs, COUNT(single_specs));
     tga_error_clear();
-    CHECK(tga_st_write(in_tmp("c_single.safetensors"), t, COUNT(single_specs), meta, COUNT(meta)) == TGA_OK,
+    CHECK(tga_st_write(tu_in_dir(tmp_dir, "c_single.safetensors"), t, COUNT(single_specs), meta,
+                       COUNT(meta)) == TGA_OK,
           "write: %s", tga_error_message());
     free_tensors(t, COUNT(single_specs));
-    check_with_reader(in_tmp("c_single.safetensors"), single_specs, COUNT(single_specs), "tga.step", "1234");
+    check_with_reader(tu_in_dir(tmp_dir, "c_single.safetensors"), single_specs, COUNT(single_specs),
+                      "tga.step", "1234");
 
-    mkdir(in_tmp("c_sharded"), 0755);
+    mkdir(tu_in_dir(tmp_dir, "c_sharded"), 0755);
     t = make_tensors(sharded_specs, COUNT(sharded_specs));
     int shards = 0, want = expected_shards(sharded_specs, COUNT(sharded_specs), SHARD_BUDGET);
-    CHECK(tga_st_write_sharded(in_tmp("c_sharded"), "model", t, COUNT(sharded_specs), meta, 1, SHARD_BUDGET,
-                               &shards) == TGA_OK &&
+    CHECK(tga_st_write_sharded(tu_in_dir(tmp_dir, "c_sharded"), "model", t, COUNT(sharded_specs), meta, 1,
+                               SHARD_BUDGET, &shards) == TGA_OK &&
               shards == want && want > 2,
           "sharded: %d shards, expected %d (%s)", shards, want, tga_error_message());
     free_tensors(t, COUNT(sharded_specs));
     char path[600];
-    snprintf(path, sizeof path, "%s/model-%05d-of-%05d.safetensors", in_tmp("c_sharded"), 1, want);
+    snprintf(path, sizeof path, "%s/model-%05d-of-%05d.safetensors", tu_in_dir(tmp_dir, "c_sharded"), 1,
+             want);
     check_with_reader(path, sharded_specs, 1, "format", "pt");
 
-    mkdir(in_tmp("c_one"), 0755);
+    mkdir(tu_in_dir(tmp_dir, "c_one"), 0755);
     t = make_tensors(hf_projector_specs, COUNT(hf_projector_specs));
-    CHECK(tga_st_write_sharded(in_tmp("c_one"), "model", t, COUNT(hf_projector_specs), meta, 1, 1u << 30,
-                               &shards) == TGA_OK &&
+    CHECK(tga_st_write_sharded(tu_in_dir(tmp_dir, "c_one"), "model", t, COUNT(hf_projector_specs), meta, 1,
+                               1u << 30, &shards) == TGA_OK &&
               shards == 1,
           "one shard: %d (%s)", shards, tga_error_message());
     free_tensors(t, COUNT(hf_projector_specs));
@@ -243,7 +237,7 @@ static void write_expected_json(void) {
         "pt", "tensors", specs_json(sharded_specs, COUNT(sharded_specs)), "one_shard", "dir", "c_one",
         "prefix", "model", "metadata", "format", "pt", "tensors",
         specs_json(hf_projector_specs, COUNT(hf_projector_specs)), "python_output", "py_written.safetensors");
-    CHECK(root && json_dump_file(root, in_tmp("expected.json"), JSON_INDENT(1)) == 0,
+    CHECK(root && json_dump_file(root, tu_in_dir(tmp_dir, "expected.json"), JSON_INDENT(1)) == 0,
           "cannot write expected.json");
     json_decref(root);
 }
@@ -261,8 +255,8 @@ static void run_python_check(void) {
           "(TGA_PYTHON)",
           command, rc);
     if (rc == 0)
-        check_with_reader(in_tmp("py_written.safetensors"), single_specs, COUNT(single_specs), "source",
-                          "python");
+        check_with_reader(tu_in_dir(tmp_dir, "py_written.safetensors"), single_specs, COUNT(single_specs),
+                          "source", "python");
 }
 
 /* ---- malformed files ------------------------------------------------------------------------- */
@@ -324,7 +318,7 @@ static void test_malformed(void) {
         {"{\"\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4, "empty name"},
     };
     unsigned char data[32] = {0};
-    const char *path = in_tmp("bad.safetensors");
+    const char *path = tu_in_dir(tmp_dir, "bad.safetensors");
     for (int c = 0; c < COUNT(cases); c++) {
         write_raw(path, cases[c].header, data, cases[c].data_bytes);
         char what[32];
@@ -344,8 +338,9 @@ static void test_malformed(void) {
 static void test_truncations(void) {
     size_t n = 0;
     void *bytes = NULL;
-    CHECK(tga_file_read_all(in_tmp("c_single.safetensors"), 1 << 20, &bytes, &n) == TGA_OK, "read back");
-    const char *path = in_tmp("truncated.safetensors");
+    CHECK(tga_file_read_all(tu_in_dir(tmp_dir, "c_single.safetensors"), 1 << 20, &bytes, &n) == TGA_OK,
+          "read back");
+    const char *path = tu_in_dir(tmp_dir, "truncated.safetensors");
     int accepted = 0;
     for (size_t len = 0; len < n; len++) {
         FILE *f = fopen(path, "wb");
@@ -363,7 +358,7 @@ static void test_truncations(void) {
 static void test_writer_errors(void) {
     tga_st_tensor *one = make_tensors(hf_projector_specs, 1), t = one[0];
     tga_st_tensor pair[2] = {t, t};
-    const char *path = in_tmp("writer.safetensors");
+    const char *path = tu_in_dir(tmp_dir, "writer.safetensors");
     tga_error_clear();
     CHECK(tga_st_write(path, pair, 2, NULL, 0) == TGA_ERR_INTERNAL &&
               strstr(tga_error_message(), "given twice"),
@@ -372,7 +367,7 @@ static void test_writer_errors(void) {
     CHECK(tga_st_write(path, pair, 2, NULL, 0) == TGA_ERR_INTERNAL, "a tensor named __metadata__");
     pair[1].name = "\xff\xfe";
     CHECK(tga_st_write(path, pair, 2, NULL, 0) == TGA_ERR_INTERNAL, "a name that is not UTF-8");
-    CHECK(tga_st_write(in_tmp("no/such/dir.safetensors"), &t, 1, NULL, 0) == TGA_ERR_IO,
+    CHECK(tga_st_write(tu_in_dir(tmp_dir, "no/such/dir.safetensors"), &t, 1, NULL, 0) == TGA_ERR_IO,
           "a missing directory");
     /* Replacing a file: a write failing part-way leaves the old file as it was. */
     CHECK(tga_st_write(path, &t, 1, meta, 1) == TGA_OK, "the old file");
@@ -386,7 +381,7 @@ static void test_writer_errors(void) {
           "a failing write: %s", tga_error_message());
     check_with_reader(path, hf_projector_specs, 1, "format", "pt");
     struct stat sb;
-    CHECK(stat(in_tmp("writer.safetensors.tmp"), &sb) != 0, "no temporary file is left behind");
+    CHECK(stat(tu_in_dir(tmp_dir, "writer.safetensors.tmp"), &sb) != 0, "no temporary file is left behind");
     free_tensors(fresh, COUNT(sharded_specs));
     free_tensors(one, 1);
 }

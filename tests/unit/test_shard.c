@@ -30,15 +30,6 @@
 
 static char tmp_dir[] = "/tmp/tga_test_shard_XXXXXX";
 
-static const char *in_tmp(const char *name) {
-    static char path[4][512];
-    static int next = 0;
-    char *out = path[next];
-    next = (next + 1) % 4;
-    snprintf(out, sizeof path[0], "%s/%s", tmp_dir, name);
-    return out;
-}
-
 /* Zeroed, so that buffers a test fills only in part compare and serialise deterministically. */
 static void *xmalloc(size_t n) {
     void *p = calloc(n ? n : 1, 1);
@@ -47,14 +38,6 @@ static void *xmalloc(size_t n) {
         exit(1);
     }
     return p;
-}
-
-/* A fresh file each time: truncating one in place makes ext4 flush it on close (auto_da_alloc),
- * which turned the byte-flip sweep from milliseconds into seconds. */
-static void write_bytes(const char *path, const void *bytes, size_t n) {
-    remove(path);
-    FILE *f = fopen(path, "wb");
-    CHECK(f && fwrite(bytes, 1, n, f) == n && fclose(f) == 0, "cannot write test file %s", path);
 }
 
 static unsigned char *read_bytes(const char *path, size_t *n) {
@@ -476,7 +459,7 @@ static void shuffle(int *order, int n, uint64_t *rng) {
 
 static void test_round_trip(const char *name, const tga_shard_layout *l, int n, uint64_t *rng) {
     owned_sample *samples = make_samples(l, n, rng);
-    const char *path = in_tmp(name);
+    const char *path = tu_in_dir(tmp_dir, name);
     write_shard(path, l, samples, n);
     int *order = xmalloc(sizeof *order * (size_t)(n ? n : 1));
     shuffle(order, n, rng);
@@ -491,8 +474,9 @@ static void test_round_trip(const char *name, const tga_shard_layout *l, int n, 
     snprintf(tmp_name, sizeof tmp_name, "%s.tmp", path);
     CHECK(!file_exists(tmp_name), "%s: the .tmp file is left after close", name);
 
-    write_shard(in_tmp("again.tgas"), l, samples, n); /* determinism: a second writer, same samples */
-    unsigned char *again = read_bytes(in_tmp("again.tgas"), &again_size);
+    write_shard(tu_in_dir(tmp_dir, "again.tgas"), l, samples,
+                n); /* determinism: a second writer, same samples */
+    unsigned char *again = read_bytes(tu_in_dir(tmp_dir, "again.tgas"), &again_size);
     CHECK(again && again_size == size && memcmp(again, bytes, size) == 0,
           "%s: two writers gave different bytes", name);
     free(again);
@@ -528,9 +512,10 @@ static void test_concurrent_reads(uint64_t *rng) {
     tga_shard_layout l = {6, 10, TGA_SHARD_F16};
     int n = 24;
     owned_sample *samples = make_samples(&l, n, rng);
-    write_shard(in_tmp("threads.tgas"), &l, samples, n);
+    write_shard(tu_in_dir(tmp_dir, "threads.tgas"), &l, samples, n);
     tga_shard_reader *r = NULL;
-    CHECK(tga_shard_reader_open(&r, in_tmp("threads.tgas")) == TGA_OK, "open: %s", tga_error_message());
+    CHECK(tga_shard_reader_open(&r, tu_in_dir(tmp_dir, "threads.tgas")) == TGA_OK, "open: %s",
+          tga_error_message());
     thread_job jobs[2] = {{&l, samples, n, 0, r, 1}, {&l, samples, n, 0, r, 2}};
     pthread_t threads[2];
     for (int t = 0; t < 2 && r; t++)
@@ -548,11 +533,11 @@ static void test_concurrent_reads(uint64_t *rng) {
 /* Which region of a 3-sample shard a byte is in, and the message flipping it must give. */
 static void check_flipped_byte(const unsigned char *good, size_t size, size_t pos, const tga_shard_layout *l,
                                owned_sample *samples, int n) {
-    const char *path = in_tmp("flip.tgas");
+    const char *path = tu_in_dir(tmp_dir, "flip.tgas");
     unsigned char *bad = xmalloc(size);
     memcpy(bad, good, size);
     bad[pos] ^= (unsigned char)(1u << (pos % 8));
-    write_bytes(path, bad, size);
+    tu_write_file(path, bad, size);
     uint64_t index_offset = rd64(good + 24);
     tga_shard_reader *r = NULL;
     tga_status st = open_expecting_failure(path, &r);
@@ -602,9 +587,9 @@ static void check_flipped_byte(const unsigned char *good, size_t size, size_t po
 static void test_every_byte_flipped(uint64_t *rng) {
     tga_shard_layout l = {2, 3, TGA_SHARD_F16};
     owned_sample *samples = make_samples(&l, 3, rng);
-    write_shard(in_tmp("good.tgas"), &l, samples, 3);
+    write_shard(tu_in_dir(tmp_dir, "good.tgas"), &l, samples, 3);
     size_t size = 0;
-    unsigned char *good = read_bytes(in_tmp("good.tgas"), &size);
+    unsigned char *good = read_bytes(tu_in_dir(tmp_dir, "good.tgas"), &size);
     CHECK(good && size > 104, "cannot read back the shard");
     for (size_t pos = 0; good && pos < size; pos++)
         check_flipped_byte(good, size, pos, &l, samples, 3);
@@ -615,30 +600,30 @@ static void test_every_byte_flipped(uint64_t *rng) {
 static void test_truncated_and_extended(uint64_t *rng) {
     tga_shard_layout l = {2, 3, TGA_SHARD_F32};
     owned_sample *samples = make_samples(&l, 3, rng);
-    write_shard(in_tmp("whole.tgas"), &l, samples, 3);
+    write_shard(tu_in_dir(tmp_dir, "whole.tgas"), &l, samples, 3);
     size_t size = 0;
-    unsigned char *whole = read_bytes(in_tmp("whole.tgas"), &size);
-    const char *path = in_tmp("cut.tgas");
+    unsigned char *whole = read_bytes(tu_in_dir(tmp_dir, "whole.tgas"), &size);
+    const char *path = tu_in_dir(tmp_dir, "cut.tgas");
     tga_shard_reader *r = NULL;
     for (size_t cut = 0; whole && cut < size; cut++) {
-        write_bytes(path, whole, cut);
+        tu_write_file(path, whole, cut);
         char what[64];
         snprintf(what, sizeof what, "cut to %zu of %zu bytes", cut, size);
         expect_error(open_expecting_failure(path, &r), TGA_ERR_FORMAT, what, path, "truncated");
     }
     char exact[700];
-    write_bytes(path, whole, size - 1);
+    tu_write_file(path, whole, size - 1);
     snprintf(exact, sizeof exact, "%s: truncated: file is %zu bytes, the header says %zu", path, size - 1,
              size);
     expect_error(open_expecting_failure(path, &r), TGA_ERR_FORMAT, "cut by one byte", exact, NULL);
-    write_bytes(path, whole, 50);
+    tu_write_file(path, whole, 50);
     snprintf(exact, sizeof exact, "%s: truncated: footer missing (file is 50 bytes, expected at least 104)",
              path);
     expect_error(open_expecting_failure(path, &r), TGA_ERR_FORMAT, "cut to 50 bytes", exact, NULL);
     unsigned char *longer = xmalloc(size + 1);
     memcpy(longer, whole, size);
     longer[size] = 0;
-    write_bytes(path, longer, size + 1);
+    tu_write_file(path, longer, size + 1);
     expect_error(open_expecting_failure(path, &r), TGA_ERR_FORMAT, "one byte appended", path,
                  "unexpected bytes after the footer");
     free(longer);
@@ -651,22 +636,22 @@ static void test_magic_and_version(uint64_t *rng) {
     owned_sample *samples = make_samples(&l, 2, rng);
     size_t size = 0;
     unsigned char *file = spec_shard_of(&l, samples, 2, &size);
-    const char *path = in_tmp("versions.tgas");
+    const char *path = tu_in_dir(tmp_dir, "versions.tgas");
     tga_shard_reader *r = NULL;
     unsigned char not_a_shard[200];
     memset(not_a_shard, 'x', sizeof not_a_shard);
     memcpy(not_a_shard, "\x93NUMPY", 6);
-    write_bytes(path, not_a_shard, sizeof not_a_shard);
+    tu_write_file(path, not_a_shard, sizeof not_a_shard);
     char exact[700];
     snprintf(exact, sizeof exact, "%s: bad magic (not a tga shard", path);
     expect_error(open_expecting_failure(path, &r), TGA_ERR_FORMAT, "an .npy file", exact, NULL);
     le32(file + 8, 2);
     spec_reseal(file, size);
-    write_bytes(path, file, size);
+    tu_write_file(path, file, size);
     snprintf(exact, sizeof exact, "%s: unsupported shard format version 2 (this tga reads version 1)", path);
     expect_error(open_expecting_failure(path, &r), TGA_ERR_FORMAT, "version 2", exact, NULL);
-    expect_error(open_expecting_failure(in_tmp("missing.tgas"), &r), TGA_ERR_IO, "missing file",
-                 in_tmp("missing.tgas"), "No such file");
+    expect_error(open_expecting_failure(tu_in_dir(tmp_dir, "missing.tgas"), &r), TGA_ERR_IO, "missing file",
+                 tu_in_dir(tmp_dir, "missing.tgas"), "No such file");
     free(file);
     free_samples(samples, 2);
 }
@@ -755,13 +740,13 @@ static void test_fields_behind_checksums(uint64_t *rng) {
     }
     size_t size = 0;
     unsigned char *good = spec_shard_of(&l, samples, 3, &size);
-    const char *path = in_tmp("fields.tgas");
+    const char *path = tu_in_dir(tmp_dir, "fields.tgas");
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         unsigned char *file = xmalloc(size);
         memcpy(file, good, size);
         cases[c].edit(file, size);
         spec_reseal(file, size);
-        write_bytes(path, file, size);
+        tu_write_file(path, file, size);
         tga_shard_reader *r = NULL;
         if (cases[c].read_sample < 0) {
             expect_error(open_expecting_failure(path, &r), TGA_ERR_FORMAT, cases[c].expected, path,
@@ -808,10 +793,11 @@ static void test_frame_shapes(uint64_t *rng) {
     for (size_t c = 0; c < 2; c++) {
         size_t size = 0;
         unsigned char *file = spec_shard(&l, &cases[c].part, 1, &size);
-        write_bytes(in_tmp("frames.tgas"), file, size);
+        tu_write_file(tu_in_dir(tmp_dir, "frames.tgas"), file, size);
         tga_shard_reader *r = NULL;
         tga_error_clear();
-        CHECK(tga_shard_reader_open(&r, in_tmp("frames.tgas")) == TGA_OK, "open: %s", tga_error_message());
+        CHECK(tga_shard_reader_open(&r, tu_in_dir(tmp_dir, "frames.tgas")) == TGA_OK, "open: %s",
+              tga_error_message());
         tga_shard_sample s = {0};
         if (r)
             expect_error(tga_shard_reader_read(r, 0, &s), TGA_ERR_FORMAT, cases[c].expected, cases[c].part.id,
@@ -893,8 +879,8 @@ static void check_reader_refuses(const tga_shard_layout *l, owned_sample *good, 
     owned_sample trio[3] = {*good, *bad, *good};
     size_t size = 0;
     unsigned char *file = spec_shard_of(l, trio, 3, &size);
-    const char *path = in_tmp("invariant.tgas");
-    write_bytes(path, file, size);
+    const char *path = tu_in_dir(tmp_dir, "invariant.tgas");
+    tu_write_file(path, file, size);
     tga_shard_reader *r = NULL;
     tga_error_clear();
     CHECK(tga_shard_reader_open(&r, path) == TGA_OK, "%s: open: %s", expected, tga_error_message());
@@ -917,7 +903,8 @@ static void test_sample_invariants(uint64_t *rng) {
     make_invariant_base(&good, &l, rng);
     tga_shard_writer *w = NULL;
     tga_error_clear();
-    CHECK(tga_shard_writer_open(&w, in_tmp("refuse.tgas"), &l) == TGA_OK, "open: %s", tga_error_message());
+    CHECK(tga_shard_writer_open(&w, tu_in_dir(tmp_dir, "refuse.tgas"), &l) == TGA_OK, "open: %s",
+          tga_error_message());
     for (size_t c = 0; w && c < sizeof sample_cases / sizeof sample_cases[0]; c++) {
         make_invariant_base(&bad, &l, rng);
         snprintf(bad.id, sizeof bad.id, "bad_%zu", c);
@@ -976,9 +963,10 @@ static void test_writer_arguments(void) {
     for (size_t c = 0; c < sizeof bad / sizeof bad[0]; c++) {
         tga_shard_writer *w = NULL;
         tga_error_clear();
-        expect_error(tga_shard_writer_open(&w, in_tmp("bad_layout.tgas"), &bad[c]), TGA_ERR_FORMAT,
-                     "bad layout", "bad_layout.tgas: ", NULL);
-        CHECK(w == NULL && !file_exists(in_tmp("bad_layout.tgas.tmp")), "a refused layout creates nothing");
+        expect_error(tga_shard_writer_open(&w, tu_in_dir(tmp_dir, "bad_layout.tgas"), &bad[c]),
+                     TGA_ERR_FORMAT, "bad layout", "bad_layout.tgas: ", NULL);
+        CHECK(w == NULL && !file_exists(tu_in_dir(tmp_dir, "bad_layout.tgas.tmp")),
+              "a refused layout creates nothing");
     }
     tga_shard_layout text_only = {0, 0, TGA_SHARD_F32};
     tga_shard_writer *w = NULL;
@@ -986,7 +974,7 @@ static void test_writer_arguments(void) {
     owned_sample o;
     tga_shard_layout with_images = {2, 3, TGA_SHARD_F32};
     make_sample(&o, &with_images, 1, 0, 3, &rng);
-    CHECK(tga_shard_writer_open(&w, in_tmp("text.tgas"), &text_only) == TGA_OK, "open: %s",
+    CHECK(tga_shard_writer_open(&w, tu_in_dir(tmp_dir, "text.tgas"), &text_only) == TGA_OK, "open: %s",
           tga_error_message());
     if (w)
         expect_error(tga_shard_writer_add(w, &o.s), TGA_ERR_FORMAT, "image into text-only", "text-only shard",
@@ -998,7 +986,7 @@ static void test_writer_arguments(void) {
     o.id[0] = '\0';
     if (w) expect_error(tga_shard_writer_add(w, &o.s), TGA_ERR_FORMAT, "empty id", "id is 0 bytes", NULL);
     tga_shard_writer_discard(w);
-    CHECK(!file_exists(in_tmp("text.tgas.tmp")) && !file_exists(in_tmp("text.tgas")),
+    CHECK(!file_exists(tu_in_dir(tmp_dir, "text.tgas.tmp")) && !file_exists(tu_in_dir(tmp_dir, "text.tgas")),
           "discard leaves no file");
     expect_error(tga_shard_writer_open(&w, "/nonexistent_dir_for_tga/x.tgas", &with_images), TGA_ERR_IO,
                  "unwritable", "/nonexistent_dir_for_tga/x.tgas.tmp", NULL);
@@ -1010,7 +998,7 @@ static void test_writer_arguments(void) {
 static void test_interrupted_writer(uint64_t *rng) {
     tga_shard_layout l = {6, 10, TGA_SHARD_F32};
     owned_sample *old = make_samples(&l, 4, rng), *fresh = make_samples(&l, 6, rng);
-    const char *path = in_tmp("crash.tgas"), *never = in_tmp("never.tgas");
+    const char *path = tu_in_dir(tmp_dir, "crash.tgas"), *never = tu_in_dir(tmp_dir, "never.tgas");
     char tmp[600], never_tmp[600];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     snprintf(never_tmp, sizeof never_tmp, "%s.tmp", never);
@@ -1048,7 +1036,7 @@ static void test_interrupted_writer(uint64_t *rng) {
 static void test_failing_write(uint64_t *rng) {
     tga_shard_layout l = {6, 10, TGA_SHARD_F32};
     owned_sample *old = make_samples(&l, 2, rng), *fresh = make_samples(&l, 30, rng);
-    const char *path = in_tmp("full.tgas");
+    const char *path = tu_in_dir(tmp_dir, "full.tgas");
     char tmp[600];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     write_shard(path, &l, old, 2);
@@ -1085,7 +1073,7 @@ static void test_failing_write(uint64_t *rng) {
 static void write_seed(const char *dir, const char *name, const void *bytes, size_t n) {
     char path[1024];
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    write_bytes(path, bytes, n);
+    tu_write_file(path, bytes, n);
 }
 
 /* Content seeds for the harness's decode mode: 'P', then P, Dv, dtype as u32, then the content. */
