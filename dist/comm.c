@@ -13,7 +13,7 @@
 #include <mpi.h>
 #endif
 
-static int g_rank = 0, g_world = 1, g_local_rank = 0, g_local_world = 1, g_initialized = 0;
+static int g_rank = 0, g_world = 1, g_local_rank = 0, g_local_world = 1, g_initialized = 0, g_threads_ok = 1;
 
 /* ---- watchdog: the operation in flight and when it started ---- */
 static pthread_mutex_t watch_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -91,6 +91,8 @@ tga_status tga_dist_init(int *argc, char ***argv) {
     if (!already)
         TGA_TRY(mpi_check(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided), "MPI_Init_thread",
                           "start-up"));
+    if (already) MPI_Query_thread(&provided);
+    g_threads_ok = provided >= MPI_THREAD_SERIALIZED;
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
     MPI_Comm_size(MPI_COMM_WORLD, &g_world);
@@ -228,6 +230,38 @@ tga_status tga_dist_allreduce_f32(float *buf, size_t n, const char *what) {
     (void)what;
     return TGA_OK;
 }
+
+tga_status tga_dist_reduce_scatter_f32(const float *send, float *recv, size_t n, const char *what) {
+    if (g_world == 1) {
+        memmove(recv, send, n * sizeof(float));
+        return TGA_OK;
+    }
+#ifdef TGA_HAVE_MPI
+    if (n > (size_t)1 << 30)
+        return tga_error(TGA_ERR_DIST, "reduce-scatter (%s): %zu floats per rank is over 2^30", what, n);
+    return WATCHED(MPI_Reduce_scatter_block(send, recv, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD),
+                   "reduce-scatter", what);
+#else
+    return tga_error(TGA_ERR_INTERNAL, "reduce-scatter (%s) without MPI in a %d-rank world", what, g_world);
+#endif
+}
+
+tga_status tga_dist_alltoall(const void *send, void *recv, size_t bytes, const char *what) {
+    if (g_world == 1) {
+        memmove(recv, send, bytes);
+        return TGA_OK;
+    }
+#ifdef TGA_HAVE_MPI
+    if (bytes > (size_t)1 << 30)
+        return tga_error(TGA_ERR_DIST, "alltoall (%s): %zu bytes per block is over 1 GiB", what, bytes);
+    return WATCHED(MPI_Alltoall(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, MPI_COMM_WORLD), "alltoall",
+                   what);
+#else
+    return tga_error(TGA_ERR_INTERNAL, "alltoall (%s) without MPI in a %d-rank world", what, g_world);
+#endif
+}
+
+int tga_dist_thread_collectives(void) { return g_threads_ok; }
 
 tga_status tga_dist_any_failed(tga_status local, int *any_failed, const char *what) {
     int64_t flag = local != TGA_OK;

@@ -34,6 +34,14 @@ tga_status tga_dist_sum_f64(double *buf, size_t n, const char *what);
 tga_status tga_dist_sum_i64(int64_t *buf, size_t n, const char *what);
 /* Fast float sum for large buffers (MPI_Allreduce; the order is MPI's choice). */
 tga_status tga_dist_allreduce_f32(float *buf, size_t n, const char *what);
+/* send[world * n]: rank r receives the sum over ranks of block r in recv[n] (MPI's order). */
+tga_status tga_dist_reduce_scatter_f32(const float *send, float *recv, size_t n, const char *what);
+/* send[world * bytes]: block r goes to rank r; recv[world * bytes] holds rank r's block for this
+ * rank at r * bytes. */
+tga_status tga_dist_alltoall(const void *send, void *recv, size_t bytes, const char *what);
+/* 1 when another thread may run collectives while this one computes (MPI_THREAD_SERIALIZED or
+ * better; always 1 without MPI). The caller still never runs two collectives at once. */
+int tga_dist_thread_collectives(void);
 /* 1 on every rank when any rank passes a non-OK status: lets all ranks stop together with
  * their own message instead of leaving one rank hanging in the next collective. */
 tga_status tga_dist_any_failed(tga_status local, int *any_failed, const char *what);

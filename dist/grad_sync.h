@@ -9,7 +9,12 @@
  * gathered, and the top of the tree is summed on every rank.
  *
  * allreduce: the local sum, then MPI_Allreduce (fast; the order of additions is MPI's, so
- * results agree across world sizes only to rounding, ~1e-7 relative). */
+ * results agree across world sizes only to rounding, ~1e-7 relative).
+ *
+ * Sharded (ZeRO-1): each rank receives only its shard of the sum (tga_zero_shard). Ordered mode
+ * exchanges the shards' subtree sums (all-to-all) and sums the top of the tree per shard, so every
+ * element gets exactly the additions of the unsharded ordered sync (the same bits); allreduce mode
+ * uses MPI_Reduce_scatter. Both move 1/world of what an all-gather or all-reduce of the vector does. */
 #ifndef TGA_DIST_GRAD_SYNC_H
 #define TGA_DIST_GRAD_SYNC_H
 
@@ -25,10 +30,17 @@ typedef tga_status (*tga_leaf_fn)(void *ctx, int index, const float **grad);
 
 typedef struct tga_grad_sync tga_grad_sync;
 
-tga_status tga_grad_sync_create(tga_grad_sync **out, size_t n, int local_micro_batches, tga_sync_mode mode);
+/* The ZeRO-1 shard of rank `rank` among `world` over a flat vector of n floats: [*lo, *hi),
+ * contiguous, in rank order, each ceil(n / world) rounded up to 16 floats (so the last ones may be
+ * short or empty). */
+void tga_zero_shard(size_t n, int world, int rank, size_t *lo, size_t *hi);
+
+tga_status tga_grad_sync_create(tga_grad_sync **out, size_t n, int local_micro_batches, tga_sync_mode mode,
+                                int sharded);
 void tga_grad_sync_free(tga_grad_sync *s);
 
-/* Runs the rank's micro-batches through `leaf` and leaves the global sum in out[n] on every rank. */
-tga_status tga_grad_sync_step(tga_grad_sync *s, tga_leaf_fn leaf, void *ctx, float *out);
+/* Runs the rank's micro-batches through `leaf` and leaves the global sum in out[n] on every rank.
+ * Sharded: out[n] ends as scratch, and the rank's shard of the sum is in shard[hi - lo]. */
+tga_status tga_grad_sync_step(tga_grad_sync *s, tga_leaf_fn leaf, void *ctx, float *out, float *shard);
 
 #endif

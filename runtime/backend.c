@@ -9,9 +9,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "kernels/collectives.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/ops.h"
 #include "runtime/log.h"
+
+const tga_coll_ops *tga_active_coll = NULL;
 
 static char description[256] = "none";
 
@@ -41,7 +44,8 @@ static void cuda_library_path(char *path, size_t size) {
     exe[n] = '\0';
     char *slash = strrchr(exe, '/');
     if (slash) *slash = '\0';
-    snprintf(path, size, "%s/libtga_cuda.so", exe);
+    /* a folder too long for the full name leaves the search to dlopen's path */
+    if (snprintf(path, size, "%s/libtga_cuda.so", exe) >= (int)size) snprintf(path, size, "libtga_cuda.so");
 }
 
 /* A cheap probe before mapping ~1 GB of CUDA libraries: the driver library (small) must load and
@@ -64,10 +68,19 @@ static int gpu_present(char *why, size_t why_size) {
     return ok; /* the driver stays loaded: the CUDA runtime will use it */
 }
 
+/* The backend's device collectives, or NULL: a library built without nccl.h lacks
+ * `const tga_coll_ops *tga_cuda_collectives(void)`. */
+static const tga_coll_ops *cuda_collectives(void *lib) {
+    typedef const tga_coll_ops *(*collectives_fn)(void);
+    collectives_fn collectives;
+    *(void **)(&collectives) = dlsym(lib, "tga_cuda_collectives");
+    return collectives ? collectives() : NULL;
+}
+
 /* Loads the CUDA backend; returns NULL with a reason when it cannot be used. The library exports
  * `const tga_ops *tga_cuda_backend_init(char *why, size_t why_size)`, which returns NULL (and a
- * reason) when no GPU is usable. */
-static const tga_ops *load_cuda(char *why, size_t why_size) {
+ * reason) when no GPU is usable. *coll receives its collectives (NULL when it has none). */
+static const tga_ops *load_cuda(char *why, size_t why_size, const tga_coll_ops **coll) {
     if (!gpu_present(why, why_size)) return NULL;
     char path[PATH_MAX];
     cuda_library_path(path, sizeof path);
@@ -86,6 +99,7 @@ static const tga_ops *load_cuda(char *why, size_t why_size) {
     }
     const tga_ops *ops = init(why, why_size);
     if (!ops) return NULL; /* keep the library mapped: CUDA state must not be torn down mid-process */
+    *coll = cuda_collectives(lib);
     return ops;
 }
 
@@ -94,9 +108,10 @@ tga_status tga_backend_select(const char *device, int threads) {
         return tga_error(TGA_ERR_USAGE, "--device %s: expected auto, cpu or cuda", device);
     if (threads > 0) omp_set_num_threads(threads);
     const tga_ops *ops = NULL;
+    const tga_coll_ops *coll = NULL;
     char why[512] = "";
 #ifdef TGA_HAVE_CUDA
-    if (strcmp(device, "cpu") != 0) ops = load_cuda(why, sizeof why);
+    if (strcmp(device, "cpu") != 0) ops = load_cuda(why, sizeof why, &coll);
 #else
     snprintf(why, sizeof why, "this build has no CUDA backend (configure with -DTGA_CUDA=ON)");
     (void)load_cuda;
@@ -112,5 +127,6 @@ tga_status tga_backend_select(const char *device, int threads) {
         snprintf(description, sizeof description, "%s", ops->name);
     }
     tga_active_ops = ops;
+    tga_active_coll = coll;
     return TGA_OK;
 }

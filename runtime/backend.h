@@ -8,7 +8,8 @@
 
 #include "runtime/error.h"
 
-/* Selects and activates the backend (sets tga_active_ops). `device` is "auto", "cpu" or "cuda";
+/* Selects and activates the backend: sets tga_active_ops, and tga_active_coll (the device
+ * collectives of kernels/collectives.h; NULL on the CPU). `device` is "auto", "cpu" or "cuda";
  * threads > 0 sets the OpenMP thread count. */
 tga_status tga_backend_select(const char *device, int threads);
 

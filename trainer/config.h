@@ -36,7 +36,7 @@ typedef enum {
     TGA_TEMPLATE_CHATML = 4,
 } tga_chat_template;
 typedef enum { TGA_DEVICE_AUTO = 0, TGA_DEVICE_CPU = 1, TGA_DEVICE_CUDA = 2 } tga_device_request;
-typedef enum { TGA_GRAD_SYNC_ORDERED = 0, TGA_GRAD_SYNC_ALLREDUCE = 1 } tga_grad_sync_choice;
+typedef enum { TGA_GRAD_SYNC_ORDERED = 0, TGA_GRAD_SYNC_ALLREDUCE = 1, TGA_GRAD_SYNC_BUCKETED = 2 } tga_grad_sync_choice;
 
 typedef struct tga_config {
     struct {
@@ -66,6 +66,8 @@ typedef struct tga_config {
         tga_cfg_string out_dir, init_from;
         int64_t ce_chunk;
         tga_grad_sync_choice grad_sync;
+        double bucket_mb;
+        int64_t zero_stage;
         int64_t checkpoint_every;
         double checkpoint_minutes;
         int64_t keep_last, keep_every;

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dist/grad_sync.h"
 #include "kernels/ops.h"
 #include "runtime/rng.h"
 
@@ -58,6 +59,8 @@ struct tga_model {
     uint8_t *d_use_pair, *d_use_rank;
     tga_align_config align;
     int align_active, align_grad;
+    tga_grad_ready_fn ready_fn;
+    void *ready_ctx;
 };
 
 /* ---- plan --------------------------------------------------------------------------------- */
@@ -112,18 +115,25 @@ static tga_status check_dims(const tga_model_dims *d, const tga_run_shape *s) {
 static int is_trainable_llm(tga_trainable_set t) { return t == TGA_TRAIN_LM || t == TGA_TRAIN_STAGE2; }
 static int is_trainable_projector(tga_trainable_set t) { return t == TGA_TRAIN_STAGE1 || t == TGA_TRAIN_STAGE2; }
 
-/* Adds a parameter with its gradient and AdamW moments when trainable. */
+/* Adds a parameter, and its gradient when trainable (the moments follow in plan_optimizer). */
 static void plan_param(tga_plan *p, const char *name, int trainable, int ndim, long long d0, long long d1) {
     long long shape[2] = {d0, d1};
-    char full[96];
+    char full[128];
     tga_plan_add(p, TGA_MEM_PARAMS, name, ndim, shape);
     if (!trainable) return;
     snprintf(full, sizeof full, "grad.%s", name);
     tga_plan_add(p, TGA_MEM_GRADS, full, ndim, shape);
-    snprintf(full, sizeof full, "adam_m.%s", name);
-    tga_plan_add(p, TGA_MEM_OPTIM, full, ndim, shape);
-    snprintf(full, sizeof full, "adam_v.%s", name);
-    tga_plan_add(p, TGA_MEM_OPTIM, full, ndim, shape);
+}
+
+/* The AdamW moments, two flat buffers in the gradient layout (so that a ZeRO-1 shard of them is
+ * one contiguous range): whole, or this rank's shard. */
+static void plan_optimizer(tga_plan *p, const tga_run_shape *s) {
+    size_t n = p->kind_numel[TGA_MEM_GRADS], lo = 0, hi = n;
+    if (s->zero_world > 1) tga_zero_shard(n, s->zero_world, s->zero_rank, &lo, &hi);
+    if (hi == lo) return;
+    long long shape[1] = {(long long)(hi - lo)};
+    tga_plan_add(p, TGA_MEM_OPTIM, s->zero_world > 1 ? "adam_m.shard" : "adam_m", 1, shape);
+    tga_plan_add(p, TGA_MEM_OPTIM, s->zero_world > 1 ? "adam_v.shard" : "adam_v", 1, shape);
 }
 
 static void plan_buf(tga_plan *p, tga_mem_kind kind, const char *name, long long d0, long long d1) {
@@ -159,6 +169,7 @@ tga_status tga_model_plan(const tga_model_dims *d, const tga_run_shape *s, tga_p
         plan_param(p, "projector.2.weight", proj, 2, D, D);
         plan_param(p, "projector.2.bias", proj, 1, D, 0);
     }
+    plan_optimizer(p, s);
 
     for (int l = 0; l <= L; l++) {
         snprintf(name, sizeof name, "residual.%d", l);
@@ -243,12 +254,61 @@ static void bind_params(tga_model *m) {
         p->data = m->buf[TGA_MEM_PARAMS] + e->offset;
         snprintf(name, sizeof name, "grad.%s", e->name);
         p->grad = planned(m, name);
-        snprintf(name, sizeof name, "adam_m.%s", e->name);
-        p->adam_m = planned(m, name);
-        snprintf(name, sizeof name, "adam_v.%s", e->name);
-        p->adam_v = planned(m, name);
         p->trainable = p->grad != NULL;
+        float *adam_m = planned(m, "adam_m"), *adam_v = planned(m, "adam_v");
+        if (p->trainable && adam_m) {
+            p->adam_m = adam_m + (p->grad - m->buf[TGA_MEM_GRADS]);
+            p->adam_v = adam_v + (p->grad - m->buf[TGA_MEM_GRADS]);
+        }
     }
+}
+
+size_t tga_model_grad_offset(const tga_model *m, const tga_param *p) {
+    return (size_t)(p->grad - m->buf[TGA_MEM_GRADS]);
+}
+
+void tga_model_optim_state(tga_model *m, float **adam_m, float **adam_v, size_t *lo, size_t *hi) {
+    size_t n = m->plan.kind_numel[TGA_MEM_GRADS];
+    *lo = 0;
+    *hi = n;
+    if (m->shape.zero_world > 1) tga_zero_shard(n, m->shape.zero_world, m->shape.zero_rank, lo, hi);
+    int sharded = m->shape.zero_world > 1;
+    *adam_m = planned(m, sharded ? "adam_m.shard" : "adam_m");
+    *adam_v = planned(m, sharded ? "adam_v.shard" : "adam_v");
+}
+
+int tga_model_optim_sharded(const tga_model *m) { return m->shape.zero_world > 1; }
+
+void tga_model_set_grad_ready(tga_model *m, tga_grad_ready_fn fn, void *ctx) {
+    m->ready_fn = fn;
+    m->ready_ctx = ctx;
+}
+
+/* End of the gradient at flat offset `off` including the padding after it: the start of the next
+ * trainable gradient, or the end of the buffer. */
+static size_t padded_grad_end(const tga_model *m, size_t off) {
+    size_t end = m->plan.kind_numel[TGA_MEM_GRADS];
+    for (int i = 0; i < m->n_params; i++) {
+        const tga_param *p = &m->params[i];
+        if (!p->trainable) continue;
+        size_t o = tga_model_grad_offset(m, p);
+        if (o > off && o < end) end = o;
+    }
+    return end;
+}
+
+/* Tells the gradient hook that these gradients (NULL = frozen, skipped) are final. */
+static void report_ready(tga_model *m, float *const *grads, int n) {
+    if (!m->ready_fn) return;
+    size_t lo = (size_t)-1, hi = 0;
+    for (int i = 0; i < n; i++) {
+        if (!grads[i]) continue;
+        size_t off = (size_t)(grads[i] - m->buf[TGA_MEM_GRADS]);
+        size_t end = padded_grad_end(m, off);
+        if (off < lo) lo = off;
+        if (end > hi) hi = end;
+    }
+    if (lo < hi) m->ready_fn(m->ready_ctx, lo, hi);
 }
 
 static void bind_named(tga_model *m) {
@@ -727,15 +787,24 @@ tga_status tga_model_forward_backward(tga_model *m, const tga_batch *b, const tg
     /* backward: the same list in reverse; dx carries d(residual stream) */
     add_align_grad(m, L, m->dh, B);
     OPS->rmsnorm_backward(m->dx, m->g_final_norm, m->dh, m->xs[L], m->final_norm, m->rstd_final, N, D, 0);
+    float *head[2] = {m->g_final_norm, d->tie_embeddings ? NULL : m->g_lm_head}; /* tied: with the embeddings */
+    report_ready(m, head, 2);
     for (int l = L - 1; l >= 0; l--) {
         if (l + 1 < L) add_align_grad(m, l + 1, m->dx, B);
         layer_acts *a = acts_for(m, l);
         if (m->shape.recompute) layer_forward(m, l, a, m->xs[l], NULL, B, T);
         layer_backward(m, l, a, m->xs[l], B, T);
+        const layer_weights *g = &m->g[l];
+        float *layer[N_LAYER_WEIGHTS] = {g->attn_norm, g->wq, g->wk, g->wv, g->wo, g->ffn_norm, g->w_gate, g->w_up,
+                                         g->w_down};
+        report_ready(m, layer, N_LAYER_WEIGHTS);
     }
     add_align_grad(m, 0, m->dx, B); /* dx = d(inputs_embeds) */
     if (m->g_tok_emb) OPS->embedding_backward(m->g_tok_emb, m->dx, m->d_ids, N, D, d->vocab_size);
+    report_ready(m, &m->g_tok_emb, 1);
     projector_backward(m, b);
+    float *projector[4] = {m->pg.w0, m->pg.b0, m->pg.w2, m->pg.b2};
+    report_ready(m, projector, 4);
     return TGA_OK;
 }
 

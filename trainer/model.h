@@ -43,6 +43,9 @@ typedef struct tga_run_shape {
     int recompute;    /* 1 = keep only each layer's input; recompute the rest in backward */
     int ce_chunk;     /* rows per LM-head chunk */
     int n_align_layers;
+    /* ZeRO-1: with zero_world > 1 the AdamW moments are held only for this rank's shard of the
+     * flat gradient layout (tga_zero_shard); 0 or 1 = the moments of every trainable parameter. */
+    int zero_world, zero_rank;
 } tga_run_shape;
 
 typedef struct tga_align_config {
@@ -93,7 +96,7 @@ typedef struct tga_param {
     int ndim;
     long long shape[2];
     size_t numel;
-    float *data, *grad, *adam_m, *adam_v; /* grad and moments NULL when frozen */
+    float *data, *grad, *adam_m, *adam_v; /* grad and moments NULL when frozen; moments NULL with ZeRO-1 */
     int trainable;
 } tga_param;
 
@@ -118,6 +121,21 @@ void tga_model_zero_grads(tga_model *m);
 /* The gradients of all trainable parameters as one flat buffer (device memory), *n floats long
  * including alignment padding between tensors (zero there). */
 float *tga_model_grad_buffer(tga_model *m, size_t *n);
+
+/* The flat gradient layout: element x of the buffer belongs to the trainable parameter p with
+ * grad_offset(p) <= x < grad_offset(p) + numel (zero padding between tensors). */
+size_t tga_model_grad_offset(const tga_model *m, const tga_param *p);
+/* The AdamW moments as flat buffers (device memory) over the gradient layout's [*lo, *hi): all of
+ * it, or with ZeRO-1 the rank's shard (tga_zero_shard in dist/grad_sync.h). */
+void tga_model_optim_state(tga_model *m, float **adam_m, float **adam_v, size_t *lo, size_t *hi);
+int tga_model_optim_sharded(const tga_model *m); /* 1 with ZeRO-1 over more than one rank */
+
+/* Called during a backward pass each time a group of gradients is final (the head, each decoder
+ * layer from the last to the first, the embeddings, the projector): [lo, hi) is a range of the flat
+ * gradient buffer holding whole tensors and the padding after them. Frozen groups are not
+ * reported. Lets the gradient sync start on early groups while later ones are still computed. */
+typedef void (*tga_grad_ready_fn)(void *ctx, size_t lo, size_t hi);
+void tga_model_set_grad_ready(tga_model *m, tga_grad_ready_fn fn, void *ctx); /* fn NULL: off */
 
 /* One micro-batch: text branch (no gradient) for the TGA targets, multimodal forward, losses, and
  * (with_backward) the backward pass, accumulating into the trainable parameters' gradients. */

@@ -2,6 +2,9 @@
 
 #include <math.h>
 
+#include <stdio.h>
+
+#include "dist/comm.h"
 #include "kernels/ops.h"
 #include "runtime/log.h"
 
@@ -24,46 +27,69 @@ tga_status tga_check_losses(const tga_losses *l, long long step) {
     return TGA_OK;
 }
 
+/* The part of trainable parameter p inside the flat range [lo, hi): its elements [*first, *first + *count). */
+static int slice_of(tga_model *m, const tga_param *p, size_t lo, size_t hi, size_t *first, size_t *count) {
+    size_t off = tga_model_grad_offset(m, p), a = off > lo ? off : lo, b = off + p->numel < hi ? off + p->numel : hi;
+    if (!p->trainable || a >= b) return 0;
+    *first = a - off;
+    *count = b - a;
+    return 1;
+}
+
+/* Sum of squares of the gradients in this rank's range, parameter by parameter in a fixed order;
+ * with ZeRO-1 the ranks' sums are then added in rank order. *bad names the first parameter with a
+ * non-finite gradient in this rank's range (NULL if none). */
+static tga_status grad_sum_squares(tga_model *m, size_t lo, size_t hi, int sharded, double *sq, const char **bad) {
+    *sq = 0;
+    *bad = NULL;
+    for (int i = 0; i < tga_model_param_count(m); i++) {
+        tga_param *p = tga_model_param(m, i);
+        size_t first, count;
+        if (!slice_of(m, p, lo, hi, &first, &count)) continue;
+        double s = OPS->sum_squares(p->grad + first, count);
+        if (!isfinite(s) && !*bad) *bad = p->name;
+        *sq += s;
+    }
+    return sharded ? tga_dist_sum_f64(sq, 1, "gradient norm") : TGA_OK;
+}
+
 tga_status tga_optim_step(tga_model *m, const tga_optim_config *c, long long step, long long *adam_updates,
                           tga_step_report *r) {
     const int n = tga_model_param_count(m);
+    float *adam_m, *adam_v;
+    size_t lo, hi;
+    tga_model_optim_state(m, &adam_m, &adam_v, &lo, &hi);
+    int sharded = tga_model_optim_sharded(m);
     r->lr = tga_lr_at(c, step);
     r->skipped = 0;
-    /* global norm in a fixed parameter order (deterministic) */
-    double sq = 0;
-    for (int i = 0; i < n; i++) {
-        tga_param *p = tga_model_param(m, i);
-        if (!p->trainable) continue;
-        double s = OPS->sum_squares(p->grad, p->numel);
-        if (!isfinite(s)) {
-            if (c->on_nonfinite == TGA_NONFINITE_STOP)
-                return tga_error(TGA_ERR_NUMERIC, "step %lld: the gradient of %s contains NaN or Inf "
-                                                  "(train.on_nonfinite: stop)", step, p->name);
-            TGA_WARN("step %lld: the gradient of %s contains NaN or Inf; skipping this step "
-                     "(train.on_nonfinite: skip)", step, p->name);
-            r->skipped = 1;
-            r->grad_norm = s;
-            tga_model_zero_grads(m);
-            return TGA_OK;
-        }
-        sq += s;
+    double sq;
+    const char *bad;
+    TGA_TRY(grad_sum_squares(m, lo, hi, sharded, &sq, &bad));
+    if (!isfinite(sq)) {
+        char where[160];
+        snprintf(where, sizeof where, "%s%s", bad ? "the gradient of " : "a gradient on another rank's shard",
+                 bad ? bad : "");
+        if (c->on_nonfinite == TGA_NONFINITE_STOP)
+            return tga_error(TGA_ERR_NUMERIC, "step %lld: %s contains NaN or Inf (train.on_nonfinite: stop)", step,
+                             where);
+        TGA_WARN("step %lld: %s contains NaN or Inf; skipping this step (train.on_nonfinite: skip)", step, where);
+        r->skipped = 1;
+        r->grad_norm = sq;
+        tga_model_zero_grads(m);
+        return TGA_OK;
     }
     r->grad_norm = sqrt(sq);
     /* torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), applied when < 1 */
-    if (c->grad_clip > 0) {
-        double coef = c->grad_clip / (r->grad_norm + 1e-6);
-        if (coef < 1.0)
-            for (int i = 0; i < n; i++) {
-                tga_param *p = tga_model_param(m, i);
-                if (p->trainable) OPS->scale_inplace(p->grad, (float)coef, p->numel);
-            }
-    }
+    double coef = c->grad_clip > 0 ? c->grad_clip / (r->grad_norm + 1e-6) : 1.0;
     *adam_updates += 1;
     for (int i = 0; i < n; i++) {
         tga_param *p = tga_model_param(m, i);
-        if (!p->trainable) continue;
-        OPS->adamw(p->data, p->grad, p->adam_m, p->adam_v, p->numel, (float)r->lr, (float)c->beta1, (float)c->beta2,
-                   (float)c->eps, (float)c->weight_decay, (int)*adam_updates);
+        size_t first, count;
+        if (!slice_of(m, p, lo, hi, &first, &count)) continue;
+        if (coef < 1.0) OPS->scale_inplace(p->grad + first, (float)coef, count);
+        size_t at = tga_model_grad_offset(m, p) + first - lo; /* in the moment buffers */
+        OPS->adamw(p->data + first, p->grad + first, adam_m + at, adam_v + at, count, (float)r->lr, (float)c->beta1,
+                   (float)c->beta2, (float)c->eps, (float)c->weight_decay, (int)*adam_updates);
     }
     tga_model_zero_grads(m);
     return TGA_OK;

@@ -21,6 +21,8 @@
 #include <unistd.h>
 
 #include "dist/comm.h"
+#include "dist/bucket_sync.h"
+#include "dist/device_comm.h"
 #include "dist/grad_sync.h"
 #include "kernels/ops.h"
 #include "runtime/backend.h"
@@ -28,6 +30,7 @@
 #include "runtime/log.h"
 #include "trainer/cli.h"
 #include "trainer/loader.h"
+#include "trainer/optim_state.h"
 #include "trainer/setup.h"
 #include "trainer/weights.h"
 
@@ -112,10 +115,13 @@ typedef struct run {
     tga_loader *loader, *eval_loader;
     tga_align_config align;
     tga_optim_config optim;
-    tga_grad_sync *sync;
-    float *grad_sum; /* host: the synced gradient (n_grad floats) */
-    float *leaf_buf; /* host: one micro-batch's gradient, as downloaded */
-    size_t n_grad;
+    tga_grad_sync *sync;      /* ordered / allreduce: micro-batch gradients summed on the host */
+    tga_bucket_sync *buckets; /* bucketed (and allreduce on device): accumulated in the model, then reduced */
+    float *grad_sum;   /* host: the synced gradient (n_grad floats); ZeRO-1: scratch */
+    float *leaf_buf;   /* host: one micro-batch's gradient, as downloaded */
+    float *grad_shard; /* host, ZeRO-1: this rank's shard of the synced gradient */
+    size_t n_grad, shard_lo, shard_hi;
+    int sharded;       /* ZeRO-1 over more than one rank */
     long long step, adam_updates;
     char base_params[800]; /* params.tgat of the checkpoint the frozen base came from ("" = random init) */
     FILE *metrics;
@@ -127,9 +133,9 @@ typedef struct run {
     double n_llm, n_proj;
 } run;
 
-static tga_status leaf_micro_batch(void *ctx, int index, const float **grad) {
-    run *r = ctx;
-    tga_model_zero_grads(r->model);
+/* Forward + backward of micro-batch `index` of this step (gradients added into the model's) and
+ * its share of the step's losses and FLOPs. */
+static tga_status run_micro_batch(run *r, int index) {
     tga_losses l;
     const tga_batch *b = &r->cur->micro[index];
     TGA_TRY(tga_model_forward_backward(r->model, b, &r->align, &r->scalars, 1, &l));
@@ -141,6 +147,13 @@ static tga_status leaf_micro_batch(void *ctx, int index, const float **grad) {
     for (int j = 0; j < l.n_align_layers; j++) r->sum.cos_vc_sum[j] += l.cos_vc_sum[j];
     r->sum.cos_count += l.cos_count;
     r->flops += micro_batch_flops(&r->cfg, b, r->n_llm, r->n_proj);
+    return TGA_OK;
+}
+
+static tga_status leaf_micro_batch(void *ctx, int index, const float **grad) {
+    run *r = ctx;
+    tga_model_zero_grads(r->model);
+    TGA_TRY(run_micro_batch(r, index));
     size_t n;
     float *g = tga_model_grad_buffer(r->model, &n);
     OPS->download(r->leaf_buf, g, n * sizeof(float));
@@ -158,6 +171,7 @@ static tga_status write_state_blob(run *r, tga_ckpt_writer *w) {
                           (json_int_t)p.epoch, "step_in_epoch", (json_int_t)p.step_in_epoch, "global_step",
                           (json_int_t)p.global_step, "n_samples", (json_int_t)p.n_samples, "global_batch",
                           (json_int_t)p.global_batch, "seed", (json_int_t)p.seed, "shuffle", p.shuffle, "mode", p.mode);
+    json_object_set_new(j, "optim", tga_optim_state_describe(r->model, r->world));
     char *text = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     json_decref(j);
     if (!text) return tga_error(TGA_ERR_NOMEM, "out of memory for state.json");
@@ -178,27 +192,21 @@ static tga_status write_config_blob(run *r, tga_ckpt_writer *w) {
     return st;
 }
 
-/* Trainable parameters and AdamW moments: every rank holds the same values (the sync makes the
- * gradients identical), so rank 0 writes them. */
-static tga_status write_tensors(run *r, tga_ckpt_writer *w, const char *file, int which) {
-    TGA_TRY(tga_ckpt_tensors_begin(w, file, tga_ckpt_default_codec()));
+/* Trainable parameters: every rank holds the same values (the sync makes the gradients
+ * identical, ZeRO-1 all-gathers them), so rank 0 writes them. */
+static tga_status write_params(run *r, tga_ckpt_writer *w) {
+    TGA_TRY(tga_ckpt_tensors_begin(w, "params.tgat", tga_ckpt_default_codec()));
     for (int i = 0; i < tga_model_param_count(r->model); i++) {
         tga_param *p = tga_model_param(r->model, i);
         if (!p->trainable) continue;
-        const float *srcs[3] = {p->data, p->adam_m, p->adam_v};
-        static const char *prefix[3] = {"", "adam_m.", "adam_v."};
-        for (int k = which == 0 ? 0 : 1; k < (which == 0 ? 1 : 3); k++) {
-            float *host = malloc(p->numel * sizeof(float));
-            if (!host) return tga_error(TGA_ERR_NOMEM, "out of memory saving %s", p->name);
-            OPS->download(host, srcs[k], p->numel * sizeof(float));
-            char name[200];
-            snprintf(name, sizeof name, "%s%s", prefix[k], p->name);
-            tga_ckpt_tensor t = {.name = name, .dtype = TGA_CKPT_F32, .ndim = p->ndim,
-                                 .shape = {p->shape[0], p->shape[1]}, .data = host};
-            tga_status st = tga_ckpt_tensors_add(w, &t);
-            free(host);
-            TGA_TRY(st);
-        }
+        float *host = malloc(p->numel * sizeof(float));
+        if (!host) return tga_error(TGA_ERR_NOMEM, "out of memory saving %s", p->name);
+        OPS->download(host, p->data, p->numel * sizeof(float));
+        tga_ckpt_tensor t = {.name = p->name, .dtype = TGA_CKPT_F32, .ndim = p->ndim,
+                             .shape = {p->shape[0], p->shape[1]}, .data = host};
+        tga_status st = tga_ckpt_tensors_add(w, &t);
+        free(host);
+        TGA_TRY(st);
     }
     return tga_ckpt_tensors_end(w);
 }
@@ -210,20 +218,24 @@ static tga_status save_checkpoint(run *r) {
     int failed;
     TGA_TRY(tga_dist_any_failed(st, &failed, "checkpoint begin"));
     if (failed) return st != TGA_OK ? st : tga_error(TGA_ERR_IO, "checkpoint step %lld failed on another rank", r->step);
-    if (r->rank == 0) {
+    if (r->rank == 0 || r->sharded) { /* ZeRO-1: every rank writes its optimizer shard */
         tga_ckpt_writer *w = NULL;
+        int lead = r->rank == 0;
         st = tga_ckpt_writer_open(&w, dir, r->step, r->rank);
-        if (st == TGA_OK) st = write_tensors(r, w, "params.tgat", 0);
-        if (st == TGA_OK) st = write_tensors(r, w, "optim.tgat", 1);
-        if (st == TGA_OK) st = write_state_blob(r, w);
-        if (st == TGA_OK) st = write_config_blob(r, w);
-        if (st == TGA_OK && r->base_params[0]) st = tga_ckpt_write_identity(w, "base_model.id", r->base_params);
+        if (st == TGA_OK && lead) st = write_params(r, w);
+        if (st == TGA_OK) st = tga_optim_state_save(r->model, w, r->rank);
+        if (st == TGA_OK && lead) st = write_state_blob(r, w);
+        if (st == TGA_OK && lead) st = write_config_blob(r, w);
+        if (st == TGA_OK && lead && r->base_params[0]) st = tga_ckpt_write_identity(w, "base_model.id", r->base_params);
         if (st == TGA_OK) st = tga_ckpt_writer_close(w);
         else tga_ckpt_writer_discard(w);
     }
     TGA_TRY(tga_dist_any_failed(st, &failed, "checkpoint write"));
-    if (failed) return st != TGA_OK ? st : tga_error(TGA_ERR_IO, "checkpoint step %lld failed on rank 0", r->step);
-    if (r->rank == 0) st = tga_ckpt_commit(dir, r->step, 1);
+    if (failed)
+        return st != TGA_OK ? st
+                            : tga_error(TGA_ERR_IO, "checkpoint step %lld failed on %s", r->step,
+                                        r->sharded ? "another rank" : "rank 0");
+    if (r->rank == 0) st = tga_ckpt_commit(dir, r->step, r->sharded ? r->world : 1);
     TGA_TRY(tga_dist_any_failed(st, &failed, "checkpoint commit"));
     if (failed) return st != TGA_OK ? st : tga_error(TGA_ERR_IO, "checkpoint step %lld failed on rank 0", r->step);
     if (r->rank == 0) st = tga_ckpt_mark_done(dir, r->step);
@@ -235,27 +247,21 @@ static tga_status save_checkpoint(run *r) {
     return TGA_OK;
 }
 
-static tga_status read_tensors(run *r, const char *ckpt, const char *file, int which) {
+static tga_status read_params(run *r, const char *ckpt) {
     char path[900];
-    snprintf(path, sizeof path, "%s/%s", ckpt, file);
+    snprintf(path, sizeof path, "%s/params.tgat", ckpt);
     tga_ckpt_reader *rd;
     TGA_TRY(tga_ckpt_reader_open(&rd, path));
     tga_status st = TGA_OK;
     for (int i = 0; i < tga_model_param_count(r->model) && st == TGA_OK; i++) {
         tga_param *p = tga_model_param(r->model, i);
         if (!p->trainable) continue;
-        float *dsts[3] = {p->data, p->adam_m, p->adam_v};
-        static const char *prefix[3] = {"", "adam_m.", "adam_v."};
-        for (int k = which == 0 ? 0 : 1; k < (which == 0 ? 1 : 3) && st == TGA_OK; k++) {
-            char name[200];
-            snprintf(name, sizeof name, "%s%s", prefix[k], p->name);
-            float *host = malloc(p->numel * sizeof(float));
-            int64_t shape[2] = {p->shape[0], p->shape[1]};
-            st = host ? tga_ckpt_read_tensor(rd, name, TGA_CKPT_F32, p->ndim, shape, host)
-                      : tga_error(TGA_ERR_NOMEM, "out of memory");
-            if (st == TGA_OK) OPS->upload(dsts[k], host, p->numel * sizeof(float));
-            free(host);
-        }
+        float *host = malloc(p->numel * sizeof(float));
+        int64_t shape[2] = {p->shape[0], p->shape[1]};
+        st = host ? tga_ckpt_read_tensor(rd, p->name, TGA_CKPT_F32, p->ndim, shape, host)
+                  : tga_error(TGA_ERR_NOMEM, "out of memory");
+        if (st == TGA_OK) OPS->upload(p->data, host, p->numel * sizeof(float));
+        free(host);
     }
     tga_ckpt_reader_close(rd);
     return st;
@@ -319,15 +325,17 @@ static tga_status resume_from(run *r, const char *ckpt) {
     long long seed = json_integer_value(json_object_get(j, "seed"));
     char base[sizeof r->cfg.train.init_from];
     snprintf(base, sizeof base, "%s", json_string_value(json_object_get(j, "base")) ? json_string_value(json_object_get(j, "base")) : "");
-    json_decref(j);
+    tga_status st = TGA_OK;
     if (seed != r->cfg.train.seed || strcmp(base, r->cfg.train.init_from) != 0)
-        return tga_error(TGA_ERR_CONFIG, "%s was trained with train.seed %lld and train.init_from '%s'; this run has %lld "
-                                         "and '%s' (start fresh with --fresh, or restore those keys)",
-                         ckpt, seed, base, (long long)r->cfg.train.seed, r->cfg.train.init_from);
-    if (r->base_params[0]) TGA_TRY(tga_ckpt_check_identity(ckpt, "base_model.id", r->base_params));
-    TGA_TRY(tga_loader_seek(r->loader, &p));
-    TGA_TRY(read_tensors(r, ckpt, "params.tgat", 0));
-    return read_tensors(r, ckpt, "optim.tgat", 1);
+        st = tga_error(TGA_ERR_CONFIG, "%s was trained with train.seed %lld and train.init_from '%s'; this run has %lld "
+                                       "and '%s' (start fresh with --fresh, or restore those keys)",
+                       ckpt, seed, base, (long long)r->cfg.train.seed, r->cfg.train.init_from);
+    if (st == TGA_OK && r->base_params[0]) st = tga_ckpt_check_identity(ckpt, "base_model.id", r->base_params);
+    if (st == TGA_OK) st = tga_loader_seek(r->loader, &p);
+    if (st == TGA_OK) st = read_params(r, ckpt);
+    if (st == TGA_OK) st = tga_optim_state_load(r->model, ckpt, json_object_get(j, "optim"));
+    json_decref(j);
+    return st;
 }
 
 /* ---- evaluation -------------------------------------------------------------------------------- */
@@ -411,6 +419,36 @@ static void log_step(run *r, const tga_step_report *rep, double ms, double sampl
 
 /* ---- setup ------------------------------------------------------------------------------------- */
 
+/* A resumed run repeats the steps after its checkpoint: their lines from the interrupted run go
+ * (and a line torn by a crash), so metrics.jsonl holds each step once. Rewritten atomically. */
+static tga_status trim_metrics(const char *path, long long resumed_step) {
+    FILE *f = fopen(path, "r");
+    if (!f) return TGA_OK; /* a first run */
+    char *kept = NULL, *line = NULL;
+    size_t kept_size = 0, cap = 0;
+    long long dropped = 0;
+    FILE *out = open_memstream(&kept, &kept_size);
+    if (!out) {
+        fclose(f);
+        return tga_error(TGA_ERR_NOMEM, "out of memory reading %s", path);
+    }
+    for (ssize_t len; (len = getline(&line, &cap, f)) > 0;) {
+        json_t *j = json_loads(line, 0, NULL);
+        json_t *step = j ? json_object_get(j, "step") : NULL;
+        if (json_is_integer(step) && json_integer_value(step) <= resumed_step) fputs(line, out);
+        else dropped++;
+        json_decref(j);
+    }
+    free(line);
+    fclose(f);
+    fclose(out);
+    tga_status st = dropped ? tga_file_write_atomic(path, kept, kept_size) : TGA_OK;
+    if (st == TGA_OK && dropped)
+        TGA_INFO("%s: dropped %lld line(s) after step %lld, which this run repeats", path, dropped, resumed_step);
+    free(kept);
+    return st;
+}
+
 static tga_status mkdir_p(const char *path) {
     char buf[700];
     snprintf(buf, sizeof buf, "%s", path);
@@ -437,15 +475,20 @@ static tga_status require_finished_prep(const char *path, const char *key) {
     return TGA_OK;
 }
 
-/* --fresh: the old run's checkpoints move to checkpoints.replaced-<time> (nothing is deleted), so a
- * crash of the new run can never resume from the old one. */
+/* --fresh: the old run's checkpoints and metrics move to <name>.replaced-<time> (nothing is
+ * deleted), so a crash of the new run can never resume from the old one. */
 static tga_status set_aside_checkpoints(const char *run_dir) {
-    char from[700], to[760];
-    snprintf(from, sizeof from, "%s/checkpoints", run_dir);
-    if (access(from, F_OK) != 0) return TGA_OK;
-    snprintf(to, sizeof to, "%s.replaced-%lld", from, (long long)time(NULL));
-    if (rename(from, to) != 0) return tga_error(TGA_ERR_IO, "--fresh: cannot move %s aside to %s: %s", from, to, strerror(errno));
-    TGA_WARN("--fresh: the previous checkpoints are now in %s", to);
+    static const char *const names[2] = {"checkpoints", "metrics.jsonl"};
+    long long stamp = (long long)time(NULL);
+    for (int i = 0; i < 2; i++) {
+        char from[700], to[760];
+        snprintf(from, sizeof from, "%s/%s", run_dir, names[i]);
+        if (access(from, F_OK) != 0) continue;
+        snprintf(to, sizeof to, "%s.replaced-%lld", from, stamp);
+        if (rename(from, to) != 0)
+            return tga_error(TGA_ERR_IO, "--fresh: cannot move %s aside to %s: %s", from, to, strerror(errno));
+        TGA_WARN("--fresh: the previous %s %s now in %s", names[i], i ? "is" : "are", to);
+    }
     return TGA_OK;
 }
 
@@ -491,6 +534,9 @@ static tga_status create_model(run *r) {
     tga_run_shape shape;
     tga_setup_dims(&r->cfg, &dims);
     tga_setup_run_shape(&r->cfg, max_images_per_micro_batch(r), &shape);
+    r->sharded = r->cfg.train.zero_stage == 1 && r->world > 1;
+    shape.zero_world = r->sharded ? r->world : 0;
+    shape.zero_rank = r->rank;
     TGA_TRY(tga_setup_align(&r->cfg, &r->align));
     tga_setup_optim(&r->cfg, &r->optim);
     TGA_TRY(tga_model_create(&r->model, &dims, &shape));
@@ -505,11 +551,88 @@ static tga_status create_model(run *r) {
     }
     r->n_llm -= r->n_proj;
     tga_model_grad_buffer(r->model, &r->n_grad);
-    r->grad_sum = malloc(sizeof(float) * (r->n_grad + 1));
-    r->leaf_buf = malloc(sizeof(float) * (r->n_grad + 1));
-    if (!r->grad_sum || !r->leaf_buf) return tga_error(TGA_ERR_NOMEM, "out of memory for the gradient buffer");
+    return TGA_OK;
+}
+
+/* Sync choices that cannot work, said before training starts (the same answer on every rank). */
+static tga_status check_sync_choice(const run *r) {
+    if (r->cfg.train.zero_stage == 1 && r->cfg.train.grad_sync == TGA_GRAD_SYNC_BUCKETED)
+        return tga_error(TGA_ERR_CONFIG, "train.zero_stage 1 works with train.grad_sync ordered or allreduce, not bucketed "
+                                         "(bucketed reduce-scatter is not implemented)");
+    return TGA_OK;
+}
+
+static void on_grad_ready(void *ctx, size_t lo, size_t hi) { tga_bucket_sync_ready(ctx, lo, hi); }
+
+/* After the device collectives are up: the bucketed path (host MPI on the CPU backend, NCCL on
+ * the device), or the host-side ordered / allreduce sync of downloaded micro-batch gradients. */
+static tga_status create_sync(run *r) {
+    size_t n;
+    float *grads = tga_model_grad_buffer(r->model, &n);
+    int host_memory = OPS == tga_cpu_ops(), device = tga_dist_device_active();
+    int bucketed = r->cfg.train.grad_sync == TGA_GRAD_SYNC_BUCKETED;
+    int device_allreduce = device && r->cfg.train.grad_sync == TGA_GRAD_SYNC_ALLREDUCE && !r->sharded;
+    if (bucketed && !host_memory && !device && r->world > 1)
+        return tga_error(TGA_ERR_CONFIG, "train.grad_sync bucketed on %s needs the device collectives (NCCL), which "
+                                         "are not available here; use ordered or allreduce", OPS->name);
+    if (bucketed || device_allreduce) {
+        size_t bucket = bucketed ? (size_t)(r->cfg.train.bucket_mb * 1048576.0 / sizeof(float)) : n;
+        return tga_bucket_sync_create(&r->buckets, grads, n, bucket, device);
+    }
+    r->grad_sum = malloc(sizeof(float) * (n + 1));
+    r->leaf_buf = malloc(sizeof(float) * (n + 1));
+    if (r->sharded) {
+        tga_zero_shard(n, r->world, r->rank, &r->shard_lo, &r->shard_hi);
+        r->grad_shard = malloc(sizeof(float) * (r->shard_hi - r->shard_lo + 1));
+    }
+    if (!r->grad_sum || !r->leaf_buf || (r->sharded && !r->grad_shard))
+        return tga_error(TGA_ERR_NOMEM, "out of memory for the gradient buffers (%zu floats)", n);
     tga_sync_mode mode = r->cfg.train.grad_sync == TGA_GRAD_SYNC_ORDERED ? TGA_SYNC_ORDERED : TGA_SYNC_ALLREDUCE;
-    return tga_grad_sync_create(&r->sync, r->n_grad, (int)r->cfg.train.grad_accum, mode);
+    return tga_grad_sync_create(&r->sync, n, (int)r->cfg.train.grad_accum, mode, r->sharded);
+}
+
+/* The step's micro-batches and the gradient sync: the model's gradient buffer ends holding the
+ * global gradient (ZeRO-1: at least this rank's shard of it). */
+static tga_status step_gradients(run *r) {
+    size_t n;
+    float *g = tga_model_grad_buffer(r->model, &n);
+    if (r->buckets) {
+        tga_model_zero_grads(r->model);
+        tga_status st = TGA_OK;
+        for (int i = 0; i < r->cur->n_micro && st == TGA_OK; i++) {
+            /* gradients are final only in the last micro-batch's backward */
+            int overlap = i == r->cur->n_micro - 1 && r->cfg.train.grad_sync == TGA_GRAD_SYNC_BUCKETED;
+            if (overlap) tga_model_set_grad_ready(r->model, on_grad_ready, r->buckets);
+            st = run_micro_batch(r, i);
+            tga_model_set_grad_ready(r->model, NULL, NULL);
+        }
+        tga_status fin = tga_bucket_sync_finish(r->buckets);
+        return st != TGA_OK ? st : fin;
+    }
+    TGA_TRY(tga_grad_sync_step(r->sync, leaf_micro_batch, r, r->grad_sum, r->grad_shard));
+    if (r->sharded)
+        OPS->upload(g + r->shard_lo, r->grad_shard, (r->shard_hi - r->shard_lo) * sizeof(float));
+    else
+        OPS->upload(g, r->grad_sum, n * sizeof(float));
+    return TGA_OK;
+}
+
+/* Every rank learns whether any failed `what` and returns the status of the first failing rank
+ * (its own message if it failed itself), so mpirun's exit code (2 = a configuration error, final
+ * for the supervisor) does not depend on which rank mpirun reports. */
+static tga_status agree(run *r, tga_status mine, const char *what) {
+    int32_t code = (int32_t)mine, *all = malloc(sizeof(int32_t) * (size_t)r->world);
+    if (!all) return tga_error(TGA_ERR_NOMEM, "out of memory");
+    tga_status gathered = tga_dist_allgather(&code, all, sizeof code, what);
+    int first = -1;
+    for (int k = 0; gathered == TGA_OK && k < r->world && first < 0; k++)
+        if (all[k] != TGA_OK) first = k;
+    tga_status agreed = first >= 0 ? (tga_status)all[first] : TGA_OK;
+    free(all);
+    TGA_TRY(gathered);
+    if (first >= 0 && mine != TGA_OK) return tga_error_replace(agreed, "%s", tga_error_message());
+    if (first >= 0) return tga_error(agreed, "%s failed on rank %d (its message says why)", what, first);
+    return TGA_OK;
 }
 
 static tga_status maybe_resume(run *r, const char *resume) {
@@ -518,9 +641,10 @@ static tga_status maybe_resume(run *r, const char *resume) {
     int found = 0;
     tga_status st = TGA_OK;
     if (r->rank == 0) st = tga_ckpt_find_latest(r->run_dir, &step, &found);
-    int failed;
-    TGA_TRY(tga_dist_any_failed(st, &failed, "resume: find checkpoint"));
-    if (failed) return st != TGA_OK ? st : tga_error(TGA_ERR_IO, "resume: rank 0 could not read the checkpoints");
+    if (st == TGA_ERR_FORMAT) /* none verifies: a restart would meet the same files, so say it is final */
+        st = tga_error_replace(TGA_ERR_CONFIG, "%s; restore a good checkpoint, or start over with --fresh (which keeps "
+                                               "these aside)", tga_error_message());
+    TGA_TRY(agree(r, st, "resume: finding the checkpoint"));
     int64_t msg[2] = {step, found};
     TGA_TRY(tga_dist_bcast(msg, sizeof msg, 0, "resume: checkpoint step"));
     if (!msg[1]) {
@@ -529,9 +653,7 @@ static tga_status maybe_resume(run *r, const char *resume) {
     }
     char ckpt[800];
     TGA_TRY(tga_ckpt_path(r->run_dir, msg[0], NULL, ckpt, sizeof ckpt));
-    st = resume_from(r, ckpt);
-    TGA_TRY(tga_dist_any_failed(st, &failed, "resume: load"));
-    if (failed) return st != TGA_OK ? st : tga_error(TGA_ERR_IO, "resume from %s failed on another rank", ckpt);
+    TGA_TRY(agree(r, resume_from(r, ckpt), "resume: loading the checkpoint"));
     if (r->rank == 0) TGA_INFO("resumed from %s (step %lld)", ckpt, r->step);
     return TGA_OK;
 }
@@ -540,9 +662,12 @@ static void close_run(run *r) {
     tga_loader_close(r->loader);
     tga_loader_close(r->eval_loader);
     tga_grad_sync_free(r->sync);
+    tga_bucket_sync_free(r->buckets);
+    tga_dist_device_stop();
     tga_model_free(r->model);
     free(r->grad_sum);
     free(r->leaf_buf);
+    free(r->grad_shard);
     if (r->metrics) fclose(r->metrics);
 }
 
@@ -561,10 +686,10 @@ static tga_status train_loop(run *r) {
         r->cur = &st;
         r->scalars = (tga_step_scalars){(double)st.n_targets_global, (double)st.n_samples_global,
                                         (double)r->step / (double)total};
-        TGA_TRY(tga_grad_sync_step(r->sync, leaf_micro_batch, r, r->grad_sum));
-        size_t n;
-        float *g = tga_model_grad_buffer(r->model, &n);
-        OPS->upload(g, r->grad_sum, n * sizeof(float));
+        TGA_TRY(step_gradients(r));
+        if (r->buckets && r->step == first && r->rank == 0)
+            TGA_INFO("gradient sync: %d bucket(s) per step; %.1f ms waited for them after the backward pass",
+                     tga_bucket_sync_last_buckets(r->buckets), tga_bucket_sync_last_wait_ms(r->buckets));
         double sums[4] = {r->sum.ce, r->sum.pair, r->sum.rank, r->flops};
         TGA_TRY(tga_dist_sum_f64(sums, 4, "step losses"));
         r->sum.ce = sums[0];
@@ -582,6 +707,7 @@ static tga_status train_loop(run *r) {
         } else {
             TGA_TRY(tga_optim_step(r->model, &r->optim, r->step, &r->adam_updates, &rep));
         }
+        if (r->sharded) TGA_TRY(tga_optim_gather_params(r->model));
         OPS->sync();
         double ms = (now_seconds() - t0) * 1e3;
         double tokens = 0;
@@ -683,21 +809,12 @@ static tga_status train_main(int argc, char **argv, run *r) {
     tga_status setup = tga_backend_select(o.device, threads);
     if (setup == TGA_OK && r->rank == 0) setup = mkdir_p(r->run_dir);
     if (setup == TGA_OK && r->rank == 0 && fresh) setup = set_aside_checkpoints(r->run_dir);
+    if (setup == TGA_OK) setup = check_sync_choice(r);
     if (setup == TGA_OK) setup = open_loaders(r);
     if (setup == TGA_OK) setup = create_model(r);
-    /* every rank returns the status of the first failing rank, so mpirun's exit code (2 = a
-     * configuration error, final for the supervisor) does not depend on which rank it reports */
-    int32_t mine = (int32_t)setup, *all = malloc(sizeof(int32_t) * (size_t)r->world);
-    if (!all) return tga_error(TGA_ERR_NOMEM, "out of memory");
-    tga_status gathered = tga_dist_allgather(&mine, all, sizeof mine, "set-up");
-    int first = -1;
-    for (int k = 0; gathered == TGA_OK && k < r->world && first < 0; k++)
-        if (all[k] != TGA_OK) first = k;
-    tga_status code = first >= 0 ? (tga_status)all[first] : TGA_OK;
-    free(all);
-    TGA_TRY(gathered);
-    if (first >= 0 && setup != TGA_OK) return tga_error_replace(code, "%s", tga_error_message());
-    if (first >= 0) return tga_error(code, "set-up failed on rank %d (its message says why)", first);
+    TGA_TRY(agree(r, setup, "set-up"));
+    TGA_TRY(tga_dist_device_start(r->cfg.runtime.collective_timeout));
+    TGA_TRY(agree(r, create_sync(r), "gradient sync set-up"));
     TGA_TRY(maybe_resume(r, resume));
     if (r->rank == 0) {
         char path[700];
@@ -711,6 +828,7 @@ static tga_status train_main(int argc, char **argv, run *r) {
         TGA_TRY(tga_config_write(&r->cfg, stdout));
         fflush(stdout);
         snprintf(path, sizeof path, "%s/metrics.jsonl", r->run_dir);
+        TGA_TRY(trim_metrics(path, r->step));
         r->metrics = fopen(path, "a");
         if (!r->metrics) return tga_error(TGA_ERR_IO, "cannot open %s: %s", path, strerror(errno));
         tga_loader_info info = tga_loader_get_info(r->loader);

@@ -1,6 +1,7 @@
 /* The CUDA backend's entry point. runtime/backend.c dlopens libtga_cuda.so and calls
- * tga_cuda_backend_init, the library's only exported symbol; it returns the op table, or NULL
- * and a reason when no GPU is usable (the CLI then falls back to the CPU or reports the reason).
+ * tga_cuda_backend_init, one of the library's two exported symbols (nccl.c exports the device
+ * collectives); it returns the op table, or NULL and a reason when no GPU is usable (the CLI then
+ * falls back to the CPU or reports the reason).
  *
  * Device: one process per GPU. When the process sees several GPUs and a launcher gave it a local
  * rank (Open MPI, Slurm, torchrun), it takes GPU local_rank % count; otherwise the current device

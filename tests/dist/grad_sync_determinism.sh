@@ -10,3 +10,7 @@ echo "1 rank:  $out1"; echo "2 ranks: $out2"; echo "4 ranks: $out4"
 [ "$(field "$out1" ordered)" = "$(field "$out2" ordered)" ] && [ "$(field "$out1" ordered)" = "$(field "$out4" ordered)" ] \
     || { echo "FAIL: the ordered sync differs between world sizes"; exit 1; }
 echo "ordered sync: identical bits on 1, 2 and 4 ranks"
+# the sharded exchange in pieces of 1000 floats (several per shard; the last shard is shorter)
+TGA_SYNC_PIECE_FLOATS=1000 mpirun -np 4 -x TGA_SYNC_PIECE_FLOATS "$bin" 8 10000 | grep -q "^sharded:" \
+    || { echo "FAIL: the sharded sync in pieces"; exit 1; }
+echo "sharded sync in pieces: equal to the ordered sum"

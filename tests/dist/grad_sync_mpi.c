@@ -2,8 +2,11 @@
  * micro-batches. Run with 1, 2 and 4 ranks (same J): the digests must be equal. Also prints the
  * digests of the all-reduce path (required to agree only to rounding) and of a naive order (each
  * rank sums its micro-batches in sequence), which the test uses to show that the values expose
- * a change of order.
+ * a change of order. The sharded (ZeRO-1) variants are checked here: the shards, put together,
+ * must be the unsharded ordered sum bit for bit, and the reduce-scatter within 1e-6 of the
+ * all-reduce (TGA_SYNC_PIECE_FLOATS makes the exchange go in several pieces).
  *   grad_sync_mpi J N */
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +41,43 @@ static uint64_t digest(const float *x, size_t n) {
     return h;
 }
 
+/* Each mode sharded: rank r's shard against [lo, hi) of the unsharded result (on every rank). */
+static int check_sharded(leaf_ctx *ctx, size_t n, int a, float *const full[2]) {
+    const tga_sync_mode modes[2] = {TGA_SYNC_ORDERED, TGA_SYNC_ALLREDUCE};
+    int world = tga_dist_world(), rank = tga_dist_rank();
+    size_t lo, hi;
+    tga_zero_shard(n, world, rank, &lo, &hi);
+    float *work = malloc(sizeof(float) * n), *shard = malloc(sizeof(float) * (hi - lo + 1));
+    for (int m = 0; m < 2; m++) {
+        tga_grad_sync *s;
+        if (tga_grad_sync_create(&s, n, a, modes[m], 1) != TGA_OK || tga_grad_sync_step(s, leaf, ctx, work, shard) != TGA_OK) {
+            fprintf(stderr, "rank %d: %s\n", rank, tga_error_message());
+            return 1;
+        }
+        tga_grad_sync_free(s);
+        /* errors of a different summation order scale with the summands, not with a cancelled sum */
+        double worst = 0, scale = 1e-30;
+        for (size_t i = 0; i < n; i++) scale = fmax(scale, fabs(full[1][i]));
+        for (size_t i = lo; i < hi; i++) {
+            double ref = full[m == 0 ? 0 : 1][i], err = fabs(shard[i - lo] - ref) / scale;
+            if (m == 0 && memcmp(&shard[i - lo], &full[0][i], sizeof(float)) != 0) {
+                fprintf(stderr, "FAIL: rank %d: sharded ordered sum differs at %zu: %.9g vs %.9g\n", rank, i,
+                        shard[i - lo], full[0][i]);
+                return 1;
+            }
+            worst = err > worst ? err : worst;
+        }
+        if (worst > 1e-6) {
+            fprintf(stderr, "FAIL: rank %d: reduce-scatter differs from the all-reduce by %.3g of the largest value\n", rank, worst);
+            return 1;
+        }
+    }
+    if (rank == 0) printf("sharded: the shards of [0, %zu) put together equal the unsharded tree sum bit for bit; reduce-scatter within 1e-6\n", n);
+    free(work);
+    free(shard);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (tga_dist_init(&argc, &argv) != TGA_OK || argc < 3) return 2;
     int J = atoi(argv[1]), world = tga_dist_world(), rank = tga_dist_rank();
@@ -52,14 +92,19 @@ int main(int argc, char **argv) {
     tga_grad_sync *s;
     const tga_sync_mode modes[2] = {TGA_SYNC_ORDERED, TGA_SYNC_ALLREDUCE};
     uint64_t d[2];
+    float *full[2] = {malloc(sizeof(float) * n), malloc(sizeof(float) * n)};
     for (int m = 0; m < 2; m++) {
-        if (tga_grad_sync_create(&s, n, a, modes[m]) != TGA_OK || tga_grad_sync_step(s, leaf, &ctx, out) != TGA_OK) {
+        if (tga_grad_sync_create(&s, n, a, modes[m], 0) != TGA_OK || tga_grad_sync_step(s, leaf, &ctx, out, NULL) != TGA_OK) {
             fprintf(stderr, "rank %d: %s\n", rank, tga_error_message());
             return 1;
         }
         d[m] = digest(out, n);
+        memcpy(full[m], out, sizeof(float) * n);
         tga_grad_sync_free(s);
     }
+    if (world > 1 && check_sharded(&ctx, n, a, full) != 0) return 1;
+    free(full[0]);
+    free(full[1]);
     /* the naive order: each rank adds its leaves one after another, then ranks in rank order */
     memset(out, 0, sizeof(float) * n);
     for (int i = 0; i < a; i++) {

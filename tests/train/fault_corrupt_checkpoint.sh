@@ -5,8 +5,9 @@
 #     step 8, recomputes steps 9-12 and ends bitwise equal to the uninterrupted run;
 #  2. step 12's optim.tgat cut short by one byte and one flipped byte in step 8's state.json: both
 #     files are named, the run falls back to step 4 and ends bitwise equal;
-#  3. a flipped byte in every checkpoint: the run refuses to start (non-zero exit, an error saying
-#     no checkpoint verifies) instead of silently training from step 0, and deletes nothing.
+#  3. a flipped byte in every checkpoint: the run refuses to start (exit 2, which the supervisor
+#     does not retry, and an error saying no checkpoint verifies) instead of silently training from
+#     step 0, and deletes nothing.
 # shellcheck source=tests/train/lib.sh
 source "$(dirname "$0")/lib.sh"
 ensure_common
@@ -47,7 +48,9 @@ for step in 4 8 12; do
     file=$(ckpt_dir "$run" "$step")/params.tgat
     flip_byte "$file" "$(middle "$file")"
 done
-train 2 "$run" && fail "a run whose checkpoints all fail verification trained anyway"
+train 2 "$run"
+rc=$?
+[ "$rc" -eq 2 ] || fail "every checkpoint damaged: exit code $rc, expected 2 (final: a restart cannot help)"
 expect_log "$run.log" "no checkpoint in $run/checkpoints verifies" "every checkpoint damaged"
 grep -qF "starting from step 0" "$run.log" && fail "every checkpoint damaged: the run restarted from step 0"
 for step in 4 8 12; do [ -d "$(ckpt_dir "$run" "$step")" ] || fail "every checkpoint damaged: step $step was deleted"; done

@@ -1,0 +1,32 @@
+/* The optimizer state across ranks and in checkpoints.
+ *
+ * Layouts in a checkpoint (state.json "optim"):
+ *   replicated: optim.tgat (rank 0) holds adam_m.<param> and adam_v.<param> per trainable tensor;
+ *   sharded (ZeRO-1): optim.rank-NNNNN.tgat of each rank holds its shard of the flat moments
+ *     ("adam_m", "adam_v": the gradient layout's elements [first, first + count)), with every
+ *     piece's first element and the layout's length listed in state.json.
+ * Either layout loads into either kind of run and any world size (re-sharding reads only the
+ * frames a rank needs), as long as the model's gradient layout is the same length. */
+#ifndef TGA_TRAINER_OPTIM_STATE_H
+#define TGA_TRAINER_OPTIM_STATE_H
+
+#include <jansson.h>
+
+#include "runtime/ckpt.h"
+#include "runtime/error.h"
+#include "trainer/model.h"
+
+/* ZeRO-1 after the local AdamW step: every rank's updated shard of the trainable parameters goes
+ * to every rank (an all-gather in pieces of bounded size). */
+tga_status tga_optim_gather_params(tga_model *m);
+
+/* This rank's part of the optimizer state into checkpoint writer w: replicated (rank 0 only, one
+ * file) or sharded (every rank, its file). */
+tga_status tga_optim_state_save(tga_model *m, tga_ckpt_writer *w, int rank);
+/* The "optim" object for state.json describing what tga_optim_state_save wrote on all ranks. */
+json_t *tga_optim_state_describe(tga_model *m, int world);
+/* Loads the moments this rank holds from checkpoint directory ckpt; `optim` is state.json's
+ * "optim" object (NULL for checkpoints written before it existed: replicated). */
+tga_status tga_optim_state_load(tga_model *m, const char *ckpt, const json_t *optim);
+
+#endif
