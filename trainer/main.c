@@ -20,6 +20,7 @@ static const tga_command commands[] = {
      "  --resume auto|none     continue from the newest complete, verified checkpoint (default auto)\n"
      "  --fresh                start from step 0 even when checkpoints exist\n"
      "  --dry-run              validate everything and print the memory plan; allocate nothing\n"
+     "  --ranks N              with --dry-run: plan for N ranks (batch geometry, ZeRO-1 shards)\n"
      "  --device auto|cpu|cuda, --threads N", tga_cmd_train},
     {"retrieve", 1, "top-k caption texts for each image by embedding cosine (corpus sharded over MPI ranks)",
      "  --queries Q.npy        query (image) embeddings [N, d], row i = record i\n"

@@ -740,11 +740,16 @@ static tga_status train_loop(run *r) {
     return TGA_OK;
 }
 
-static tga_status parse_train_options(const tga_common_options *o, const char **resume, int *dry_run, int *fresh) {
+static tga_status parse_train_options(const tga_common_options *o, const char **resume, int *dry_run, int *fresh,
+                                      int *plan_ranks) {
     *resume = "auto";
     for (int i = 0; i < o->n_rest; i++) {
         if (strcmp(o->rest[i], "--dry-run") == 0) {
             *dry_run = 1;
+        } else if (strcmp(o->rest[i], "--ranks") == 0) {
+            long long n;
+            TGA_TRY(tga_cli_int_arg(o->n_rest, o->rest, &i, 1, 1 << 20, &n));
+            *plan_ranks = (int)n;
         } else if (strcmp(o->rest[i], "--fresh") == 0) {
             *fresh = 1;
             *resume = "none";
@@ -756,6 +761,7 @@ static tga_status parse_train_options(const tga_common_options *o, const char **
             return tga_error(TGA_ERR_USAGE, "tga train: unknown option %s (see tga help train)", o->rest[i]);
         }
     }
+    if (*plan_ranks && !*dry_run) return tga_error(TGA_ERR_USAGE, "--ranks N plans a run: it goes with --dry-run");
     return TGA_OK;
 }
 
@@ -764,6 +770,8 @@ static tga_status dry_run(run *r) {
     tga_run_shape shape;
     tga_setup_dims(&r->cfg, &dims);
     tga_setup_run_shape(&r->cfg, (int)r->cfg.train.micro_batch, &shape);
+    shape.zero_world = r->cfg.train.zero_stage == 1 ? r->world : 0;
+    shape.zero_rank = 0; /* the largest shard */
     tga_align_config align;
     TGA_TRY(tga_setup_align(&r->cfg, &align));
     if (r->rank != 0) return TGA_OK;
@@ -773,8 +781,9 @@ static tga_status dry_run(run *r) {
         shape.recompute = recompute;
         tga_plan plan;
         TGA_TRY(tga_model_plan(&dims, &shape, &plan));
-        printf("memory plan per rank (%s recompute; micro-batch %lld x %lld tokens, one image per sample; fp32):\n",
-               recompute ? "with" : "without", (long long)r->cfg.train.micro_batch, (long long)r->cfg.data.max_len);
+        printf("memory plan per rank (%s recompute; micro-batch %lld x %lld tokens, one image per sample; fp32%s):\n",
+               recompute ? "with" : "without", (long long)r->cfg.train.micro_batch, (long long)r->cfg.data.max_len,
+               shape.zero_world > 1 ? "; ZeRO-1: AdamW moments of one shard" : "");
         tga_plan_print(&plan, stdout, 0);
         tga_plan_free(&plan);
     }
@@ -788,12 +797,12 @@ static tga_status train_main(int argc, char **argv, run *r) {
     tga_common_options o;
     TGA_TRY(tga_cli_load_config(argc, argv, &o, &r->cfg));
     const char *resume;
-    int dry = 0, fresh = 0;
-    tga_status st = parse_train_options(&o, &resume, &dry, &fresh);
+    int dry = 0, fresh = 0, plan_ranks = 0;
+    tga_status st = parse_train_options(&o, &resume, &dry, &fresh, &plan_ranks);
     free(o.rest);
     TGA_TRY(st);
     r->rank = tga_dist_rank();
-    r->world = tga_dist_world();
+    r->world = plan_ranks ? plan_ranks : tga_dist_world();
     TGA_TRY(derive_batch(&r->cfg, r->world));
     if (dry) return dry_run(r);
     install_signal_handlers(); /* a stop signal during set-up stops after the first step's checkpoint */

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The 7B stage-1 config plans on this machine without allocating (tga train --dry-run), and the plan
+# follows the options: --ranks 8 derives grad_accum 1 for global batch 256 at micro-batch 32, and
+# ZeRO-1 over 8 ranks holds 1/8 of the AdamW moments of a stage-2 run.
+set -uo pipefail
+tga=$1 config=$(cd "$(dirname "$0")/../.." && pwd)/configs/mistral7b_stage1.yaml
+fail() { echo "FAIL plan_7b: $*"; exit 1; }
+optimizer_gib() { awk '/^memory plan per rank \(with recompute/ {p = 1} p && /optimizer state/ {print $3; exit}'; }
+
+out=$("$tga" train --config "$config" --dry-run 2>&1) || fail "the dry run failed: $out"
+grep -q "global batch 256 = micro-batch 32 x grad_accum 8 x 1 ranks; dry run: nothing allocated" <<<"$out" ||
+    fail "unexpected batch line: $(tail -n 1 <<<"$out")"
+grep -q "^memory plan per rank (with recompute" <<<"$out" || fail "no memory plan printed"
+out=$("$tga" train --config "$config" --dry-run --ranks 8 2>&1) || fail "the 8-rank dry run failed: $out"
+grep -q "global batch 256 = micro-batch 32 x grad_accum 1 x 8 ranks" <<<"$out" || fail "--ranks 8: $(tail -n 1 <<<"$out")"
+stage2=(--set train.trainable=stage2 --set train.micro_batch=4)
+whole=$("$tga" train --config "$config" --dry-run --ranks 8 "${stage2[@]}" 2>&1 | optimizer_gib)
+sharded=$("$tga" train --config "$config" --dry-run --ranks 8 "${stage2[@]}" --set train.zero_stage=1 2>&1 | optimizer_gib)
+[ -n "$whole" ] && [ -n "$sharded" ] || fail "no optimizer state line (whole '$whole', sharded '$sharded')"
+awk -v a="$whole" -v b="$sharded" 'BEGIN { r = a / b; exit !(r > 7.99 && r < 8.01) }' ||
+    fail "ZeRO-1 over 8 ranks: optimizer state $sharded GiB vs $whole GiB replicated, expected 1/8"
+"$tga" train --config "$config" --ranks 8 >/dev/null 2>&1 && fail "--ranks without --dry-run was accepted"
+echo "PASS plan_7b: 7B stage 1 plans here; ZeRO-1 on 8 ranks: AdamW state $sharded GiB instead of $whole GiB"
