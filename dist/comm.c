@@ -19,6 +19,7 @@ static int g_rank = 0, g_world = 1, g_local_rank = 0, g_local_world = 1, g_initi
 static pthread_mutex_t watch_lock = PTHREAD_MUTEX_INITIALIZER;
 static const char *watch_op = NULL, *watch_what = NULL;
 static double watch_since = 0, watch_timeout = 0;
+static double watch_extra = 0, watch_extra_next = 0; /* seconds allowed beyond the timeout (one collective) */
 
 static double now_seconds(void) {
     struct timespec ts;
@@ -31,6 +32,8 @@ static void watch_enter(const char *op, const char *what) {
     watch_op = op;
     watch_what = what;
     watch_since = now_seconds();
+    watch_extra = watch_extra_next;
+    watch_extra_next = 0;
     pthread_mutex_unlock(&watch_lock);
 }
 
@@ -46,11 +49,12 @@ static void *watchdog_main(void *arg) {
         struct timespec tick = {0, 200 * 1000 * 1000};
         nanosleep(&tick, NULL);
         pthread_mutex_lock(&watch_lock);
-        int expired = watch_op && now_seconds() - watch_since > watch_timeout;
+        int expired = watch_op && now_seconds() - watch_since > watch_timeout + watch_extra;
         if (expired)
-            fprintf(stderr, "[rank %d] error: watchdog: %s (%s) has not completed in %.0f s (runtime.collective_timeout); "
-                            "another rank is hung or dead; aborting the job\n",
-                    g_rank, watch_op, watch_what, watch_timeout);
+            fprintf(stderr, "[rank %d] error: watchdog: %s (%s) has not completed in %.0f s (runtime.collective_timeout"
+                            "%s); another rank is hung or dead; aborting the job\n",
+                    g_rank, watch_op, watch_what, watch_timeout + watch_extra,
+                    watch_extra > 0 ? " plus the time allowed for this operation" : "");
         pthread_mutex_unlock(&watch_lock);
         if (expired) {
             fflush(stderr);
@@ -58,6 +62,12 @@ static void *watchdog_main(void *arg) {
         }
     }
     return NULL;
+}
+
+void tga_dist_watchdog_allow(double extra_s) {
+    pthread_mutex_lock(&watch_lock);
+    watch_extra_next = extra_s > 0 ? extra_s : 0;
+    pthread_mutex_unlock(&watch_lock);
 }
 
 tga_status tga_dist_watchdog_start(double timeout_s) {

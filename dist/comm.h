@@ -52,5 +52,8 @@ void tga_dist_abort(int exit_code);
  * seconds, it prints which rank was stuck in which operation and aborts the whole job (so a hung
  * or stopped rank cannot leave the others waiting forever). 0 disables it. */
 tga_status tga_dist_watchdog_start(double timeout_s);
+/* The next collective of this rank may take extra_s seconds beyond the timeout: for a wait whose
+ * length is known to scale with work another rank does first (rank 0 verifying checkpoints). */
+void tga_dist_watchdog_allow(double extra_s);
 
 #endif

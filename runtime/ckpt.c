@@ -693,6 +693,37 @@ tga_status tga_ckpt_find_latest(const char *run_dir, int64_t *step, int *found) 
     return st;
 }
 
+/* Sum of the regular files' sizes in one directory (not recursive). */
+static uint64_t directory_bytes(const char *dir) {
+    uint64_t total = 0;
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        char path[PATH_CAP];
+        struct stat st;
+        if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) < (int)sizeof path && stat(path, &st) == 0 &&
+            S_ISREG(st.st_mode))
+            total += (uint64_t)st.st_size;
+    }
+    closedir(d);
+    return total;
+}
+
+uint64_t tga_ckpt_find_latest_bytes(const char *run_dir) {
+    step_list complete = {0};
+    if (complete_steps(run_dir, false, &complete) != TGA_OK) {
+        tga_error_clear();
+        return 0;
+    }
+    uint64_t total = 0;
+    for (size_t i = 0; i < complete.n; i++) {
+        char dir[PATH_CAP];
+        if (tga_ckpt_path(run_dir, complete.steps[i], NULL, dir, sizeof dir) == TGA_OK) total += directory_bytes(dir);
+    }
+    free(complete.steps);
+    return total;
+}
+
 static bool retained(const step_list *complete, size_t i, int keep_last, int64_t keep_every,
                      int64_t protect_step) {
     int64_t step = complete->steps[i];

@@ -111,6 +111,9 @@ tga_status tga_ckpt_verify(const char *ckpt_dir);
 /* *found = 0 (TGA_OK) when there is no complete checkpoint at all; an error when there are some
  * but none verifies (the run must not silently restart from scratch). */
 tga_status tga_ckpt_find_latest(const char *run_dir, int64_t *step, int *found);
+/* The bytes tga_ckpt_find_latest may read in the worst case (every complete checkpoint's files):
+ * lets the other ranks of a job size how long they wait for rank 0. */
+uint64_t tga_ckpt_find_latest_bytes(const char *run_dir);
 /* Deletes complete checkpoints except the newest keep_last (>= 1), every step that is a multiple
  * of keep_every (0: none) and protect_step (-1: none; pass the step resumed from or just saved,
  * which is known to verify). Incomplete directories are left alone. */

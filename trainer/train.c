@@ -640,6 +640,9 @@ static tga_status maybe_resume(run *r, const char *resume) {
     int64_t step = -1;
     int found = 0;
     tga_status st = TGA_OK;
+    /* rank 0 reads every byte of the newest checkpoint (older ones too when it fails): the others
+     * wait in the next collective, for as long as reading all of them at 50 MB/s would take */
+    if (r->rank != 0) tga_dist_watchdog_allow((double)tga_ckpt_find_latest_bytes(r->run_dir) / 50e6);
     if (r->rank == 0) st = tga_ckpt_find_latest(r->run_dir, &step, &found);
     if (st == TGA_ERR_FORMAT) /* none verifies: a restart would meet the same files, so say it is final */
         st = tga_error_replace(TGA_ERR_CONFIG, "%s; restore a good checkpoint, or start over with --fresh (which keeps "

@@ -426,6 +426,18 @@ static void check_ranges(const char *path, const sample *s, uint64_t *rng) {
     tga_ckpt_reader_close(r);
 }
 
+/* Bytes of the regular files one and two levels below dir (checkpoints/step-N/file), by du's
+ * own rules: the reference for tga_ckpt_find_latest_bytes. */
+static unsigned long long tree_bytes(const char *dir) {
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "find '%s' -mindepth 2 -maxdepth 2 -type f -printf '%%s\\n' | awk '{s += $1} END {print s + 0}'", dir);
+    FILE *p = popen(cmd, "r");
+    unsigned long long n = 0;
+    if (!p || fscanf(p, "%llu", &n) != 1) n = ~0ull;
+    if (p) pclose(p);
+    return n;
+}
+
 static void test_round_trip(uint64_t *rng) {
     const char *run = new_run_dir("round_trip");
     char model[1024];
@@ -461,6 +473,9 @@ static void test_round_trip(uint64_t *rng) {
     int found = 0;
     CHECK(tga_ckpt_find_latest(run, &step, &found) == TGA_OK && found && step == 200, "latest: %" PRId64,
           step);
+    CHECK(tga_ckpt_find_latest_bytes(run) == tree_bytes(path_fmt("%s/checkpoints", run)),
+          "bytes find_latest may read: %llu, the files hold %llu", (unsigned long long)tga_ckpt_find_latest_bytes(run),
+          (unsigned long long)tree_bytes(path_fmt("%s/checkpoints", run)));
     model_bytes[4321] ^= 1;
     tu_write_file(model, model_bytes, 5000);
     tga_error_clear();
