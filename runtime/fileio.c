@@ -167,14 +167,15 @@ static void fault_refund(size_t unused) {
 }
 
 /* write(2) with the injected fault applied; same contract as write(2). */
-static ssize_t write_some(int fd, const void *data, size_t n) {
+/* write(2), or pwrite(2) at `offset` when it is not negative, through the fault hook. */
+static ssize_t write_some(int fd, const void *data, size_t n, off_t offset) {
     int injected_errno = 0;
     size_t allowed = fault_reserve(n, &injected_errno);
     if (allowed == 0 && n > 0) {
         errno = injected_errno;
         return -1;
     }
-    ssize_t written = write(fd, data, allowed);
+    ssize_t written = offset < 0 ? write(fd, data, allowed) : pwrite(fd, data, allowed, offset);
     size_t used = written > 0 ? (size_t)written : 0;
     if (used < allowed) fault_refund(allowed - used);
     return written;
@@ -186,6 +187,7 @@ struct tga_file_writer {
     int fd;
     tga_file_mode mode;
     bool failed;
+    bool patched; /* the hash no longer describes the file */
     uint64_t bytes;
     tga_xxh64_state hash;
     char *path;       /* the name the file has once committed */
@@ -229,12 +231,13 @@ tga_status tga_file_writer_open(tga_file_writer **w, const char *path, tga_file_
     return TGA_OK;
 }
 
-tga_status tga_file_writer_write(tga_file_writer *w, const void *data, size_t n) {
+/* All n bytes, appended (offset < 0) or at offset; a failure poisons the writer. */
+static tga_status write_all(tga_file_writer *w, const void *data, size_t n, off_t offset) {
     if (w->failed) return tga_error(TGA_ERR_IO, "%s: an earlier write failed", w->write_path);
     const unsigned char *p = data;
     size_t left = n;
     while (left > 0) {
-        ssize_t written = write_some(w->fd, p, left);
+        ssize_t written = write_some(w->fd, p, left, offset < 0 ? -1 : offset + (off_t)(n - left));
         if (written < 0 && errno == EINTR) continue;
         if (written <= 0) {
             w->failed = true;
@@ -244,13 +247,26 @@ tga_status tga_file_writer_write(tga_file_writer *w, const void *data, size_t n)
         p += written;
         left -= (size_t)written;
     }
+    return TGA_OK;
+}
+
+tga_status tga_file_writer_write(tga_file_writer *w, const void *data, size_t n) {
+    TGA_TRY(write_all(w, data, n, -1));
     tga_xxh64_update(&w->hash, data, n);
     w->bytes += n;
     return TGA_OK;
 }
 
+tga_status tga_file_writer_patch(tga_file_writer *w, uint64_t offset, const void *data, size_t n) {
+    if (offset > w->bytes || n > w->bytes - offset)
+        return tga_error(TGA_ERR_INTERNAL, "%s: patching bytes [%llu, %llu) of %llu written", w->write_path,
+                         (unsigned long long)offset, (unsigned long long)(offset + n), (unsigned long long)w->bytes);
+    w->patched = true;
+    return write_all(w, data, n, (off_t)offset);
+}
+
 uint64_t tga_file_writer_bytes(const tga_file_writer *w) { return w->bytes; }
-uint64_t tga_file_writer_xxh64(const tga_file_writer *w) { return tga_xxh64_digest(&w->hash); }
+uint64_t tga_file_writer_xxh64(const tga_file_writer *w) { return w->patched ? 0 : tga_xxh64_digest(&w->hash); }
 const char *tga_file_writer_path(const tga_file_writer *w) { return w->path; }
 
 void tga_file_writer_discard(tga_file_writer *w) {

@@ -47,7 +47,10 @@ typedef struct tga_file_writer tga_file_writer;
 
 tga_status tga_file_writer_open(tga_file_writer **w, const char *path, tga_file_mode mode);
 tga_status tga_file_writer_write(tga_file_writer *w, const void *data, size_t n);
-/* Bytes written so far and their XXH64. */
+/* Overwrites bytes [offset, offset + n) already written (e.g. a header whose contents are known
+ * only at the end), through the same fault hook. The XXH64 then no longer describes the file. */
+tga_status tga_file_writer_patch(tga_file_writer *w, uint64_t offset, const void *data, size_t n);
+/* Bytes written so far and their XXH64 (0 after a patch). */
 uint64_t tga_file_writer_bytes(const tga_file_writer *w);
 uint64_t tga_file_writer_xxh64(const tga_file_writer *w);
 const char *tga_file_writer_path(const tga_file_writer *w);

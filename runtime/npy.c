@@ -13,6 +13,8 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include "runtime/fileio.h"
+
 /* Stored values are little-endian and are copied with memcpy; a big-endian port needs byte swaps. */
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "runtime/npy.c assumes a little-endian host"
@@ -529,23 +531,6 @@ static tga_status check_save_args(const char *path, tga_npy_dtype dtype, const v
     return TGA_OK;
 }
 
-static tga_status write_file(const char *tmp_path, const char *path, const unsigned char *header,
-                             size_t header_bytes, const void *data, size_t data_bytes) {
-    FILE *f = fopen(tmp_path, "wb");
-    if (!f) return tga_error(TGA_ERR_IO, "cannot create %s (for %s): %s", tmp_path, path, strerror(errno));
-    bool ok = fwrite(header, 1, header_bytes, f) == header_bytes &&
-              (data_bytes == 0 || fwrite(data, 1, data_bytes, f) == data_bytes) && fflush(f) == 0 &&
-              fsync(fileno(f)) == 0;
-    int saved_errno = errno;
-    if (fclose(f) != 0 && ok) {
-        ok = false;
-        saved_errno = errno;
-    }
-    if (!ok)
-        return tga_error(TGA_ERR_IO, "cannot write %s (for %s): %s", tmp_path, path, strerror(saved_errno));
-    return TGA_OK;
-}
-
 tga_status tga_npy_save(const char *path, tga_npy_dtype dtype, const void *data, int ndim,
                         const int64_t *shape) {
     int64_t data_bytes = 0;
@@ -553,14 +538,14 @@ tga_status tga_npy_save(const char *path, tga_npy_dtype dtype, const void *data,
     unsigned char header[512];
     size_t header_bytes = build_header(header, sizeof header, dtype, ndim, shape);
     if (!header_bytes) return tga_error(TGA_ERR_INTERNAL, "%s: .npy header does not fit its buffer", path);
-    size_t tmp_size = strlen(path) + sizeof ".tmp";
-    char *tmp_path = malloc(tmp_size);
-    if (!tmp_path) return tga_error(TGA_ERR_NOMEM, "%s: no memory for the temporary file name", path);
-    snprintf(tmp_path, tmp_size, "%s.tmp", path);
-    tga_status st = write_file(tmp_path, path, header, header_bytes, data, (size_t)data_bytes);
-    if (st == TGA_OK && rename(tmp_path, path) != 0)
-        st = tga_error(TGA_ERR_IO, "cannot rename %s to %s: %s", tmp_path, path, strerror(errno));
-    if (st != TGA_OK) remove(tmp_path);
-    free(tmp_path);
-    return st;
+    /* runtime/fileio.h: path.tmp, fsync, rename, directory fsync; a crash never leaves half a file */
+    tga_file_writer *w;
+    TGA_TRY(tga_file_writer_open(&w, path, TGA_FILE_REPLACE));
+    tga_status st = tga_file_writer_write(w, header, header_bytes);
+    if (st == TGA_OK && data_bytes > 0) st = tga_file_writer_write(w, data, (size_t)data_bytes);
+    if (st != TGA_OK) {
+        tga_file_writer_discard(w);
+        return st;
+    }
+    return tga_file_writer_commit(w);
 }

@@ -20,6 +20,7 @@
 #include <zstd.h>
 #include <zstd_errors.h>
 
+#include "runtime/fileio.h"
 #include "trainer/model.h"
 
 /* Header, index and footer fields are serialised byte by byte, but the arrays of a sample are
@@ -476,8 +477,8 @@ static void encode_footer(unsigned char *out, const shard_extent *x, uint32_t in
 /* ---- writer ---------------------------------------------------------------------------------------- */
 
 struct tga_shard_writer {
-    char *path, *tmp_path;
-    FILE *file;
+    char *path;
+    tga_file_writer *file; /* path.tmp until committed (runtime/fileio.h: fsync, rename, directory fsync) */
     tga_shard_layout layout;
     ZSTD_CCtx *cctx;
     uint64_t n_samples, offset; /* offset: where the next frame goes */
@@ -487,7 +488,6 @@ struct tga_shard_writer {
     size_t ids_bytes, ids_cap;
     unsigned char *content, *frame; /* one sample's buffers, grown to the largest sample */
     size_t content_cap, frame_cap;
-    bool tmp_created; /* discard removes path.tmp only if this writer made it */
     bool failed;
 };
 
@@ -502,18 +502,10 @@ static void *grown(void *buffer, size_t *cap, size_t need, size_t element) {
     return bigger;
 }
 
-static char *with_suffix(const char *path, const char *suffix) {
-    size_t n = strlen(path) + strlen(suffix) + 1;
-    char *out = malloc(n);
-    if (out) snprintf(out, n, "%s%s", path, suffix);
-    return out;
-}
-
 static void writer_free(tga_shard_writer *w) {
-    if (w->file) fclose(w->file);
+    tga_file_writer_discard(w->file);
     ZSTD_freeCCtx(w->cctx);
     free(w->path);
-    free(w->tmp_path);
     free(w->entries);
     free(w->ids);
     free(w->content);
@@ -534,13 +526,9 @@ static tga_status writer_start(tga_shard_writer *w) {
     w->cctx = ZSTD_createCCtx();
     if (!w->cctx || !configure_compression(w->cctx))
         return tga_error(TGA_ERR_INTERNAL, "%s: cannot set up zstd compression", w->path);
-    w->file = fopen(w->tmp_path, "wb");
-    if (!w->file)
-        return tga_error(TGA_ERR_IO, "cannot create %s (for %s): %s", w->tmp_path, w->path, strerror(errno));
-    w->tmp_created = true;
+    TGA_TRY(tga_file_writer_open(&w->file, w->path, TGA_FILE_REPLACE));
     unsigned char placeholder[HEADER_BYTES] = {0};
-    if (fwrite(placeholder, 1, HEADER_BYTES, w->file) != HEADER_BYTES)
-        return tga_error(TGA_ERR_IO, "cannot write %s: %s", w->tmp_path, strerror(errno));
+    TGA_TRY(tga_file_writer_write(w->file, placeholder, HEADER_BYTES));
     w->offset = HEADER_BYTES;
     return TGA_OK;
 }
@@ -554,9 +542,7 @@ tga_status tga_shard_writer_open(tga_shard_writer **out, const char *path, const
     if (!w) return tga_error(TGA_ERR_NOMEM, "%s: no memory for a shard writer", path);
     w->layout = *layout;
     w->path = strdup(path);
-    w->tmp_path = with_suffix(path, ".tmp");
-    tga_status st =
-        w->path && w->tmp_path ? writer_start(w) : tga_error(TGA_ERR_NOMEM, "%s: no memory", path);
+    tga_status st = w->path ? writer_start(w) : tga_error(TGA_ERR_NOMEM, "%s: no memory", path);
     if (st != TGA_OK) {
         tga_shard_writer_discard(w);
         return st;
@@ -612,14 +598,13 @@ static tga_status compress_sample(tga_shard_writer *w, const tga_shard_sample *s
 
 tga_status tga_shard_writer_add(tga_shard_writer *w, const tga_shard_sample *s) {
     if (!w || !s) return tga_error(TGA_ERR_INTERNAL, "tga_shard_writer_add: NULL argument");
-    if (w->failed) return tga_error(TGA_ERR_IO, "%s: an earlier write to %s failed", w->path, w->tmp_path);
+    if (w->failed) return tga_error(TGA_ERR_IO, "%s: an earlier write failed", w->path);
     char where[WHERE_CAP];
     TGA_TRY(check_new_sample(w, s, where));
     size_t id_bytes = strlen(s->id), bytes = 0, compressed = 0;
     TGA_TRY(compress_sample(w, s, where, &bytes, &compressed));
-    if (fwrite(w->frame, 1, compressed, w->file) != compressed)
-        return writer_failed(
-            w, tga_error(TGA_ERR_IO, "%s: cannot write %s: %s", where, w->tmp_path, strerror(errno)));
+    if (tga_file_writer_write(w->file, w->frame, compressed) != TGA_OK)
+        return writer_failed(w, tga_error_replace(TGA_ERR_IO, "%s: %s", where, tga_error_message()));
     w->entries[w->n_samples++] = (index_entry){.offset = w->offset,
                                                .compressed = (uint32_t)compressed,
                                                .content = (uint32_t)bytes,
@@ -634,81 +619,45 @@ tga_status tga_shard_writer_add(tga_shard_writer *w, const tga_shard_sample *s) 
     return TGA_OK;
 }
 
-static bool write_and_crc(FILE *f, const void *data, size_t n, uint32_t *crc) {
+static tga_status write_and_crc(tga_file_writer *f, const void *data, size_t n, uint32_t *crc) {
     *crc = crc32c_extend(*crc, data, n);
-    return n == 0 || fwrite(data, 1, n, f) == n; /* an empty shard has no ids (data may be NULL) */
+    return n == 0 ? TGA_OK : tga_file_writer_write(f, data, n); /* an empty shard has no ids (data may be NULL) */
 }
 
 /* Index, footer, then the real header over the placeholder. */
-static bool write_trailer(tga_shard_writer *w) {
+static tga_status write_trailer(tga_shard_writer *w) {
     shard_extent extent = {w->n_samples, w->offset, w->n_samples * ENTRY_BYTES + w->ids_bytes};
     uint32_t index_crc = 0;
     unsigned char entry[ENTRY_BYTES], footer[FOOTER_BYTES], header[HEADER_BYTES];
     for (uint64_t i = 0; i < w->n_samples; i++) {
         encode_entry(entry, &w->entries[i]);
-        if (!write_and_crc(w->file, entry, ENTRY_BYTES, &index_crc)) return false;
+        TGA_TRY(write_and_crc(w->file, entry, ENTRY_BYTES, &index_crc));
     }
-    if (!write_and_crc(w->file, w->ids, w->ids_bytes, &index_crc)) return false;
+    TGA_TRY(write_and_crc(w->file, w->ids, w->ids_bytes, &index_crc));
     encode_footer(footer, &extent, index_crc);
     encode_header(header, &w->layout, &extent);
-    return fwrite(footer, 1, FOOTER_BYTES, w->file) == FOOTER_BYTES && fseeko(w->file, 0, SEEK_SET) == 0 &&
-           fwrite(header, 1, HEADER_BYTES, w->file) == HEADER_BYTES && fflush(w->file) == 0 &&
-           fsync(fileno(w->file)) == 0;
-}
-
-/* The rename is durable only once the directory entry is on disk. */
-static tga_status sync_parent_directory(const char *path) {
-    const char *slash = strrchr(path, '/');
-    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strndup(".", 1);
-    if (!dir) return tga_error(TGA_ERR_NOMEM, "%s: no memory", path);
-    int fd = open(dir, O_RDONLY | O_DIRECTORY);
-    tga_status st = TGA_OK;
-    if (fd < 0 || fsync(fd) != 0)
-        st = tga_error(TGA_ERR_IO, "%s: written, but cannot sync its directory %s: %s", path, dir,
-                       strerror(errno));
-    if (fd >= 0) close(fd);
-    free(dir);
-    return st;
+    TGA_TRY(tga_file_writer_write(w->file, footer, FOOTER_BYTES));
+    return tga_file_writer_patch(w->file, 0, header, HEADER_BYTES);
 }
 
 tga_status tga_shard_writer_close(tga_shard_writer *w) {
     if (!w) return tga_error(TGA_ERR_INTERNAL, "tga_shard_writer_close: NULL writer");
     if (w->failed) {
-        tga_status st =
-            tga_error(TGA_ERR_IO, "%s: not finished: an earlier write to %s failed", w->path, w->tmp_path);
+        tga_status st = tga_error(TGA_ERR_IO, "%s: not finished: an earlier write failed", w->path);
         tga_shard_writer_discard(w);
         return st;
     }
-    bool written = write_trailer(w);
-    int saved_errno = errno;
-    if (fclose(w->file) != 0 && written) {
-        written = false;
-        saved_errno = errno;
+    tga_status st = write_trailer(w);
+    if (st == TGA_OK) {
+        st = tga_file_writer_commit(w->file); /* frees the file writer, also on failure */
+        w->file = NULL;
     }
-    w->file = NULL;
-    tga_status st = TGA_OK;
-    if (!written)
-        st = tga_error(TGA_ERR_IO, "cannot write %s (for %s): %s", w->tmp_path, w->path,
-                       strerror(saved_errno));
-    else if (rename(w->tmp_path, w->path) != 0)
-        st = tga_error(TGA_ERR_IO, "cannot rename %s to %s: %s", w->tmp_path, w->path, strerror(errno));
-    if (st != TGA_OK) {
-        tga_shard_writer_discard(w);
-        return st;
-    }
-    st = sync_parent_directory(w->path);
-    writer_free(w);
+    writer_free(w); /* after a failure: discards path.tmp */
     return st;
 }
 
 void tga_shard_writer_discard(tga_shard_writer *w) {
-    if (!w) return;
-    if (w->file) {
-        fclose(w->file);
-        w->file = NULL;
-    }
-    if (w->tmp_created) remove(w->tmp_path);
-    writer_free(w);
+    if (w) writer_free(w);
 }
 
 /* ---- reader ---------------------------------------------------------------------------------------- */

@@ -1,4 +1,4 @@
-// sources: runtime/npy.c runtime/error.c
+// sources: runtime/npy.c runtime/fileio.c runtime/log.c runtime/error.c
 /* .npy reader fuzzing: the input is a whole file, put in a memfd and read through /proc/self/fd by
  * every loader (header only, raw, f32, f64, i32, and a streaming row read). Every failure must be
  * a clean status with a message; crashes, leaks and UB are the bugs. */

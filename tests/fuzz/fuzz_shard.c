@@ -1,4 +1,4 @@
-// sources: trainer/shard.c runtime/error.c
+// sources: trainer/shard.c runtime/fileio.c runtime/log.c runtime/error.c
 /* Shard reader fuzzing, two ways chosen by the first byte:
  *   'P': bytes 1..12 are P, Dv and the dtype code (u32 little-endian) and the rest is one sample's
  *        frame content, given to tga_shard_decode. The file path cannot reach this code with

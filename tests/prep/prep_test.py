@@ -239,6 +239,11 @@ def vocabulary(records):
 # ---- running tga ------------------------------------------------------------------------------
 
 def prep(root, out, *extra, ranks=1, records="records.jsonl", features=("--features", "features")):
+    command = prep_command(root, out, *extra, ranks=ranks, records=records, features=features)
+    return subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=120)
+
+
+def prep_command(root, out, *extra, ranks=1, records="records.jsonl", features=("--features", "features")):
     command = [TGA, "prep", "--records", os.path.join(root, records), "--tokenizer", os.path.join(root, "words.txt"),
                "--out", os.path.join(root, out), "--samples-per-shard", str(S)]
     if features:
@@ -246,7 +251,7 @@ def prep(root, out, *extra, ranks=1, records="records.jsonl", features=("--featu
     command += list(extra)
     if ranks > 1:
         command = ["mpirun", "-np", str(ranks)] + command
-    return subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=120)
+    return command
 
 
 def flags():
@@ -342,6 +347,26 @@ def check_bad_record_stops(root):
           "--image-tokens mismatch: exit %d, %s" % (run.returncode, run.stderr.strip()))
 
 
+def check_disk_full(root):
+    """A write failure (the fault hook of runtime/fileio.h, as on a full disk) while writing shards:
+    a clear error naming the file, no partial shard under its final name, no prep.json."""
+    size = sum(os.path.getsize(os.path.join(root, "one", f)) for f in shard_files(root, "one"))
+    env = dict(ENV, TGA_FAULT_WRITE_AFTER_BYTES=str(size // 2))
+    command = prep_command(root, "disk_full", *flags(), "--skip-bad")
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    check(run.returncode == 1 and "No space left on device" in run.stderr and ".tgas" in run.stderr,
+          "disk full: exit %d, stderr:\n%s" % (run.returncode, run.stderr))
+    folder = os.path.join(root, "disk_full")
+    left = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    check("prep.json" not in left and not [f for f in left if f.endswith(".tmp")],
+          "disk full: left behind %s" % left)
+    complete = shard_files(root, "disk_full")
+    check(0 < len(complete) < len(shard_files(root, "one")), "disk full: %d complete shards" % len(complete))
+    for name in complete:
+        check(read_bytes(os.path.join(folder, name)) == read_bytes(os.path.join(root, "one", name)),
+              "disk full: %s differs from the full run's" % name)
+
+
 def check_progress(run):
     lines = [line for line in run.stderr.splitlines() if "records read in" in line]
     check(len(lines) == 1 and "\r" not in run.stderr, "progress without a terminal: %r" % run.stderr)
@@ -424,6 +449,7 @@ def main():
         check(run.returncode == 0, "prep --tox-from-id: %s" % run.stderr)
         check_contents(root, "tox_id", records, vocab, feats, tox_from_id=True)
         check_bad_record_stops(root)
+        check_disk_full(root)
         check_interrupted(root, vocab)
     finally:
         shutil.rmtree(root, ignore_errors=True)
