@@ -12,7 +12,9 @@
  * ~790 TFLOP/s for a dense bf16 library GEMM on an H200 (our GEMMs are TF32 or fp32, whose
  * ceilings are ~495 and ~67 TFLOP/s), and the device-to-device copy bandwidth measured first in
  * the same run (the copy op is cudaMemcpyAsync). Peers: the projector's linear layers next to the
- * raw cuBLASLt GEMM of the same shape.
+ * raw cuBLASLt GEMM of the same shape; our attention next to cuDNN's fused attention on the same
+ * operands (model.attention: cudnn, fp32 <-> bf16 conversions included as the op does them; n/a
+ * where cuDNN cannot be loaded).
  *
  * The program is plain C and never links CUDA: the events come from the CUDA runtime that the
  * backend library has already loaded (dlopen with RTLD_NOLOAD). Events are recorded on the legacy
@@ -57,7 +59,7 @@ static int load_events(void) {
 typedef enum {
     OP_COPY, OP_GEMM, OP_LINEAR_FWD, OP_LINEAR_BWD, OP_EMBEDDING_FWD, OP_RMSNORM_FWD, OP_ADD_RMSNORM_FWD,
     OP_RMSNORM_BWD, OP_ROPE, OP_ATTENTION_FWD, OP_ATTENTION_BWD, OP_SWIGLU_FWD, OP_SWIGLU_BWD, OP_GELU_FWD,
-    OP_GELU_BWD, OP_LM_HEAD, OP_POOL_FWD, OP_POOL_BWD, OP_ALIGN, OP_ADD, OP_SCALE, OP_SUM_SQUARES, OP_ALL_FINITE,
+    OP_GELU_BWD, OP_LM_HEAD, OP_POOL_FWD, OP_POOL_BWD, OP_ALIGN, OP_ALIGN_FUSED_FWD, OP_ALIGN_FUSED_BWD, OP_ADD, OP_SCALE, OP_SUM_SQUARES, OP_ALL_FINITE,
     OP_ADAMW, OP_TOPK,
 } bench_op;
 
@@ -72,8 +74,10 @@ typedef struct bench_case {
     float *x, *y, *z, *w, *u, *v, *bias;
     float *dx, *dy, *dz; /* gradient outputs */
     int *ints;
-    tga_segments seg;
+    tga_segments seg, ret_seg;
     tga_align_args align;
+    const float *layers[9]; /* fused alignment: the hidden state of each align layer */
+    int n_layers;
 } bench_case;
 
 static void run_case(const bench_case *c) {
@@ -105,6 +109,12 @@ static void run_case(const bench_case *c) {
         break;
     case OP_POOL_FWD: OPS->segment_mean_forward(c->y, c->x, &c->seg, c->N); break;
     case OP_POOL_BWD: OPS->segment_mean_backward(c->x, c->y, &c->seg, c->N); break;
+    case OP_ALIGN_FUSED_FWD:
+        sink_d = sink_e = 0;
+        OPS->tga_align_fused_forward(&sink_d, &sink_e, NULL, NULL, c->u, c->v, c->y, c->z, c->layers, c->n_layers,
+                                     &c->seg, &c->ret_seg, &c->align);
+        break;
+    case OP_ALIGN_FUSED_BWD: OPS->tga_align_fused_backward(c->x, c->y, c->z, &c->seg, &c->ret_seg, c->N); break;
     case OP_ALIGN:
         sink_d = sink_e = 0;
         OPS->tga_align_loss(&sink_d, &sink_e, NULL, NULL, c->y, c->z, &c->align);
@@ -307,6 +317,24 @@ static void bench_embedding_rope(bench_settings *s, int B, int T) {
     free(table);
 }
 
+/* The attention peer: the same operands through cuDNN (selected for these two lines only). */
+static void bench_cudnn_attention(bench_case *c, double forward_flops, const bench_settings *s) {
+    if (tga_backend_set_attention("cudnn") != TGA_OK) {
+        printf("%-22s %-52s %9s    n/a (%s)\n", "cuDNN attention (peer)", c->shape, "", tga_error_message());
+        fflush(stdout);
+        tga_error_clear();
+        return;
+    }
+    c->flops = forward_flops;
+    measure(c, OP_ATTENTION_FWD, "cuDNN fwd (peer)", 0, s);
+    c->flops = 2.5 * forward_flops;
+    measure(c, OP_ATTENTION_BWD, "cuDNN bwd (peer)", 0, s);
+    if (tga_backend_set_attention("tga") != TGA_OK) {
+        fprintf(stderr, "bench_kernels: %s\n", tga_error_message());
+        exit(1);
+    }
+}
+
 /* FLOPs as design/GPU.md counts them: forward 4 B H S^2 D, halved when causal; backward 2.5x. */
 static void bench_attention(bench_settings *s, int B, int T) {
     int *lengths = malloc((size_t)B * sizeof *lengths);
@@ -315,7 +343,8 @@ static void bench_attention(bench_settings *s, int B, int T) {
     bench_case c = {.op = OP_ATTENTION_FWD, .name = "attention_forward", .B = B, .T = T, .H = HEADS,
                     .KVH = KV_HEADS, .hd = HEAD_DIM};
     snprintf(c.shape, sizeof c.shape, "B=%d T=%d H=%d KVH=%d hd=%d causal", B, T, HEADS, KV_HEADS, HEAD_DIM);
-    c.flops = 4.0 * B * HEADS * (double)T * T * HEAD_DIM / 2;
+    const double forward_flops = 4.0 * B * HEADS * (double)T * T * HEAD_DIM / 2;
+    c.flops = forward_flops;
     c.ints = device_ints(lengths, (size_t)B);
     c.x = device_floats(nq, 1);
     c.u = device_floats(nkv, 1);
@@ -328,8 +357,9 @@ static void bench_attention(bench_settings *s, int B, int T) {
     c.dx = device_floats(nq, 0);
     c.dy = device_floats(nkv, 0);
     c.dz = device_floats(nkv, 0);
-    c.flops *= 2.5;
+    c.flops = 2.5 * forward_flops;
     measure(&c, OP_ATTENTION_BWD, "attention_backward", 0, s);
+    bench_cudnn_attention(&c, forward_flops, s);
     free_buffers();
     free(lengths);
 }
@@ -371,6 +401,33 @@ static void bench_lm_head(bench_settings *s, int B, int T) {
 }
 
 /* Image spans pooled at one align layer, and the alignment terms on the pooled vectors. */
+/* The fused alignment at TGA's 9 layers (10-18): to compare with 9 x (two segment_mean_forward +
+ * tga_align_loss) above. The retrieved-text spans are 8 rows after each image. */
+static void bench_align_fused(bench_settings *s, bench_case *c, int B, int T, const uint8_t *d_flags) {
+    int *ret = malloc((size_t)4 * B * sizeof *ret);
+    for (int b = 0; b < B; b++) {
+        ret[b] = b * T + 1;
+        ret[B + b] = 8;
+        ret[2 * B + b] = b;
+        ret[3 * B + b] = 8;
+    }
+    int *d_ret = device_ints(ret, (size_t)4 * B);
+    c->ret_seg = (tga_segments){B, B, d_ret, d_ret + B, d_ret + 2 * B, d_ret + 3 * B};
+    c->n_layers = 9;
+    for (int j = 0; j < c->n_layers; j++) c->layers[j] = device_floats((size_t)B * T * DIM, 1);
+    c->align = (tga_align_args){B, DIM, NULL, NULL, device_floats((size_t)9 * B * DIM, 1), d_flags, d_flags + B,
+                                0.01f, 0.01f, 1e-8f};
+    c->u = device_floats((size_t)9 * B * DIM, 0);
+    c->v = device_floats((size_t)9 * B * DIM, 0);
+    c->y = device_floats((size_t)9 * B * DIM, 0);
+    c->z = device_floats((size_t)9 * B * DIM, 0);
+    snprintf(c->shape, sizeof c->shape, "9 layers, n=%d, %d+8 rows each, D=%d", B, PATCHES, DIM);
+    measure(c, OP_ALIGN_FUSED_FWD, "tga_align_fused_forward (+sync)", 9.0 * B * (PATCHES + 8) * DIM * 4, s);
+    snprintf(c->shape, sizeof c->shape, "1 layer, n=%d, %d+8 rows each, D=%d", B, PATCHES, DIM);
+    measure(c, OP_ALIGN_FUSED_BWD, "tga_align_fused_backward", 2.0 * B * (PATCHES + 8) * DIM * 4, s);
+    free(ret);
+}
+
 static void bench_pooling_align(bench_settings *s, int B, int T) {
     int *table = malloc((size_t)4 * B * sizeof *table);
     for (int b = 0; b < B; b++) {
@@ -398,6 +455,7 @@ static void bench_pooling_align(bench_settings *s, int B, int T) {
     c.z = device_floats((size_t)B * DIM, 0);
     snprintf(c.shape, sizeof c.shape, "n=%d D=%d", B, DIM);
     measure(&c, OP_ALIGN, "tga_align_loss (+sync)", 5.0 * B * DIM * 4, s);
+    bench_align_fused(s, &c, B, T, d_flags);
     OPS->free(d_flags);
     free(flags);
     free(table);

@@ -27,6 +27,7 @@ static double now_seconds(void) {
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+#ifdef TGA_HAVE_MPI /* without MPI there are no collectives to watch */
 static void watch_enter(const char *op, const char *what) {
     pthread_mutex_lock(&watch_lock);
     watch_op = op;
@@ -42,6 +43,7 @@ static void watch_leave(void) {
     watch_op = NULL;
     pthread_mutex_unlock(&watch_lock);
 }
+#endif
 
 static void *watchdog_main(void *arg) {
     (void)arg;

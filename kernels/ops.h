@@ -137,6 +137,27 @@ typedef struct tga_ops {
     void (*tga_align_loss)(double *pair_sum, double *rank_sum, float *cos_vc, float *cos_rc, float *dv,
                            float *dr, const tga_align_args *args);
 
+    /* ---- the TGA alignment over all align layers at once: for each layer j < n_layers,
+     * segment_mean_forward of hidden[j] over img into v_j and over ret into r_j, then
+     * tga_align_loss on (v_j, r_j, c_j) with c_j = args->c + j*n*D; the results equal that
+     * per-layer composition (the CPU op is that composition, to the bit).
+     * - hidden: a HOST array of n_layers device pointers, each an [N, D] hidden state.
+     * - img, ret: segment tables (device arrays) with n_out == args->n; output b is sample b.
+     * - args: n, dim, use_pair, use_rank, w_pair, w_rank, eps as for tga_align_loss; args->c is
+     *   [n_layers, n, D]; args->v and args->r are not read.
+     * - v, r [n_layers, n, D]: the pooled vectors, written (required: the gradients are computed
+     *   from them). cos_vc, cos_rc [n_layers, n] as tga_align_loss per layer (may be NULL).
+     * - dv, dr [n_layers, n, D]: gradients w.r.t. v and r, overwritten (NULL = not computed).
+     * Adds to *pair_sum / *rank_sum, layer by layer, each layer's sum over samples in sample order
+     * (deterministic). Waits for the device (the sums are host values). ---- */
+    void (*tga_align_fused_forward)(double *pair_sum, double *rank_sum, float *cos_vc, float *cos_rc, float *v,
+                                    float *r, float *dv, float *dr, const float *const *hidden, int n_layers,
+                                    const tga_segments *img, const tga_segments *ret, const tga_align_args *args);
+    /* One layer's pooled gradients spread back: din[N, D] += segment_mean_backward of dv over img,
+     * then of dr over ret (dv, dr [n_out, D]); the same bits as those two calls in that order. */
+    void (*tga_align_fused_backward)(float *din, const float *dv, const float *dr, const tga_segments *img,
+                                     const tga_segments *ret, int D);
+
     /* ---- elementwise helpers ---- */
     void (*add_inplace)(float *y, const float *x, size_t n);      /* y += x */
     void (*scale_inplace)(float *x, float alpha, size_t n);       /* x *= alpha */

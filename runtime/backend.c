@@ -16,7 +16,10 @@
 
 const tga_coll_ops *tga_active_coll = NULL;
 
-static char description[256] = "none";
+static char description[512] = "none";
+
+/* The CUDA backend library while it is the active backend, else NULL. */
+static void *cuda_library;
 
 const char *tga_backend_description(void) { return description; }
 
@@ -77,10 +80,13 @@ static const tga_coll_ops *cuda_collectives(void *lib) {
     return collectives ? collectives() : NULL;
 }
 
+typedef const tga_ops *(*cuda_init_fn)(char *, size_t);
+
 /* Loads the CUDA backend; returns NULL with a reason when it cannot be used. The library exports
  * `const tga_ops *tga_cuda_backend_init(char *why, size_t why_size)`, which returns NULL (and a
- * reason) when no GPU is usable. *coll receives its collectives (NULL when it has none). */
-static const tga_ops *load_cuda(char *why, size_t why_size, const tga_coll_ops **coll) {
+ * reason) when no GPU is usable. *coll receives its collectives (NULL when it has none), *library
+ * the library's handle. */
+static const tga_ops *load_cuda(char *why, size_t why_size, const tga_coll_ops **coll, void **library) {
     if (!gpu_present(why, why_size)) return NULL;
     char path[PATH_MAX];
     cuda_library_path(path, sizeof path);
@@ -89,8 +95,7 @@ static const tga_ops *load_cuda(char *why, size_t why_size, const tga_coll_ops *
         snprintf(why, why_size, "cannot load the CUDA backend %.300s: %.180s", path, dlerror());
         return NULL;
     }
-    typedef const tga_ops *(*init_fn)(char *, size_t);
-    init_fn init;
+    cuda_init_fn init;
     *(void **)(&init) = dlsym(lib, "tga_cuda_backend_init");
     if (!init) {
         snprintf(why, why_size, "%.400s does not export tga_cuda_backend_init", path);
@@ -100,6 +105,7 @@ static const tga_ops *load_cuda(char *why, size_t why_size, const tga_coll_ops *
     const tga_ops *ops = init(why, why_size);
     if (!ops) return NULL; /* keep the library mapped: CUDA state must not be torn down mid-process */
     *coll = cuda_collectives(lib);
+    *library = lib;
     return ops;
 }
 
@@ -109,9 +115,10 @@ tga_status tga_backend_select(const char *device, int threads) {
     if (threads > 0) omp_set_num_threads(threads);
     const tga_ops *ops = NULL;
     const tga_coll_ops *coll = NULL;
+    void *library = NULL;
     char why[512] = "";
 #ifdef TGA_HAVE_CUDA
-    if (strcmp(device, "cpu") != 0) ops = load_cuda(why, sizeof why, &coll);
+    if (strcmp(device, "cpu") != 0) ops = load_cuda(why, sizeof why, &coll, &library);
 #else
     snprintf(why, sizeof why, "this build has no CUDA backend (configure with -DTGA_CUDA=ON)");
     (void)load_cuda;
@@ -128,5 +135,68 @@ tga_status tga_backend_select(const char *device, int threads) {
     }
     tga_active_ops = ops;
     tga_active_coll = coll;
+    cuda_library = library;
     return TGA_OK;
+}
+
+/* The CUDA library's selector: `int tga_cuda_select_attention(const char *impl, char *why, size_t
+ * why_size)`, absent from a library built without cudnn_backend.h. After it succeeds, the library's
+ * init hands out the table it published. */
+static tga_status select_cuda_attention(const char *impl) {
+    typedef int (*select_fn)(const char *, char *, size_t);
+    select_fn select;
+    *(void **)(&select) = dlsym(cuda_library, "tga_cuda_select_attention");
+    if (!select) {
+        if (strcmp(impl, "tga") == 0) return TGA_OK; /* its own attention is the only one it has */
+        return tga_error(TGA_ERR_BACKEND,
+                         "model.attention: cudnn: this CUDA backend was built without cuDNN attention "
+                         "(cudnn_backend.h was not found when it was configured; set CUDNN_ROOT and "
+                         "rebuild)");
+    }
+    char why[512] = "";
+    if (!select(impl, why, sizeof why)) return tga_error(TGA_ERR_BACKEND, "model.attention: %s: %s", impl, why);
+    cuda_init_fn init;
+    *(void **)(&init) = dlsym(cuda_library, "tga_cuda_backend_init");
+    const tga_ops *ops = init ? init(why, sizeof why) : NULL;
+    if (!ops)
+        return tga_error(TGA_ERR_BACKEND, "model.attention: %s: the CUDA backend lost its op table (%s)", impl, why);
+    tga_active_ops = ops;
+    snprintf(description, sizeof description, "%s", ops->name);
+    return TGA_OK;
+}
+
+tga_status tga_backend_set_attention(const char *impl) {
+    int cudnn = strcmp(impl, "cudnn") == 0;
+    if (!cudnn && strcmp(impl, "tga") != 0)
+        return tga_error(TGA_ERR_CONFIG,
+                         "model.attention: \"%s\" is not an attention implementation (expected tga or cudnn)", impl);
+    if (cuda_library) return select_cuda_attention(impl);
+    if (cudnn)
+        return tga_error(TGA_ERR_CONFIG,
+                         "model.attention: cudnn needs the CUDA backend (cuDNN runs on the GPU), but this run uses %s; "
+                         "use --device cuda, or model.attention: tga",
+                         description);
+    return TGA_OK;
+}
+
+tga_status tga_backend_check_attention(int head_dim, int n_heads, int n_kv_heads) {
+    const char *what = NULL;
+    int ok = 1;
+    if (n_kv_heads < 1 || n_heads % n_kv_heads != 0) {
+        ok = 0;
+        what = "model.n_heads must be a multiple of model.n_kv_heads";
+    } else if (cuda_library && strstr(description, "cuDNN")) {
+        ok = head_dim % 8 == 0 && head_dim <= 256;
+        what = "cuDNN attention (model.attention: cudnn) takes head widths that are multiples of 8 up to 256";
+    } else if (cuda_library) {
+        ok = head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128;
+        what = "the CUDA attention kernels (model.attention: tga) take head widths 16, 32, 64 and 128";
+    } else {
+        ok = head_dim > 0 && head_dim % 2 == 0 && head_dim <= TGA_MAX_HEAD_DIM;
+        what = "the CPU attention takes even head widths up to 256";
+    }
+    if (ok) return TGA_OK;
+    return tga_error(TGA_ERR_CONFIG, "model.head_dim (or model.dim / model.n_heads when it is 0) is %d with %d query and "
+                                     "%d key/value heads, on %s: %s",
+                     head_dim, n_heads, n_kv_heads, description, what);
 }

@@ -13,6 +13,17 @@
  * threads > 0 sets the OpenMP thread count. */
 tga_status tga_backend_select(const char *device, int threads);
 
+/* Chooses the attention ops of the active backend (config key model.attention): "tga", the
+ * backend's own kernels (always available; the default), or "cudnn", cuDNN's fused attention
+ * (CUDA backend only, cuDNN 9 loaded at this call). Updates tga_active_ops and the description.
+ * Call after tga_backend_select. */
+tga_status tga_backend_set_attention(const char *impl);
+
+/* Whether the active attention ops take this shape: the CPU takes any even head_dim up to
+ * TGA_MAX_HEAD_DIM; our CUDA kernels take head dims 16, 32, 64 and 128; cuDNN multiples of 8 up
+ * to 256. A config error naming model.head_dim (or model.dim / model.n_heads) otherwise. */
+tga_status tga_backend_check_attention(int head_dim, int n_heads, int n_kv_heads);
+
 /* "cpu (avx512, 2 threads)" / "cuda (NVIDIA H200)"; valid after tga_backend_select. */
 const char *tga_backend_description(void);
 

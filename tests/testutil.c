@@ -54,6 +54,16 @@ float *tu_alloc_copy(const float *x, size_t n) {
     return y;
 }
 
+double tu_max_abs_diff(const float *a, const double *b, size_t n) {
+    double worst = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double diff = fabs((double)a[i] - b[i]);
+        if (isnan(diff)) return diff;
+        if (diff > worst) worst = diff;
+    }
+    return worst;
+}
+
 double tu_rel_error(const float *a, const float *b, size_t n) {
     double num = 0, den = 0;
     for (size_t i = 0; i < n; i++) {

@@ -129,7 +129,7 @@ static tga_status bench_step(int argc, char **argv) {
         else
             return tga_error(TGA_ERR_USAGE, "tga bench step: unknown option %s", o.rest[i]);
     }
-    TGA_TRY(tga_backend_select(o.device, o.threads));
+    TGA_TRY(tga_setup_backend(&cfg, o.device, o.threads));
     synthetic_batch sb;
     TGA_TRY(make_batch(&cfg, (int)images, &sb));
     tga_model_dims dims;

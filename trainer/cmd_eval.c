@@ -110,7 +110,7 @@ static tga_status load_settings(int argc, char **argv, eval_session *s) {
     tga_common_options common = {0};
     tga_status st = tga_cli_load_run_config(argc, argv, "eval", &common, &s->cfg);
     if (st == TGA_OK) st = parse_options(&common, &s->cfg, &s->opt);
-    if (st == TGA_OK) st = tga_backend_select(common.device, common.threads);
+    if (st == TGA_OK) st = tga_setup_backend(&s->cfg, common.device, common.threads);
     free(common.rest);
     return st;
 }

@@ -36,6 +36,7 @@ typedef enum {
     TGA_TEMPLATE_CHATML = 4,
 } tga_chat_template;
 typedef enum { TGA_DEVICE_AUTO = 0, TGA_DEVICE_CPU = 1, TGA_DEVICE_CUDA = 2 } tga_device_request;
+typedef enum { TGA_ATTENTION_TGA = 0, TGA_ATTENTION_CUDNN = 1 } tga_attention_impl;
 typedef enum { TGA_GRAD_SYNC_ORDERED = 0, TGA_GRAD_SYNC_ALLREDUCE = 1, TGA_GRAD_SYNC_BUCKETED = 2 } tga_grad_sync_choice;
 
 typedef struct tga_config {
@@ -47,6 +48,7 @@ typedef struct tga_config {
         bool tie_embeddings;
         int64_t max_seq_len;
         double init_std;
+        tga_attention_impl attention;
     } model;
     struct {
         tga_projector_type type;

@@ -30,7 +30,7 @@ _Static_assert(sizeof(tga_projector_type) == sizeof(int) && sizeof(tga_trainable
                    sizeof(tga_lr_schedule) == sizeof(int) && sizeof(tga_nonfinite_policy) == sizeof(int) &&
                    sizeof(tga_align_mode) == sizeof(int) && sizeof(tga_chat_template) == sizeof(int) &&
                    sizeof(tga_device_request) == sizeof(int) && sizeof(tga_log_level) == sizeof(int) &&
-                   sizeof(tga_grad_sync_choice) == sizeof(int),
+                   sizeof(tga_grad_sync_choice) == sizeof(int) && sizeof(tga_attention_impl) == sizeof(int),
                "enum config fields must be int-sized");
 
 enum { OPEN_MIN = TGA_CFG_MIN_OPEN, OPEN_MAX = TGA_CFG_MAX_OPEN, CLOSED = 0 };
@@ -48,6 +48,8 @@ static const tga_cfg_key schema[] = {
     BOOL(model, tie_embeddings, "false", "Share the token embedding with the LM head."),
     INT(model, max_seq_len, "256", 1, 1 << 20, "Longest sequence the model supports (RoPE positions)."),
     FLOAT(model, init_std, "0.02", 0, 10, CLOSED, "Std of the random init of a model trained from scratch."),
+    ENUM(model, attention, tga_attention_impl, "tga", "tga|cudnn",
+         "Attention kernels: tga = our own (every backend), cudnn = cuDNN's fused attention (CUDA only)."),
 
     ENUM(projector, type, tga_projector_type, "mlp2x_gelu", "mlp2x_gelu|linear",
          "Vision-to-LLM projector: Linear-GELU-Linear (LLaVA-1.5) or one Linear."),

@@ -606,37 +606,30 @@ static void build_targets(const tga_batch *b, int32_t *targets) {
         }
 }
 
-/* Pools the image and retrieved-text spans at every align layer and evaluates the two terms. */
+/* Pools the image and retrieved-text spans at every align layer and evaluates the two terms, all
+ * layers in one op: pool_v/pool_r/grad_v/grad_r [Lsel, B, D], cos_vc [Lsel, B]. */
 static void align_losses(tga_model *m, const tga_batch *b, const tga_step_scalars *sc, tga_losses *out) {
     const int B = b->B, D = m->dims.dim, L = m->dims.n_layers, n_al = m->align.n_layers;
     const tga_align_config *al = &m->align;
     const double decay = 1.0 - sc->progress;
     const double denom = (double)n_al * sc->n_samples_global;
     tga_align_args args = {
-        .n = B, .dim = D, .use_pair = m->d_use_pair, .use_rank = m->d_use_rank,
+        .n = B, .dim = D, .c = m->cap_target, .use_pair = m->d_use_pair, .use_rank = m->d_use_rank,
         .w_pair = (float)(al->pair_weight * pow(decay, al->pair_pow) / denom),
         .w_rank = (float)(al->rank_weight * pow(decay, al->rank_pow) / denom), .eps = al->eps};
-    float *cos_host = malloc((size_t)B * sizeof(float));
+    const float *hidden[TGA_MAX_ALIGN_LAYERS];
+    for (int j = 0; j < n_al; j++) hidden[j] = al->layers[j] == L ? m->hs_final : m->xs[al->layers[j]];
+    OPS->tga_align_fused_forward(&out->pair, &out->rank, m->cos_vc, m->cos_rc, m->pool_v, m->pool_r,
+                                 m->align_grad ? m->grad_v : NULL, m->align_grad ? m->grad_r : NULL, hidden, n_al,
+                                 &m->seg_img, &m->seg_ret, &args);
+    float *cos_host = malloc((size_t)n_al * B * sizeof(float));
     uint8_t *use = malloc((size_t)B);
     OPS->download(use, m->d_use_pair, (size_t)B);
+    OPS->download(cos_host, m->cos_vc, (size_t)n_al * B * sizeof(float));
     for (int j = 0; j < n_al; j++) {
-        int h = al->layers[j];
-        const float *src = h == L ? m->hs_final : m->xs[h];
-        size_t off = (size_t)j * B * D;
-        OPS->segment_mean_forward(m->pool_v + off, src, &m->seg_img, D);
-        OPS->segment_mean_forward(m->pool_r + off, src, &m->seg_ret, D);
-        args.v = m->pool_v + off;
-        args.r = m->pool_r + off;
-        args.c = m->cap_target + off;
-        double pair = 0, rank = 0;
-        OPS->tga_align_loss(&pair, &rank, m->cos_vc + (size_t)j * B, m->cos_rc + (size_t)j * B,
-                            m->align_grad ? m->grad_v + off : NULL, m->align_grad ? m->grad_r + off : NULL, &args);
-        out->pair += pair;
-        out->rank += rank;
-        OPS->download(cos_host, m->cos_vc + (size_t)j * B, (size_t)B * sizeof(float));
         out->cos_vc_sum[j] = 0;
         for (int s = 0; s < B; s++)
-            if (use[s]) out->cos_vc_sum[j] += cos_host[s];
+            if (use[s]) out->cos_vc_sum[j] += cos_host[(size_t)j * B + s];
     }
     out->cos_count = 0;
     for (int s = 0; s < B; s++) out->cos_count += use[s];
@@ -713,8 +706,7 @@ static void add_align_grad(tga_model *m, int hs_index, float *dst, int B) {
     int j = align_index(&m->align, hs_index);
     if (j < 0) return;
     size_t off = (size_t)j * B * m->dims.dim;
-    OPS->segment_mean_backward(dst, m->grad_v + off, &m->seg_img, m->dims.dim);
-    OPS->segment_mean_backward(dst, m->grad_r + off, &m->seg_ret, m->dims.dim);
+    OPS->tga_align_fused_backward(dst, m->grad_v + off, m->grad_r + off, &m->seg_img, &m->seg_ret, m->dims.dim);
 }
 
 static void projector_backward(tga_model *m, const tga_batch *b) {

@@ -2,6 +2,8 @@
 
 #include <string.h>
 
+#include "runtime/backend.h"
+
 void tga_setup_dims(const tga_config *cfg, tga_model_dims *d) {
     memset(d, 0, sizeof *d);
     d->dim = (int)cfg->model.dim;
@@ -63,4 +65,12 @@ void tga_setup_optim(const tga_config *cfg, tga_optim_config *o) {
     o->total_steps = cfg->train.steps;
     o->schedule = cfg->train.schedule;
     o->on_nonfinite = cfg->train.on_nonfinite;
+}
+
+tga_status tga_setup_backend(const tga_config *cfg, const char *device, int threads) {
+    static const char *const impl_names[] = {"tga", "cudnn"};
+    TGA_TRY(tga_backend_select(device, threads));
+    TGA_TRY(tga_backend_set_attention(impl_names[cfg->model.attention]));
+    return tga_backend_check_attention((int)tga_config_head_dim(cfg), (int)cfg->model.n_heads,
+                                       (int)cfg->model.n_kv_heads);
 }

@@ -14,5 +14,9 @@ void tga_setup_run_shape(const tga_config *cfg, int max_images, tga_run_shape *s
  * tga.layers). */
 tga_status tga_setup_align(const tga_config *cfg, tga_align_config *align);
 void tga_setup_optim(const tga_config *cfg, tga_optim_config *optim);
+/* Selects the backend (`device`: auto|cpu|cuda) and its attention (model.attention), and checks
+ * that they support the model's attention shape: a config error naming the keys, before anything
+ * is allocated, instead of a failure at the first synchronisation on the device. */
+tga_status tga_setup_backend(const tga_config *cfg, const char *device, int threads);
 
 #endif

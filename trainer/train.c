@@ -818,7 +818,7 @@ static tga_status train_main(int argc, char **argv, run *r) {
     /* set-up without collectives; then every rank learns whether any failed, so a bad config or a
      * missing file stops all ranks with their own message and none is left waiting */
     snprintf(r->run_dir, sizeof r->run_dir, "%s", r->cfg.train.out_dir);
-    tga_status setup = tga_backend_select(o.device, threads);
+    tga_status setup = tga_setup_backend(&r->cfg, o.device, threads);
     if (setup == TGA_OK && r->rank == 0) setup = mkdir_p(r->run_dir);
     if (setup == TGA_OK && r->rank == 0 && fresh) setup = set_aside_checkpoints(r->run_dir);
     if (setup == TGA_OK) setup = check_sync_choice(r);

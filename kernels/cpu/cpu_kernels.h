@@ -1,6 +1,7 @@
 /* The CPU backend's ops (see kernels/ops.h for the contract of each). One file per op family:
  * memory.c, gemm.c, linear.c, embedding.c, rmsnorm.c, rope.c, attention.c, activations.c
- * (SwiGLU, GELU), lm_head.c, pooling.c, tga_align.c, elementwise.c, adamw.c, topk.c. */
+ * (SwiGLU, GELU), lm_head.c, pooling.c, tga_align.c, align_fused.c (pooling + alignment over
+ * all align layers), elementwise.c, adamw.c, topk.c. */
 #ifndef TGA_KERNELS_CPU_KERNELS_H
 #define TGA_KERNELS_CPU_KERNELS_H
 
@@ -45,6 +46,11 @@ void tga_cpu_segment_mean_forward(float *out, const float *in, const tga_segment
 void tga_cpu_segment_mean_backward(float *din, const float *dout, const tga_segments *seg, int D);
 void tga_cpu_tga_align_loss(double *pair_sum, double *rank_sum, float *cos_vc, float *cos_rc, float *dv,
                             float *dr, const tga_align_args *args);
+void tga_cpu_tga_align_fused_forward(double *pair_sum, double *rank_sum, float *cos_vc, float *cos_rc, float *v,
+                                     float *r, float *dv, float *dr, const float *const *hidden, int n_layers,
+                                     const tga_segments *img, const tga_segments *ret, const tga_align_args *args);
+void tga_cpu_tga_align_fused_backward(float *din, const float *dv, const float *dr, const tga_segments *img,
+                                      const tga_segments *ret, int D);
 void tga_cpu_add_inplace(float *y, const float *x, size_t n);
 void tga_cpu_scale_inplace(float *x, float alpha, size_t n);
 double tga_cpu_sum_squares(const float *x, size_t n);

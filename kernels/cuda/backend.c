@@ -1,7 +1,7 @@
 /* The CUDA backend's entry point. runtime/backend.c dlopens libtga_cuda.so and calls
- * tga_cuda_backend_init, one of the library's two exported symbols (nccl.c exports the device
- * collectives); it returns the op table, or NULL and a reason when no GPU is usable (the CLI then
- * falls back to the CPU or reports the reason).
+ * tga_cuda_backend_init, one of the library's exported symbols (nccl.c exports the device
+ * collectives, attention_cudnn.c the attention selector); it returns the op table, or NULL and a
+ * reason when no GPU is usable (the CLI then falls back to the CPU or reports the reason).
  *
  * Device: one process per GPU. When the process sees several GPUs and a launcher gave it a local
  * rank (Open MPI, Slurm, torchrun), it takes GPU local_rank % count; otherwise the current device
@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/cuda/attention_cudnn.h"
 #include "kernels/cuda/cuda_kernels.h"
 
 /* mma.sync on bf16 needs compute capability 8.0 */
@@ -47,6 +48,8 @@ static const tga_ops cuda_ops = {
     .segment_mean_forward = tga_cuda_segment_mean_forward,
     .segment_mean_backward = tga_cuda_segment_mean_backward,
     .tga_align_loss = tga_cuda_tga_align_loss,
+    .tga_align_fused_forward = tga_cuda_tga_align_fused_forward,
+    .tga_align_fused_backward = tga_cuda_tga_align_fused_backward,
     .add_inplace = tga_cuda_add_inplace,
     .scale_inplace = tga_cuda_scale_inplace,
     .sum_squares = tga_cuda_sum_squares,
@@ -54,6 +57,15 @@ static const tga_ops cuda_ops = {
     .adamw = tga_cuda_adamw,
     .topk_merge = tga_cuda_topk_merge,
 };
+
+/* The table tga_cuda_backend_init hands out: cuda_ops, or the copy with other attention ops that
+ * tga_cuda_select_attention (attention_cudnn.c) publishes. runtime/backend.c calls init again
+ * after a selection to pick it up. */
+static const tga_ops *published_ops = &cuda_ops;
+
+const tga_ops *tga_cuda_own_ops(void) { return &cuda_ops; }
+
+void tga_cuda_publish_ops(const tga_ops *ops) { published_ops = ops; }
 
 /* After the name, the table holds only function pointers, so it can be scanned for an op left
  * out: an op added to ops.h without a CUDA version makes initialisation fail, not a call crash. */
@@ -107,7 +119,7 @@ static int choose_device(char *why, size_t why_size, int *device, struct cudaDev
 
 __attribute__((visibility("default"))) const tga_ops *tga_cuda_backend_init(char *why, size_t why_size) {
     static int ready;
-    if (ready) return &cuda_ops;
+    if (ready) return published_ops;
     int device = 0;
     struct cudaDeviceProp prop;
     if (!choose_device(why, why_size, &device, &prop)) return NULL;
@@ -123,5 +135,5 @@ __attribute__((visibility("default"))) const tga_ops *tga_cuda_backend_init(char
              prop.major, prop.minor, (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0),
              tga_cuda_gemm_precision());
     ready = 1;
-    return &cuda_ops;
+    return published_ops;
 }

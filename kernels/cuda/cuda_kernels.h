@@ -95,6 +95,11 @@ void tga_cuda_segment_mean_forward(float *out, const float *in, const tga_segmen
 void tga_cuda_segment_mean_backward(float *din, const float *dout, const tga_segments *seg, int D);
 void tga_cuda_tga_align_loss(double *pair_sum, double *rank_sum, float *cos_vc, float *cos_rc, float *dv,
                              float *dr, const tga_align_args *args);
+void tga_cuda_tga_align_fused_forward(double *pair_sum, double *rank_sum, float *cos_vc, float *cos_rc, float *v,
+                                      float *r, float *dv, float *dr, const float *const *hidden, int n_layers,
+                                      const tga_segments *img, const tga_segments *ret, const tga_align_args *args);
+void tga_cuda_tga_align_fused_backward(float *din, const float *dv, const float *dr, const tga_segments *img,
+                                       const tga_segments *ret, int D);
 void tga_cuda_add_inplace(float *y, const float *x, size_t n);
 void tga_cuda_scale_inplace(float *x, float alpha, size_t n);
 double tga_cuda_sum_squares(const float *x, size_t n);

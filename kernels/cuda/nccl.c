@@ -24,6 +24,7 @@
 
 #include "kernels/collectives.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/dynlib.h"
 
 _Static_assert(sizeof(ncclUniqueId) == TGA_COLL_ID_BYTES,
                "TGA_COLL_ID_BYTES must equal sizeof(ncclUniqueId)");
@@ -68,10 +69,7 @@ static const char *library_path(void) {
 
 /* Fills `nccl` from an opened library; -1, naming the first missing function, if one is absent. */
 static int resolve_functions(void *library, const char *path, char *err, size_t cap) {
-    const struct {
-        const char *symbol;
-        void *function_pointer; /* the address of the field that receives it */
-    } wanted[] = {
+    const tga_dynlib_symbol wanted[] = {
         {"ncclGetVersion", &nccl.get_version},
         {"ncclGetUniqueId", &nccl.get_unique_id},
         {"ncclCommInitRank", &nccl.comm_init_rank},
@@ -83,16 +81,9 @@ static int resolve_functions(void *library, const char *path, char *err, size_t 
         {"ncclCommDestroy", &nccl.comm_destroy},
         {"ncclGetErrorString", &nccl.get_error_string},
     };
-    for (size_t i = 0; i < sizeof wanted / sizeof wanted[0]; i++) {
-        void *address = dlsym(library, wanted[i].symbol);
-        if (!address) {
-            snprintf(err, cap, "nccl: %s has no %s (NCCL 2.4 or newer is needed)", path, wanted[i].symbol);
-            return -1;
-        }
-        /* POSIX guarantees a dlsym address converts to a function pointer; memcpy says so in C */
-        memcpy(wanted[i].function_pointer, &address, sizeof address);
-    }
-    return 0;
+    const char *missing = tga_dynlib_resolve(library, wanted, sizeof wanted / sizeof wanted[0]);
+    if (missing) snprintf(err, cap, "nccl: %s has no %s (NCCL 2.4 or newer is needed)", path, missing);
+    return missing ? -1 : 0;
 }
 
 static int load_nccl(char *err, size_t cap) {

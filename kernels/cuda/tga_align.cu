@@ -7,30 +7,16 @@
  * One block per sample computes its dot products (fixed-order block sums in double), its terms
  * and its gradient rows; one thread then adds the per-sample terms in sample order, and the two
  * sums come back to the host, which is why this op waits for the device. */
-#include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/cosine.cuh"
 
 namespace tga_cuda {
 
 constexpr int kAlignThreads = 256;
 
-struct cosine_terms {
-    double cos, inv_norm_x, inv_norm_y;
-};
-
-__device__ inline cosine_terms cosine_from_sums(double xy, double xx, double yy, double eps) {
-    cosine_terms t;
-    t.inv_norm_x = 1.0 / fmax(sqrt(xx), eps);
-    t.inv_norm_y = 1.0 / fmax(sqrt(yy), eps);
-    t.cos = xy * t.inv_norm_x * t.inv_norm_y;
-    return t;
-}
-
 /* grad[d] = scale * dcos(x, y)/dx[d] over the block's share of the row */
 __device__ inline void cosine_grad_x(float *grad, double scale, const cosine_terms &t, const float *x, const float *y,
                                      int D) {
-    const double along_y = scale * t.inv_norm_x * t.inv_norm_y;
-    const double along_x = -scale * t.cos * t.inv_norm_x * t.inv_norm_x;
-    for (int d = threadIdx.x; d < D; d += blockDim.x) grad[d] = (float)(along_y * y[d] + along_x * x[d]);
+    for (int d = threadIdx.x; d < D; d += blockDim.x) grad[d] = cosine_grad(scale, t, x[d], y[d]);
 }
 
 __device__ inline void zero_row(float *row, int D) {

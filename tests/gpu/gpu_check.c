@@ -6,7 +6,7 @@
  *
  *   gpu_check [--only family,family,...] [--small] [--seed N]
  * families: memory gemm linear embedding rmsnorm rope attention activations lm_head pooling
- * tga_align elementwise adamw topk model
+ * tga_align tga_align_fused elementwise adamw topk model
  *
  * Limits follow the precision policy of kernels/cuda/README.md: exact where the CUDA op repeats
  * the CPU's arithmetic, 1e-5..1e-6 for fp32 reductions in another order, the GEMM limit (TF32 or
@@ -555,6 +555,154 @@ static void check_tga_align(void) {
     align_case(32, 4096, 1);
 }
 
+/* ---- fused TGA alignment (all align layers in one op) ------------------------------------------ */
+
+/* A micro-batch as the model lays it out: samples of T rows, images of `patches` rows placed by
+ * (sample, start), one retrieved-text span per sample (length 0 = none), tox samples. */
+typedef struct align_fused_shape {
+    const char *name;
+    int n_layers, D, B, T, patches, n_images;
+    const int *image_sample, *image_start; /* [n_images] */
+    const int *ret_start, *ret_len, *tox;  /* [B] */
+} align_fused_shape;
+
+/* Host segment tables and flags built as trainer/model.c builds them, and their device copies. */
+typedef struct align_fused_batch {
+    int *img_table, *ret_table; /* start, count, out_index, out_rows: 3 * n_segments + n_out ints */
+    uint8_t *flags;             /* use_pair [B], use_rank [B] */
+    tga_segments img, ret, dev_img, dev_ret;
+    uint8_t *dev_flags;
+} align_fused_batch;
+
+static tga_segments segments_in(const int *table, int n_seg, int n_out) {
+    return (tga_segments){n_seg, n_out, table, table + n_seg, table + 2 * n_seg, table + 3 * n_seg};
+}
+
+static int *segment_table(int n_seg, int n_out, const int *start, const int *count, const int *out) {
+    int *t = xmalloc((size_t)(3 * n_seg + n_out) * sizeof *t);
+    memset(t, 0, (size_t)(3 * n_seg + n_out) * sizeof *t);
+    for (int s = 0; s < n_seg; s++) {
+        t[s] = start[s];
+        t[n_seg + s] = count[s];
+        t[2 * n_seg + s] = out[s];
+        t[3 * n_seg + out[s]] += count[s];
+    }
+    return t;
+}
+
+static void align_fused_batch_make(align_fused_batch *k, const align_fused_shape *sh) {
+    const int B = sh->B, I = sh->n_images;
+    int *start = xmalloc((size_t)(I + B) * 3 * sizeof *start), *count = start + I + B, *out = count + I + B;
+    for (int i = 0; i < I; i++) {
+        start[i] = sh->image_sample[i] * sh->T + sh->image_start[i];
+        count[i] = sh->patches;
+        out[i] = sh->image_sample[i];
+    }
+    k->img_table = segment_table(I, B, start, count, out);
+    for (int b = 0; b < B; b++) {
+        start[b] = b * sh->T + sh->ret_start[b];
+        count[b] = sh->ret_len[b];
+        out[b] = b;
+    }
+    k->ret_table = segment_table(B, B, start, count, out);
+    free(start);
+    k->img = segments_in(k->img_table, I, B);
+    k->ret = segments_in(k->ret_table, B, B);
+    k->flags = xmalloc((size_t)2 * B);
+    for (int b = 0; b < B; b++) {
+        k->flags[b] = k->img_table[3 * I + b] > 0 && !sh->tox[b];
+        k->flags[B + b] = k->flags[b] && sh->ret_len[b] > 0;
+    }
+    k->dev_img = segments_in(gc_device(k->img_table, (size_t)(3 * I + B) * sizeof(int)), I, B);
+    k->dev_ret = segments_in(gc_device(k->ret_table, (size_t)4 * B * sizeof(int)), B, B);
+    k->dev_flags = gc_device(k->flags, (size_t)2 * B);
+}
+
+/* The CPU op on host copies and the CUDA op on device copies of the same inputs: sums, cosines,
+ * pooled vectors and gradients, then the same without the optional outputs, then the backward
+ * scatter of the last layer's gradients (the CPU's arithmetic in the CPU's order: exact). */
+static void align_fused_case(const align_fused_shape *sh) {
+    const int L = sh->n_layers, D = sh->D, B = sh->B;
+    const size_t n_hidden = (size_t)B * sh->T * D, n_pooled = (size_t)L * B * D, n_cos = (size_t)L * B;
+    align_fused_batch k;
+    align_fused_batch_make(&k, sh);
+    const float *hidden[4], *dev_hidden[4];
+    for (int j = 0; j < L; j++) {
+        float *h = gc_random(n_hidden, -1, 1);
+        hidden[j] = h;
+        dev_hidden[j] = gc_device(h, n_hidden * sizeof *h);
+    }
+    float *c = gc_random(n_pooled, -1, 1);
+    const tga_align_args args = {B, D, NULL, NULL, c, k.flags, k.flags + B, 0.3f, 0.2f, 1e-8f};
+    const tga_align_args dev_args = {B, D, NULL, NULL, gc_device(c, n_pooled * sizeof *c), k.dev_flags,
+                                     k.dev_flags + B, 0.3f, 0.2f, 1e-8f};
+    float *cos_vc = gc_nan(n_cos), *cos_rc = gc_nan(n_cos), *v = gc_nan(n_pooled), *r = gc_nan(n_pooled);
+    float *dv = gc_nan(n_pooled), *dr = gc_nan(n_pooled);
+    float *d_cos_vc = gc_device_nan(n_cos), *d_cos_rc = gc_device_nan(n_cos), *d_v = gc_device_nan(n_pooled);
+    float *d_r = gc_device_nan(n_pooled), *d_dv = gc_device_nan(n_pooled), *d_dr = gc_device_nan(n_pooled);
+    double pair_ref = 1.5, rank_ref = 0.5, pair = 1.5, rank = 0.5;
+    gc_cpu->tga_align_fused_forward(&pair_ref, &rank_ref, cos_vc, cos_rc, v, r, dv, dr, hidden, L, &k.img, &k.ret,
+                                    &args);
+    gc_gpu->tga_align_fused_forward(&pair, &rank, d_cos_vc, d_cos_rc, d_v, d_r, d_dv, d_dr, dev_hidden, L, &k.dev_img,
+                                    &k.dev_ret, &dev_args);
+    gc_report("tga_align_fused_forward.pair_sum", sh->name, rel_error_double(pair, pair_ref), 1e-9);
+    gc_report("tga_align_fused_forward.rank_sum", sh->name, rel_error_double(rank, rank_ref), 1e-9);
+    gc_compare("tga_align_fused_forward.cos_vc", sh->name, d_cos_vc, cos_vc, n_cos, 1e-6);
+    gc_compare("tga_align_fused_forward.cos_rc", sh->name, d_cos_rc, cos_rc, n_cos, 1e-6);
+    gc_compare("tga_align_fused_forward.v", sh->name, d_v, v, n_pooled, 1e-6);
+    gc_compare("tga_align_fused_forward.r", sh->name, d_r, r, n_pooled, 1e-6);
+    gc_compare("tga_align_fused_forward.dv", sh->name, d_dv, dv, n_pooled, 1e-6);
+    gc_compare("tga_align_fused_forward.dr", sh->name, d_dr, dr, n_pooled, 1e-6);
+
+    float *d_v_only = gc_device_nan(n_pooled), *d_r_only = gc_device_nan(n_pooled);
+    double pair_only = 1.5, rank_only = 0.5;
+    gc_gpu->tga_align_fused_forward(&pair_only, &rank_only, NULL, NULL, d_v_only, d_r_only, NULL, NULL, dev_hidden, L,
+                                    &k.dev_img, &k.dev_ret, &dev_args);
+    char shape[160];
+    snprintf(shape, sizeof shape, "%s, sums only", sh->name);
+    gc_report("tga_align_fused_forward.pair_sum", shape, rel_error_double(pair_only, pair_ref), 1e-9);
+    gc_report("tga_align_fused_forward.rank_sum", shape, rel_error_double(rank_only, rank_ref), 1e-9);
+    gc_compare("tga_align_fused_forward.v", shape, d_v_only, v, n_pooled, 1e-6);
+
+    const size_t last = (size_t)(L - 1) * B * D;
+    float *din = gc_random(n_hidden, -1, 1), *din_ref = gc_copy(din, n_hidden), *d_din = gc_device(din, n_hidden * 4);
+    gc_cpu->tga_align_fused_backward(din_ref, dv + last, dr + last, &k.img, &k.ret, D);
+    gc_gpu->tga_align_fused_backward(d_din, gc_device(dv + last, (size_t)B * D * 4),
+                                     gc_device(dr + last, (size_t)B * D * 4), &k.dev_img, &k.dev_ret, D);
+    gc_compare("tga_align_fused_backward", sh->name, d_din, din_ref, n_hidden, 0);
+
+    for (int j = 0; j < L; j++) free((void *)hidden[j]);
+    gc_free_host(k.img_table, k.ret_table, k.flags, c, cos_vc, cos_rc, v, r, dv, dr, din, din_ref, NULL);
+    gc_free_device();
+}
+
+static void check_tga_align_fused(void) {
+    /* sample 1 has two images; sample 2 is tox */
+    const align_fused_shape one = {"1 layer, D=32, 3 samples (two images, tox)", 1, 32, 3, 16, 4, 4,
+                                   (const int[]){0, 1, 1, 2}, (const int[]){2, 1, 7, 3},
+                                   (const int[]){8, 12, 9}, (const int[]){3, 2, 4}, (const int[]){0, 0, 1}};
+    align_fused_case(&one);
+    /* sample 1: two images, no retrieved text; sample 2: retrieved span overlapping its image;
+     * sample 3: no image; sample 4: tox */
+    const align_fused_shape two = {"2 layers, D=257, 5 samples (no image, no retrieved text, overlap, tox)", 2, 257,
+                                   5, 20, 6, 5, (const int[]){0, 1, 1, 2, 4}, (const int[]){1, 2, 10, 0, 5},
+                                   (const int[]){9, 0, 4, 3, 12}, (const int[]){4, 0, 5, 3, 3},
+                                   (const int[]){0, 0, 0, 0, 1}};
+    align_fused_case(&two);
+    /* sample 2: tox, no retrieved text; sample 3: two overlapping images and a retrieved span
+     * overlapping the second */
+    const align_fused_shape four = {"4 layers, D=1024, 4 samples x 100 rows, 64-row images", 4, 1024, 4, 100, 64, 5,
+                                    (const int[]){0, 1, 2, 3, 3}, (const int[]){9, 30, 1, 2, 33},
+                                    (const int[]){1, 2, 80, 70}, (const int[]){8, 20, 0, 30},
+                                    (const int[]){0, 0, 1, 0}};
+    align_fused_case(&four);
+    /* a 7B stage-1 micro-batch: 576-patch images, D=4096 */
+    const align_fused_shape big = {"3 layers, D=4096, 3 samples x 700 rows, 576-row images", 3, 4096, 3, 700, 576,
+                                   3, (const int[]){0, 1, 2}, (const int[]){9, 20, 40},
+                                   (const int[]){1, 1, 620}, (const int[]){8, 19, 60}, (const int[]){0, 0, 0}};
+    align_fused_case(&big);
+}
+
 /* ---- elementwise ------------------------------------------------------------------------------ */
 
 static void check_elementwise(void) {
@@ -662,8 +810,9 @@ static const family families[] = {
     {"memory", check_memory},           {"gemm", check_gemm},         {"linear", check_linear},
     {"embedding", check_embedding},     {"rmsnorm", check_rmsnorm},   {"rope", check_rope},
     {"attention", check_attention},     {"activations", check_activations}, {"lm_head", check_lm_head},
-    {"pooling", check_pooling},         {"tga_align", check_tga_align}, {"elementwise", check_elementwise},
-    {"adamw", check_adamw},             {"topk", check_topk},         {"model", gc_check_model},
+    {"pooling", check_pooling},         {"tga_align", check_tga_align}, {"tga_align_fused", check_tga_align_fused},
+    {"elementwise", check_elementwise}, {"adamw", check_adamw},       {"topk", check_topk},
+    {"model", gc_check_model},
 };
 
 int main(int argc, char **argv) {

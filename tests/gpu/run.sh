@@ -4,7 +4,8 @@
 #   1. environment: driver, device, toolkit, and the shared libraries of the binaries;
 #   2. gpu_check: every CUDA op against the CPU reference (several shapes, poisoned outputs), then
 #      a small model's forward/backward and two optimizer steps on both backends; gpu_check_nccl:
-#      the NCCL collectives on one rank (values and stream ordering);
+#      the NCCL collectives on one rank (values and stream ordering); gpu_check_cudnn: cuDNN's
+#      attention (model.attention: cudnn) against the CPU;
 #   3. gpu_check again for the GEMM-based ops with TGA_CUDA_GEMM=fp32 (tight limits);
 #   4. bench_kernels --quick: each op at 7B stage-1 shapes next to its ceiling;
 #   5. tga bench step on the CUDA backend: the tiny config, and a 7B-shaped 2-layer model (ms/step,
@@ -24,8 +25,8 @@
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 PREBUILT=$ROOT/build-gpu
-BINARIES=(tga libtga_cuda.so tests/gpu/gpu_check tests/gpu/gpu_check_nccl benchmarks/bench_kernels)
-TARGETS=(tga tga_cuda gpu_check gpu_check_nccl bench_kernels)
+BINARIES=(tga libtga_cuda.so tests/gpu/gpu_check tests/gpu/gpu_check_nccl tests/gpu/gpu_check_cudnn benchmarks/bench_kernels)
+TARGETS=(tga tga_cuda gpu_check gpu_check_nccl gpu_check_cudnn bench_kernels)
 
 configure_and_build() { # build_dir jobs [extra cmake args...]
     local dir=$1 jobs=$2
@@ -124,6 +125,10 @@ section "gpu_check_nccl (device collectives, one rank; SKIP without libnccl.so.2
 timeout 60 "$BUILD/tests/gpu/gpu_check_nccl" | tee "$OUT/gpu_check_nccl.txt"
 NCCL_STATUS=${PIPESTATUS[0]}
 
+section "gpu_check_cudnn (cuDNN attention against the CPU; SKIP without libcudnn.so.9)"
+timeout 120 "$BUILD/tests/gpu/gpu_check_cudnn" | tee "$OUT/gpu_check_cudnn.txt"
+CUDNN_STATUS=${PIPESTATUS[0]}
+
 section "bench_kernels --quick"
 timeout 240 "$BUILD/benchmarks/bench_kernels" --quick | tee "$OUT/bench_kernels.txt"
 
@@ -144,8 +149,10 @@ section "training steps on the GPU (tga bench step)"
 } 2>&1 | tee "$OUT/bench_step.txt"
 
 section "summary"
-grep -E '^gpu_check: [0-9]+ checks|^FAIL|^SKIP' "$OUT/gpu_check.txt" "$OUT/gpu_check_fp32.txt" "$OUT/gpu_check_nccl.txt"
-echo "gpu_check exit $CHECK_STATUS, fp32 GEMM check exit $FP32_STATUS, NCCL check exit $NCCL_STATUS" \
+grep -E '^gpu_check: [0-9]+ checks|^FAIL|^SKIP' "$OUT/gpu_check.txt" "$OUT/gpu_check_fp32.txt" "$OUT/gpu_check_nccl.txt" \
+    "$OUT/gpu_check_cudnn.txt"
+echo "gpu_check exit $CHECK_STATUS, fp32 GEMM check exit $FP32_STATUS, NCCL check exit $NCCL_STATUS," \
+    "cuDNN check exit $CUDNN_STATUS" \
     "(0 pass, 1 failures, 2 no CUDA backend);" \
     "files in $OUT"
 exit "$CHECK_STATUS"

@@ -45,21 +45,12 @@ static void reference_backward(double *din, const float *dout) {
     }
 }
 
-static double max_abs_diff(const float *a, const double *b, size_t n) {
-    double worst = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double diff = fabs((double)a[i] - b[i]);
-        if (!(diff <= worst)) worst = diff;
-    }
-    return worst;
-}
-
 static void check_forward(const float *in, uint64_t *rng) {
     float *out = tu_alloc_uniform(N_OUT * DIM, 50.0f, 60.0f, rng); /* must be overwritten */
     double expected[N_OUT * DIM];
     reference_forward(expected, in);
     tga_cpu_segment_mean_forward(out, in, &SEGMENTS, DIM);
-    double err = max_abs_diff(out, expected, N_OUT * DIM);
+    double err = tu_max_abs_diff(out, expected, N_OUT * DIM);
     printf("forward: max abs error %.2e\n", err);
     CHECK(err < 1e-6, "forward max abs error %.3e", err);
     for (int d = 0; d < DIM; d++) CHECK(out[2 * DIM + d] == 0.0f, "empty output 2 col %d = %g", d, out[2 * DIM + d]);
@@ -78,7 +69,7 @@ static void check_backward(uint64_t *rng) {
     reference_backward(expected, dout);
     for (int i = 0; i < N_ROWS * DIM; i++) expected[i] += din_before[i]; /* din accumulates */
     tga_cpu_segment_mean_backward(din, dout, &SEGMENTS, DIM);
-    double err = max_abs_diff(din, expected, N_ROWS * DIM);
+    double err = tu_max_abs_diff(din, expected, N_ROWS * DIM);
     printf("backward: max abs error %.2e\n", err);
     CHECK(err < 1e-6, "backward max abs error %.3e", err);
     free(dout);
