@@ -3,7 +3,8 @@
 #   ZeRO-1 (train.zero_stage 1, ordered sync): the gradient shards are the ordered tree's sums bit
 #     for bit; only the gradient norm is summed shard by shard, so parameters agree within 1e-6
 #     (bitwise when no step is clipped) on 2 and 4 ranks.
-#   Resume: a ZeRO-1 run stopped at step 8 resumes exactly on the same ranks; its sharded optimizer
+#   Resume: a ZeRO-1 run stopped at step 8 resumes exactly on the same ranks (also when a damaged
+#     shard of step 12 makes it fall back to step 8); its sharded optimizer
 #     state also resumes on 1 rank without ZeRO-1, and a replicated checkpoint resumes on 4 ranks
 #     with ZeRO-1 (re-sharding): both end within 1e-6 (params) / 1e-5 (AdamW state) of the
 #     reference, which misplaced moments could not.
@@ -45,6 +46,21 @@ for file in params.tgat optim.rank-00000.tgat optim.rank-00001.tgat; do
         fail "ZeRO-1 resumed on 2 ranks: $file differs from the uninterrupted ZeRO-1 run"
 done
 note "ZeRO-1 stopped at step 8 and resumed on 2 ranks: bitwise the uninterrupted ZeRO-1 run"
+
+# a flipped byte in rank 1's optimizer shard of step 12: resume names the file, falls back to step 8
+# and ends bitwise equal to the uninterrupted ZeRO-1 run (its final step-12 checkpoint rewritten)
+cp -a "$work/zero-2" "$work/zero-2-damaged"
+shard=$(ckpt_dir "$work/zero-2-damaged" 12)/optim.rank-00001.tgat
+flip_byte "$shard" $(($(stat -c %s "$shard") / 2))
+train 2 "$work/zero-2-damaged" --set train.zero_stage=1 ||
+    fail "resuming past a damaged ZeRO-1 shard failed (log: $work/zero-2-damaged.log)"
+expect_log "$work/zero-2-damaged.log" "optim.rank-00001.tgat" "damaged shard named"
+expect_log "$work/zero-2-damaged.log" "resumed from $(ckpt_dir "$work/zero-2-damaged" 8) (step 8)" "damaged shard"
+for file in params.tgat optim.rank-00000.tgat optim.rank-00001.tgat; do
+    cmp -s "$(ckpt_dir "$work/zero-2" 12)/$file" "$(ckpt_dir "$work/zero-2-damaged" 12)/$file" ||
+        fail "damaged shard: the recomputed step 12's $file differs from the uninterrupted ZeRO-1 run's"
+done
+note "a damaged ZeRO-1 shard was named and skipped: resumed from step 8, step 12 recomputed bitwise"
 
 # sharded -> replicated (1 rank), replicated -> sharded (4 ranks)
 cp -a "$work/zero-2" "$work/zero-to-1"
