@@ -1,0 +1,154 @@
+/* The device-collective path of dist/ (device_comm.c and the bucketed sync's device mode) under
+ * mpirun, with tga_active_coll pointed at collectives over MPI on host memory: the CPU backend's
+ * "device" memory is host memory, so the calls the trainer makes on a GPU (unique id from rank 0
+ * broadcast, init, all-reduces enqueued bucket by bucket from the backward pass, wait) run and
+ * their results can be checked against a plain MPI all-reduce. The ordering on streams is NCCL's
+ * and is not exercised here (tests/gpu/gpu_check_nccl does that on a GPU).
+ *   device_comm_mpi N */
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dist/bucket_sync.h"
+#include "dist/comm.h"
+#include "dist/device_comm.h"
+#include "kernels/collectives.h"
+#include "runtime/rng.h"
+
+static int failures = 0;
+#define EXPECT(cond, ...)                                                                                    \
+    do {                                                                                                     \
+        if (!(cond)) {                                                                                       \
+            fprintf(stderr, "FAIL rank %d %s:%d: ", tga_dist_rank(), __FILE__, __LINE__);                    \
+            fprintf(stderr, __VA_ARGS__);                                                                    \
+            fputc('\n', stderr);                                                                             \
+            failures++;                                                                                      \
+        }                                                                                                    \
+    } while (0)
+
+/* ---- collectives over MPI in the tga_coll_ops shape ---- */
+static unsigned char joined_id[TGA_COLL_ID_BYTES];
+static int joined = 0, enqueued = 0, fail_next_wait = 0;
+
+static int host_make_id(void *id, char *err, size_t cap) {
+    (void)err;
+    (void)cap;
+    tga_rng_stream s = tga_rng_stream_make(20261128, TGA_RNG_TEST, 1);
+    for (int i = 0; i < TGA_COLL_ID_BYTES; i++) ((unsigned char *)id)[i] = (unsigned char)(tga_rng_uniform(&s, i) * 256);
+    return 0;
+}
+
+static int host_init(const void *id, int rank, int world, char *err, size_t cap) {
+    if (rank != tga_dist_rank() || world != tga_dist_world()) {
+        snprintf(err, cap, "init with rank %d of %d", rank, world);
+        return -1;
+    }
+    memcpy(joined_id, id, TGA_COLL_ID_BYTES);
+    joined = 1;
+    return 0;
+}
+
+static int host_allreduce(float *buf, size_t n, char *err, size_t cap) {
+    if (!joined) {
+        snprintf(err, cap, "all-reduce before init");
+        return -1;
+    }
+    enqueued++;
+    return MPI_Allreduce(MPI_IN_PLACE, buf, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD) == MPI_SUCCESS ? 0 : -1;
+}
+
+static int host_reduce_scatter(const float *send, float *recv, size_t n, char *err, size_t cap) {
+    (void)err;
+    (void)cap;
+    return MPI_Reduce_scatter_block(send, recv, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD) == MPI_SUCCESS ? 0 : -1;
+}
+
+static int host_allgather(const float *send, float *recv, size_t n, char *err, size_t cap) {
+    (void)err;
+    (void)cap;
+    return MPI_Allgather(send, (int)n, MPI_FLOAT, recv, (int)n, MPI_FLOAT, MPI_COMM_WORLD) == MPI_SUCCESS ? 0 : -1;
+}
+
+static int host_wait(double timeout_s, const char *what, char *err, size_t cap) {
+    (void)timeout_s;
+    if (!fail_next_wait) return 0;
+    fail_next_wait = 0;
+    snprintf(err, cap, "%s: injected asynchronous failure", what);
+    return -1;
+}
+
+static void host_destroy(void) { joined = 0; }
+
+static const tga_coll_ops host_coll = {"host MPI (test)", host_make_id, host_init, host_allreduce,
+                                       host_reduce_scatter, host_allgather, host_wait, host_destroy};
+
+/* ---- checks ---- */
+
+static void fill(float *x, size_t n, int rank) {
+    tga_rng_stream s = tga_rng_stream_make(7, TGA_RNG_TEST, (uint64_t)rank);
+    for (size_t i = 0; i < n; i++) x[i] = tga_rng_normal(&s, i);
+}
+
+/* The groups a backward pass reports, last layer first, as contiguous ranges of [0, n): `layers`
+ * equal ranges below a head range, then the embeddings at the bottom and a projector at the top. */
+static void report_backward(tga_bucket_sync *s, size_t n, int layers) {
+    size_t emb = n / 10, proj = n / 10, body = n - emb - proj, head = body / (layers + 1), per = head;
+    size_t top = emb + body; /* the head group ends where the projector starts */
+    tga_bucket_sync_ready(s, top - head, top);
+    for (int l = layers - 1; l >= 0; l--) {
+        size_t lo = emb + (size_t)l * per, hi = l == layers - 1 ? top - head : lo + per;
+        tga_bucket_sync_ready(s, lo, hi);
+    }
+    tga_bucket_sync_ready(s, 0, emb);
+    tga_bucket_sync_ready(s, top, n);
+}
+
+int main(int argc, char **argv) {
+    if (tga_dist_init(&argc, &argv) != TGA_OK || argc < 2) return 2;
+    size_t n = (size_t)atol(argv[1]);
+    int rank = tga_dist_rank();
+    tga_active_coll = &host_coll;
+    EXPECT(tga_dist_device_start(60) == TGA_OK && tga_dist_device_active(), "start: %s", tga_error_message());
+    unsigned char all_ids[64 * TGA_COLL_ID_BYTES];
+    tga_dist_allgather(joined_id, all_ids, TGA_COLL_ID_BYTES, "id check");
+    for (int r = 1; r < tga_dist_world(); r++)
+        EXPECT(memcmp(all_ids, all_ids + (size_t)r * TGA_COLL_ID_BYTES, TGA_COLL_ID_BYTES) == 0,
+               "rank %d joined with another unique id than rank 0", r);
+
+    float *grads = malloc(n * sizeof(float)), *expected = malloc(n * sizeof(float));
+    fill(grads, n, rank);
+    memcpy(expected, grads, n * sizeof(float));
+    MPI_Allreduce(MPI_IN_PLACE, expected, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+    tga_bucket_sync *s;
+    EXPECT(tga_bucket_sync_create(&s, grads, n, n / 7, 1) == TGA_OK, "create: %s", tga_error_message());
+    report_backward(s, n, 6);
+    int before_finish = enqueued;
+    EXPECT(tga_bucket_sync_finish(s) == TGA_OK, "finish: %s", tga_error_message());
+    EXPECT(before_finish >= 3, "only %d bucket(s) went out during the backward pass", before_finish);
+    EXPECT(memcmp(grads, expected, n * sizeof(float)) == 0, "the bucketed sums differ from one all-reduce");
+    EXPECT(tga_bucket_sync_last_buckets(s) == enqueued, "%d buckets reported, %d enqueued",
+           tga_bucket_sync_last_buckets(s), enqueued);
+
+    /* an asynchronous failure seen by wait comes back from finish, naming the operation */
+    fail_next_wait = 1;
+    report_backward(s, n, 6);
+    tga_status st = tga_bucket_sync_finish(s);
+    EXPECT(st == TGA_ERR_DIST && strstr(tga_error_message(), "gradient buckets") &&
+               strstr(tga_error_message(), "injected asynchronous failure"),
+           "a failed wait: status %d, %s", st, tga_error_message());
+    tga_error_clear();
+    tga_bucket_sync_free(s);
+    tga_dist_device_stop();
+    EXPECT(!tga_dist_device_active() && !joined, "stop left the collectives running");
+
+    int all_failures = 0;
+    MPI_Allreduce(&failures, &all_failures, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    if (rank == 0)
+        printf("%s device_comm_mpi (%d ranks, %zu floats, %d buckets): %d failure(s)\n", all_failures ? "FAIL" : "PASS",
+               tga_dist_world(), n, before_finish, all_failures);
+    free(grads);
+    free(expected);
+    tga_dist_finalize();
+    return all_failures ? 1 : 0;
+}
