@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/exp_poly.h"
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
@@ -21,34 +22,14 @@
 #define SQRT1_2 0.70710678118654752440
 #define INV_SQRT_2PI 0.39894228040143267794
 
-/* e^x by Cody-Waite reduction x = n ln2 + r (|r| <= ln2 / 2), Cephes' expf polynomial for e^r
- * and 2^n assembled in the exponent bits; about 1 ulp from the exact value. n is rounded with
- * the 1.5 * 2^23 trick and read back from the sum's low mantissa bits, so there is no
- * float-to-int conversion. x is clamped to [-87.3, 89]: below, e^x stops at ~1e-38 instead of
- * going subnormal (1 + e^x is 1 either way); above 88.38, n = 128 writes the exponent of +inf,
- * so e^x overflows to inf slightly before expf would. NaN becomes the lower bound; the SwiGLU
- * formulas still propagate it through their other factor of the gate. */
+/* e^x for SwiGLU (kernels/cpu/exp_poly.h). x is clamped to [-87.3, 89]: below, e^x stops at
+ * ~1e-38 instead of going subnormal (1 + e^x is 1 either way); above 88.38 it overflows to inf
+ * slightly before expf would. NaN becomes the lower bound; the SwiGLU formulas still propagate it
+ * through their other factor of the gate. */
 ALWAYS_INLINE float exp_vectorizable(float x) {
-    const float round_magic = 12582912.0f; /* 1.5 * 2^23 */
-    const uint32_t round_magic_bits = 0x4B400000u;
     x = x >= -87.3f ? x : -87.3f;
     x = x <= 89.0f ? x : 89.0f;
-    float shifted = x * 1.44269504088896341f + round_magic;
-    float n = shifted - round_magic;
-    float r = x - n * 0.693359375f - n * -2.12194440e-4f; /* ln2 split in two for exactness */
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
-    uint32_t bits;
-    memcpy(&bits, &shifted, sizeof bits);
-    bits = (bits - round_magic_bits + 127u) << 23;
-    float two_to_n;
-    memcpy(&two_to_n, &bits, sizeof two_to_n);
-    return p * two_to_n;
+    return tga_exp_poly(x);
 }
 
 typedef struct {

@@ -17,6 +17,7 @@
  * picked at run time. Operands are packed into tile buffers, since rows H * hd floats apart
  * (often a multiple of 4 KiB) all fall into the same L1 sets. */
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/exp_poly.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -37,34 +38,6 @@ enum {
 /* Below this, exp underflows to 0 (the result is exactly 0 from about -87.3 on). */
 #define ATTN_EXP_MIN (-104.0f)
 
-/* exp(x) for ATTN_EXP_MIN <= x <= 88: 2^n * e^r with n = round(x / ln 2), Cody-Waite
- * reduction and Cephes' expf polynomial (about 1 ulp), and 2^n built in the exponent bits
- * (0 once n < -126, so no denormals). Branch-free so that the loops calling it vectorise;
- * libm's expf would stay a scalar call. */
-ATTN_INLINE float exp_in_range(float x) {
-    const float round_shift = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
-    float shifted = x * 1.44269504088896341f + round_shift;
-    float n = shifted - round_shift;
-    float r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
-    /* the low mantissa bits of `shifted` hold n + 0x400000 */
-    uint32_t shifted_bits;
-    memcpy(&shifted_bits, &shifted, sizeof shifted_bits);
-    int32_t biased_exponent = (int32_t)(shifted_bits - 0x4B400000u) + 127;
-    biased_exponent = biased_exponent > 0 ? biased_exponent : 0;
-    uint32_t scale_bits = (uint32_t)biased_exponent << 23;
-    float two_n;
-    memcpy(&two_n, &scale_bits, sizeof two_n);
-    return p * two_n;
-}
-
 /* row[j] = exp(row[j] - shift) over a tile row, for row[j] - shift <= 88; masked -inf scores
  * give exactly 0. The clamp is a loop of its own: inside the exp loop GCC threads the clamped
  * (constant) path into a branch and gives up vectorising. */
@@ -74,7 +47,7 @@ ATTN_INLINE void exp_shifted_row(float *row, float shift) {
         row[j] = x < ATTN_EXP_MIN ? ATTN_EXP_MIN : x;
     }
     for (int j = 0; j < ATTN_TILE; j++)
-        row[j] = exp_in_range(row[j]);
+        row[j] = tga_exp_poly(row[j]); /* kernels/cpu/exp_poly.h; exactly 0 at ATTN_EXP_MIN */
 }
 
 /* c_row[0:width] += sum over p < k of a_row[p * a_step] * b[p * b_stride + 0:width], summed in
