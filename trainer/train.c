@@ -844,11 +844,14 @@ static tga_status train_main(int argc, char **argv, run *r) {
         r->metrics = fopen(path, "a");
         if (!r->metrics) return tga_error(TGA_ERR_IO, "cannot open %s: %s", path, strerror(errno));
         tga_loader_info info = tga_loader_get_info(r->loader);
+        static const char *const sync_names[] = {"ordered", "allreduce", "bucketed"};
         TGA_INFO("tga train: %s, %d rank(s), backend %s; %llu samples, global batch %lld (micro %lld x accum %lld x %d); "
-                 "%lld steps; trainable %.3f M of %.3f M parameters", r->cfg.data.train, r->world,
+                 "%lld steps; trainable %.3f M of %.3f M parameters; gradient sync %s%s%s", r->cfg.data.train, r->world,
                  tga_backend_description(), (unsigned long long)info.n_samples, (long long)r->cfg.train.global_batch,
                  (long long)r->cfg.train.micro_batch, (long long)r->cfg.train.grad_accum, r->world,
-                 (long long)r->cfg.train.steps, tga_model_numel(r->model, 1) / 1e6, tga_model_numel(r->model, 0) / 1e6);
+                 (long long)r->cfg.train.steps, tga_model_numel(r->model, 1) / 1e6, tga_model_numel(r->model, 0) / 1e6,
+                 sync_names[r->cfg.train.grad_sync], tga_dist_device_active() ? " over the device collectives" : "",
+                 r->sharded ? ", ZeRO-1 optimizer shards" : "");
     }
     if (r->step >= r->cfg.train.steps) {
         if (r->rank == 0) TGA_INFO("the run is already complete (step %lld of %lld)", r->step, (long long)r->cfg.train.steps);
