@@ -54,6 +54,16 @@ tga_status tga_dist_device_allgather(const float *send, float *recv, size_t n, c
     return coll_result(tga_active_coll->allgather(send, recv, n, err, sizeof err), "all-gather", what, err);
 }
 
+tga_status tga_dist_device_reduce(float *buf, size_t n, int root, const char *what) {
+    char err[512] = "";
+    return coll_result(tga_active_coll->reduce_sum(buf, n, root, err, sizeof err), "reduce", what, err);
+}
+
+tga_status tga_dist_device_broadcast(float *buf, size_t n, int root, const char *what) {
+    char err[512] = "";
+    return coll_result(tga_active_coll->broadcast(buf, n, root, err, sizeof err), "broadcast", what, err);
+}
+
 tga_status tga_dist_device_wait(const char *what) {
     char err[512] = "";
     return coll_result(tga_active_coll->wait(wait_timeout, what, err, sizeof err), "wait", what, err);

@@ -21,6 +21,8 @@ void tga_dist_device_stop(void);
 tga_status tga_dist_device_allreduce(float *buf, size_t n, const char *what);
 tga_status tga_dist_device_reduce_scatter(const float *send, float *recv, size_t n, const char *what);
 tga_status tga_dist_device_allgather(const float *send, float *recv, size_t n, const char *what);
+tga_status tga_dist_device_reduce(float *buf, size_t n, int root, const char *what);
+tga_status tga_dist_device_broadcast(float *buf, size_t n, int root, const char *what);
 tga_status tga_dist_device_wait(const char *what);
 
 #endif

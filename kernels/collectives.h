@@ -32,6 +32,11 @@ typedef struct tga_coll_ops {
     int (*reduce_scatter_sum)(const float *send, float *recv, size_t recv_count, char *err, size_t cap);
     /* send[send_count] (device): recv[world * send_count] holds rank r's block at r * send_count. */
     int (*allgather)(const float *send, float *recv, size_t send_count, char *err, size_t cap);
+    /* buf[n] (device) on rank `root` = element-wise sum over ranks, in place (the other ranks'
+     * buffers are left as they were): ZeRO-1 sends each shard of the gradient to its owner. */
+    int (*reduce_sum)(float *buf, size_t n, int root, char *err, size_t cap);
+    /* buf[n] (device) = rank root's buf on every rank. */
+    int (*broadcast)(float *buf, size_t n, int root, char *err, size_t cap);
     /* Waits for every enqueued collective, polling for asynchronous errors. After timeout_s
      * seconds (0 = no limit) or an asynchronous error it aborts the communicator and returns -1
      * naming `what`; the communicator is then unusable (the job ends). */

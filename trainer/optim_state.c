@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "dist/comm.h"
+#include "dist/device_comm.h"
 #include "dist/grad_sync.h"
 #include "kernels/ops.h"
 
@@ -77,6 +78,29 @@ tga_status tga_optim_gather_params(tga_model *m) {
     free(send);
     free(recv);
     return st;
+}
+
+tga_status tga_optim_device_reduce_grads(tga_model *m) {
+    size_t n;
+    float *grads = tga_model_grad_buffer(m, &n);
+    for (int q = 0; q < tga_dist_world(); q++) {
+        size_t lo, hi;
+        tga_zero_shard(n, tga_dist_world(), q, &lo, &hi);
+        if (hi > lo) TGA_TRY(tga_dist_device_reduce(grads + lo, hi - lo, q, "ZeRO-1 gradient reduce"));
+    }
+    return tga_dist_device_wait("ZeRO-1 gradient reduce");
+}
+
+tga_status tga_optim_device_broadcast_params(tga_model *m) {
+    const size_t n = layout_length(m);
+    for (int q = 0; q < tga_dist_world(); q++) {
+        size_t lo, hi, first, count, at;
+        tga_zero_shard(n, tga_dist_world(), q, &lo, &hi);
+        int c = 0;
+        for (tga_param *p; (p = next_slice(m, &c, lo, hi, &first, &count, &at));)
+            TGA_TRY(tga_dist_device_broadcast(p->data + first, count, q, "ZeRO-1 parameter broadcast"));
+    }
+    return tga_dist_device_wait("ZeRO-1 parameter broadcast");
 }
 
 /* ---- checkpoints -------------------------------------------------------------------------------- */

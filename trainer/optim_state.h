@@ -20,6 +20,13 @@
  * to every rank (an all-gather in pieces of bounded size). */
 tga_status tga_optim_gather_params(tga_model *m);
 
+/* ZeRO-1 on the device collectives (NCCL), with no host copies and no extra device buffer: each
+ * rank's shard of the summed gradient goes to its owner (one in-place reduce per rank into the
+ * model's gradient buffer), and after the local AdamW step each owner broadcasts the parameter
+ * slices of its shard. Both wait for the collectives before returning. */
+tga_status tga_optim_device_reduce_grads(tga_model *m);
+tga_status tga_optim_device_broadcast_params(tga_model *m);
+
 /* This rank's part of the optimizer state into checkpoint writer w: replicated (rank 0 only, one
  * file) or sharded (every rank, its file). */
 tga_status tga_optim_state_save(tga_model *m, tga_ckpt_writer *w, int rank);

@@ -122,6 +122,7 @@ typedef struct run {
     float *grad_shard; /* host, ZeRO-1: this rank's shard of the synced gradient */
     size_t n_grad, shard_lo, shard_hi;
     int sharded;       /* ZeRO-1 over more than one rank */
+    int device_zero;   /* ZeRO-1 on the device collectives: reduce to owners, broadcast from owners */
     long long step, adam_updates;
     char base_params[800]; /* params.tgat of the checkpoint the frozen base came from ("" = random init) */
     FILE *metrics;
@@ -575,6 +576,10 @@ static tga_status create_sync(run *r) {
     if (bucketed && !host_memory && !device && r->world > 1)
         return tga_error(TGA_ERR_CONFIG, "train.grad_sync bucketed on %s needs the device collectives (NCCL), which "
                                          "are not available here; use ordered or allreduce", OPS->name);
+    if (r->sharded && device && r->cfg.train.grad_sync == TGA_GRAD_SYNC_ALLREDUCE) {
+        r->device_zero = 1; /* gradients accumulate in the model; see step_gradients */
+        return TGA_OK;
+    }
     if (bucketed || device_allreduce) {
         size_t bucket = bucketed ? (size_t)(r->cfg.train.bucket_mb * 1048576.0 / sizeof(float)) : n;
         return tga_bucket_sync_create(&r->buckets, grads, n, bucket, device);
@@ -596,6 +601,11 @@ static tga_status create_sync(run *r) {
 static tga_status step_gradients(run *r) {
     size_t n;
     float *g = tga_model_grad_buffer(r->model, &n);
+    if (r->device_zero) {
+        tga_model_zero_grads(r->model);
+        for (int i = 0; i < r->cur->n_micro; i++) TGA_TRY(run_micro_batch(r, i));
+        return tga_optim_device_reduce_grads(r->model);
+    }
     if (r->buckets) {
         tga_model_zero_grads(r->model);
         tga_status st = TGA_OK;
@@ -710,7 +720,8 @@ static tga_status train_loop(run *r) {
         } else {
             TGA_TRY(tga_optim_step(r->model, &r->optim, r->step, &r->adam_updates, &rep));
         }
-        if (r->sharded) TGA_TRY(tga_optim_gather_params(r->model));
+        if (r->sharded)
+            TGA_TRY(r->device_zero ? tga_optim_device_broadcast_params(r->model) : tga_optim_gather_params(r->model));
         OPS->sync();
         double ms = (now_seconds() - t0) * 1e3;
         double tokens = 0;

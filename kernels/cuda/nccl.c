@@ -44,6 +44,10 @@ static struct {
                                    ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream);
     ncclResult_t (*all_gather)(const void *send, void *recv, size_t send_count, ncclDataType_t type,
                                ncclComm_t comm, cudaStream_t stream);
+    ncclResult_t (*reduce)(const void *send, void *recv, size_t count, ncclDataType_t type, ncclRedOp_t op,
+                           int root, ncclComm_t comm, cudaStream_t stream);
+    ncclResult_t (*broadcast)(const void *send, void *recv, size_t count, ncclDataType_t type, int root,
+                              ncclComm_t comm, cudaStream_t stream);
     ncclResult_t (*comm_get_async_error)(ncclComm_t comm, ncclResult_t *async_error);
     ncclResult_t (*comm_abort)(ncclComm_t comm);
     ncclResult_t (*comm_destroy)(ncclComm_t comm);
@@ -76,6 +80,8 @@ static int resolve_functions(void *library, const char *path, char *err, size_t 
         {"ncclAllReduce", &nccl.all_reduce},
         {"ncclReduceScatter", &nccl.reduce_scatter},
         {"ncclAllGather", &nccl.all_gather},
+        {"ncclReduce", &nccl.reduce},
+        {"ncclBroadcast", &nccl.broadcast},
         {"ncclCommGetAsyncError", &nccl.comm_get_async_error},
         {"ncclCommAbort", &nccl.comm_abort},
         {"ncclCommDestroy", &nccl.comm_destroy},
@@ -265,6 +271,18 @@ static int nccl_allgather(const float *send, float *recv, size_t send_count, cha
                           "ncclAllGather", err, cap);
 }
 
+static int nccl_reduce_sum(float *buf, size_t n, int root, char *err, size_t cap) {
+    if (begin_collective("ncclReduce", buf, buf, n, err, cap) != 0) return -1;
+    return end_collective(nccl.reduce(buf, buf, n, ncclFloat32, ncclSum, root, coll.comm, coll.stream), "ncclReduce",
+                          err, cap);
+}
+
+static int nccl_broadcast(float *buf, size_t n, int root, char *err, size_t cap) {
+    if (begin_collective("ncclBroadcast", buf, buf, n, err, cap) != 0) return -1;
+    return end_collective(nccl.broadcast(buf, buf, n, ncclFloat32, root, coll.comm, coll.stream), "ncclBroadcast",
+                          err, cap);
+}
+
 /* ---- wait ------------------------------------------------------------------------------------- */
 
 static double monotonic_seconds(void) {
@@ -310,6 +328,8 @@ static const tga_coll_ops nccl_ops = {
     .allreduce_sum = nccl_allreduce_sum,
     .reduce_scatter_sum = nccl_reduce_scatter_sum,
     .allgather = nccl_allgather,
+    .reduce_sum = nccl_reduce_sum,
+    .broadcast = nccl_broadcast,
     .wait = nccl_wait,
     .destroy = nccl_destroy,
 };

@@ -5,6 +5,7 @@
  * their results can be checked against a plain MPI all-reduce. The ordering on streams is NCCL's
  * and is not exercised here (tests/gpu/gpu_check_nccl does that on a GPU).
  *   device_comm_mpi N */
+#include <math.h>
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,8 +14,11 @@
 #include "dist/bucket_sync.h"
 #include "dist/comm.h"
 #include "dist/device_comm.h"
+#include "dist/grad_sync.h"
 #include "kernels/collectives.h"
+#include "runtime/backend.h"
 #include "runtime/rng.h"
+#include "trainer/optim_state.h"
 
 static int failures = 0;
 #define EXPECT(cond, ...)                                                                                    \
@@ -70,6 +74,21 @@ static int host_allgather(const float *send, float *recv, size_t n, char *err, s
     return MPI_Allgather(send, (int)n, MPI_FLOAT, recv, (int)n, MPI_FLOAT, MPI_COMM_WORLD) == MPI_SUCCESS ? 0 : -1;
 }
 
+static int host_reduce(float *buf, size_t n, int root, char *err, size_t cap) {
+    (void)err;
+    (void)cap;
+    enqueued++;
+    const void *send = tga_dist_rank() == root ? MPI_IN_PLACE : buf;
+    return MPI_Reduce(send, buf, (int)n, MPI_FLOAT, MPI_SUM, root, MPI_COMM_WORLD) == MPI_SUCCESS ? 0 : -1;
+}
+
+static int host_broadcast(float *buf, size_t n, int root, char *err, size_t cap) {
+    (void)err;
+    (void)cap;
+    enqueued++;
+    return MPI_Bcast(buf, (int)n, MPI_FLOAT, root, MPI_COMM_WORLD) == MPI_SUCCESS ? 0 : -1;
+}
+
 static int host_wait(double timeout_s, const char *what, char *err, size_t cap) {
     (void)timeout_s;
     if (!fail_next_wait) return 0;
@@ -80,8 +99,16 @@ static int host_wait(double timeout_s, const char *what, char *err, size_t cap) 
 
 static void host_destroy(void) { joined = 0; }
 
-static const tga_coll_ops host_coll = {"host MPI (test)", host_make_id, host_init, host_allreduce,
-                                       host_reduce_scatter, host_allgather, host_wait, host_destroy};
+static const tga_coll_ops host_coll = {.name = "host MPI (test)",
+                                       .make_id = host_make_id,
+                                       .init = host_init,
+                                       .allreduce_sum = host_allreduce,
+                                       .reduce_scatter_sum = host_reduce_scatter,
+                                       .allgather = host_allgather,
+                                       .reduce_sum = host_reduce,
+                                       .broadcast = host_broadcast,
+                                       .wait = host_wait,
+                                       .destroy = host_destroy};
 
 /* ---- checks ---- */
 
@@ -102,6 +129,62 @@ static void report_backward(tga_bucket_sync *s, size_t n, int layers) {
     }
     tga_bucket_sync_ready(s, 0, emb);
     tga_bucket_sync_ready(s, top, n);
+}
+
+/* ZeRO-1 on the device collectives (trainer/optim_state.c) with a small stage-2 model sharded over
+ * the ranks: after the reduce, this rank's shard of the gradient is the sum over ranks; after the
+ * broadcast, every parameter equals what its shard's owner holds. */
+static void check_zero(void) {
+    const int world = tga_dist_world(), rank = tga_dist_rank();
+    tga_model_dims d = {.dim = 16, .n_layers = 2, .n_heads = 2, .n_kv_heads = 1, .ffn_dim = 24, .vocab_size = 32,
+                        .max_seq_len = 8, .rope_theta = 10000, .norm_eps = 1e-5f, .vision_dim = 4};
+    tga_run_shape shape = {.trainable = TGA_TRAIN_STAGE2, .micro_batch = 1, .max_len = 8, .max_images = 1,
+                           .image_tokens = 2, .ce_chunk = 4, .zero_world = world, .zero_rank = rank};
+    tga_model *m;
+    EXPECT(tga_model_create(&m, &d, &shape) == TGA_OK, "model: %s", tga_error_message());
+    size_t n, lo, hi;
+    float *grads = tga_model_grad_buffer(m, &n);
+    tga_zero_shard(n, world, rank, &lo, &hi);
+    fill(grads, n, rank);
+    float *sum = malloc(n * sizeof(float));
+    MPI_Allreduce(grads, sum, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+    EXPECT(tga_optim_device_reduce_grads(m) == TGA_OK, "reduce: %s", tga_error_message());
+    /* MPI_Reduce and MPI_Allreduce may add in different orders: rounding apart, the same sums */
+    double worst = 0, scale = 1e-30;
+    for (size_t i = 0; i < n; i++) scale = fmax(scale, fabs(sum[i]));
+    for (size_t i = lo; i < hi; i++) worst = fmax(worst, fabs((double)grads[i] - sum[i]) / scale);
+    EXPECT(worst <= 1e-6, "shard [%zu, %zu) differs from the sum by %.3g of its largest value", lo, hi, worst);
+
+    /* each rank marks the parameters of its own shard; everyone must end with the owners' marks */
+    int marked = 0;
+    for (int i = 0; i < tga_model_param_count(m); i++) {
+        tga_param *p = tga_model_param(m, i);
+        size_t off = tga_model_grad_offset(m, p);
+        for (size_t j = 0; p->trainable && j < p->numel; j++) {
+            int mine = off + j >= lo && off + j < hi;
+            p->data[j] = mine ? (float)(1000 * rank) + (float)j : -1.0f;
+            marked += mine;
+        }
+    }
+    EXPECT(world == 1 || marked > 0, "rank %d owns no parameters: the test shape is too small", rank);
+    EXPECT(tga_optim_device_broadcast_params(m) == TGA_OK, "broadcast: %s", tga_error_message());
+    int wrong = 0;
+    for (int i = 0; i < tga_model_param_count(m); i++) {
+        tga_param *p = tga_model_param(m, i);
+        size_t off = tga_model_grad_offset(m, p);
+        for (size_t j = 0; p->trainable && j < p->numel; j++) {
+            int owner = 0;
+            for (int q = 0; q < world; q++) {
+                size_t qlo, qhi;
+                tga_zero_shard(n, world, q, &qlo, &qhi);
+                if (off + j >= qlo && off + j < qhi) owner = q;
+            }
+            wrong += p->data[j] != (float)(1000 * owner) + (float)j;
+        }
+    }
+    EXPECT(wrong == 0, "%d parameter values differ from their owner's after the broadcast", wrong);
+    free(sum);
+    tga_model_free(m);
 }
 
 int main(int argc, char **argv) {
@@ -139,6 +222,9 @@ int main(int argc, char **argv) {
            "a failed wait: status %d, %s", st, tga_error_message());
     tga_error_clear();
     tga_bucket_sync_free(s);
+    EXPECT(tga_backend_select("cpu", 1) == TGA_OK, "cpu backend: %s", tga_error_message());
+    tga_active_coll = &host_coll; /* selecting the CPU backend leaves it without collectives */
+    check_zero();
     tga_dist_device_stop();
     EXPECT(!tga_dist_device_active() && !joined, "stop left the collectives running");
 

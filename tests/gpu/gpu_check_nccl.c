@@ -93,13 +93,23 @@ static void check_wait(const char *check) {
     report(status == 0, check, status == 0 ? "wait returned 0" : err);
 }
 
-/* In place: with one rank the sum is the input, scaled before and once after. */
-static void check_allreduce(const float *x) {
-    const char *check = "allreduce_sum (1 rank, in place, ordered)";
+typedef int (*in_place_collective)(float *buf, size_t n, char *err, size_t cap);
+
+static int reduce_to_root(float *buf, size_t n, char *err, size_t cap) {
+    return coll->reduce_sum(buf, n, 0, err, cap);
+}
+
+static int broadcast_from_root(float *buf, size_t n, char *err, size_t cap) {
+    return coll->broadcast(buf, n, 0, err, cap);
+}
+
+/* In place: with one rank the result (sum, or the root's values) is the input, scaled before and
+ * once after. */
+static void check_in_place(const char *check, in_place_collective collective, const float *x) {
     float *buf = device_from_host(x, N_ELEMENTS);
     scale_before_collective(buf);
     char err[512] = "";
-    if (coll->allreduce_sum(buf, N_ELEMENTS, err, sizeof err) != 0) {
+    if (collective(buf, N_ELEMENTS, err, sizeof err) != 0) {
         report(0, check, err);
     } else {
         gpu->scale_inplace(buf, 0.5f, N_ELEMENTS);
@@ -193,7 +203,9 @@ int main(void) {
     if (start_one_rank()) {
         uint64_t rng = 20240611;
         float *x = tu_alloc_uniform(N_ELEMENTS, -1.0f, 1.0f, &rng);
-        check_allreduce(x);
+        check_in_place("allreduce_sum (1 rank, in place, ordered)", coll->allreduce_sum, x);
+        check_in_place("reduce_sum (1 rank, root 0, in place, ordered)", reduce_to_root, x);
+        check_in_place("broadcast (1 rank, root 0, in place, ordered)", broadcast_from_root, x);
         check_copying("reduce_scatter_sum (1 rank, ordered)", coll->reduce_scatter_sum, x);
         check_copying("allgather (1 rank, ordered)", coll->allgather, x);
         free(x);
