@@ -9,6 +9,7 @@
 
 #include "dist/comm.h"
 #include "dist/device_comm.h"
+#include "dist/grad_sync.h"
 
 typedef struct bucket {
     size_t lo, hi;
@@ -19,6 +20,7 @@ struct tga_bucket_sync {
     size_t n, bucket_floats;
     int device;   /* enqueue on the device collectives instead of the thread */
     int threaded; /* a communication thread runs the host all-reduces */
+    int sharded;  /* ZeRO-1: reduce each shard's part to its owner */
     bucket pending; /* adjacent ready groups not yet sent (empty: lo == hi) */
 
     pthread_mutex_t lock;
@@ -50,9 +52,25 @@ static void record(tga_bucket_sync *s, tga_status st) {
     pthread_mutex_unlock(&s->lock);
 }
 
+/* Sums of [lo, hi) to rank `root` (ZeRO-1), or to every rank (root < 0). */
+static tga_status reduce_range(tga_bucket_sync *s, size_t lo, size_t hi, int root) {
+    float *buf = s->grads + lo;
+    if (root >= 0 && s->device) return tga_dist_device_reduce(buf, hi - lo, root, "gradient bucket (to its shard's owner)");
+    if (root >= 0) return tga_dist_reduce_f32(buf, hi - lo, root, "gradient bucket (to its shard's owner)");
+    if (s->device) return tga_dist_device_allreduce(buf, hi - lo, "gradient bucket");
+    return tga_dist_allreduce_f32(buf, hi - lo, "gradient bucket");
+}
+
 static tga_status reduce(tga_bucket_sync *s, bucket b) {
-    if (s->device) return tga_dist_device_allreduce(s->grads + b.lo, b.hi - b.lo, "gradient bucket");
-    return tga_dist_allreduce_f32(s->grads + b.lo, b.hi - b.lo, "gradient bucket");
+    if (!s->sharded) return reduce_range(s, b.lo, b.hi, -1);
+    for (int q = 0; q < tga_dist_world(); q++) { /* the same order on every rank */
+        size_t lo, hi;
+        tga_zero_shard(s->n, tga_dist_world(), q, &lo, &hi);
+        lo = lo > b.lo ? lo : b.lo;
+        hi = hi < b.hi ? hi : b.hi;
+        if (lo < hi) TGA_TRY(reduce_range(s, lo, hi, q));
+    }
+    return TGA_OK;
 }
 
 static void *comm_main(void *arg) {
@@ -74,7 +92,8 @@ static void *comm_main(void *arg) {
     return NULL;
 }
 
-tga_status tga_bucket_sync_create(tga_bucket_sync **out, float *grads, size_t n, size_t bucket_floats, int device) {
+tga_status tga_bucket_sync_create(tga_bucket_sync **out, float *grads, size_t n, size_t bucket_floats, int device,
+                                  int sharded) {
     *out = NULL;
     tga_bucket_sync *s = calloc(1, sizeof *s);
     if (!s) return tga_error(TGA_ERR_NOMEM, "bucketed gradient sync: out of memory");
@@ -82,6 +101,7 @@ tga_status tga_bucket_sync_create(tga_bucket_sync **out, float *grads, size_t n,
     s->n = n;
     s->bucket_floats = bucket_floats ? bucket_floats : 1;
     s->device = device;
+    s->sharded = sharded && tga_dist_world() > 1;
     s->threaded = !device && tga_dist_world() > 1 && tga_dist_thread_collectives();
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->wake, NULL);

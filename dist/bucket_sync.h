@@ -22,8 +22,11 @@
 typedef struct tga_bucket_sync tga_bucket_sync;
 
 /* grads[n]: the flat gradient buffer (host memory, or device memory when `device` is 1 and the
- * backend has collectives). */
-tga_status tga_bucket_sync_create(tga_bucket_sync **out, float *grads, size_t n, size_t bucket_floats, int device);
+ * backend has collectives). sharded (ZeRO-1): instead of an all-reduce, each bucket's part in rank
+ * q's shard (tga_zero_shard over n) is reduced to rank q alone, so a rank ends with the sums of its
+ * own shard only (the rest of its buffer holds partial sums). */
+tga_status tga_bucket_sync_create(tga_bucket_sync **out, float *grads, size_t n, size_t bucket_floats, int device,
+                                  int sharded);
 void tga_bucket_sync_free(tga_bucket_sync *s);
 
 /* [lo, hi) of grads is final for this step (called from the model's backward; never blocks on

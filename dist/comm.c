@@ -243,6 +243,25 @@ tga_status tga_dist_allreduce_f32(float *buf, size_t n, const char *what) {
     return TGA_OK;
 }
 
+tga_status tga_dist_reduce_f32(float *buf, size_t n, int root, const char *what) {
+#ifdef TGA_HAVE_MPI
+    if (g_world > 1) {
+        for (size_t off = 0; off < n;) {
+            size_t k = n - off < (1u << 28) ? n - off : (1u << 28);
+            const void *send = g_rank == root ? MPI_IN_PLACE : (const void *)(buf + off);
+            TGA_TRY(WATCHED(MPI_Reduce(send, buf + off, (int)k, MPI_FLOAT, MPI_SUM, root, MPI_COMM_WORLD), "reduce",
+                            what));
+            off += k;
+        }
+    }
+#endif
+    (void)buf;
+    (void)n;
+    (void)root;
+    (void)what;
+    return TGA_OK;
+}
+
 tga_status tga_dist_reduce_scatter_f32(const float *send, float *recv, size_t n, const char *what) {
     if (g_world == 1) {
         memmove(recv, send, n * sizeof(float));

@@ -34,6 +34,8 @@ tga_status tga_dist_sum_f64(double *buf, size_t n, const char *what);
 tga_status tga_dist_sum_i64(int64_t *buf, size_t n, const char *what);
 /* Fast float sum for large buffers (MPI_Allreduce; the order is MPI's choice). */
 tga_status tga_dist_allreduce_f32(float *buf, size_t n, const char *what);
+/* buf[n] on rank root = the sum over ranks, in place (MPI's order); other ranks' buf unchanged. */
+tga_status tga_dist_reduce_f32(float *buf, size_t n, int root, const char *what);
 /* send[world * n]: rank r receives the sum over ranks of block r in recv[n] (MPI's order). */
 tga_status tga_dist_reduce_scatter_f32(const float *send, float *recv, size_t n, const char *what);
 /* send[world * bytes]: block r goes to rank r; recv[world * bytes] holds rank r's block for this

@@ -122,7 +122,8 @@ typedef struct run {
     float *grad_shard; /* host, ZeRO-1: this rank's shard of the synced gradient */
     size_t n_grad, shard_lo, shard_hi;
     int sharded;       /* ZeRO-1 over more than one rank */
-    int device_zero;   /* ZeRO-1 on the device collectives: reduce to owners, broadcast from owners */
+    int device_zero;   /* ZeRO-1 allreduce on the device collectives: reduce to owners after backward */
+    int device_params; /* ZeRO-1 on the device collectives: owners broadcast their parameters */
     long long step, adam_updates;
     char base_params[800]; /* params.tgat of the checkpoint the frozen base came from ("" = random init) */
     FILE *metrics;
@@ -555,14 +556,6 @@ static tga_status create_model(run *r) {
     return TGA_OK;
 }
 
-/* Sync choices that cannot work, said before training starts (the same answer on every rank). */
-static tga_status check_sync_choice(const run *r) {
-    if (r->cfg.train.zero_stage == 1 && r->cfg.train.grad_sync == TGA_GRAD_SYNC_BUCKETED)
-        return tga_error(TGA_ERR_CONFIG, "train.zero_stage 1 works with train.grad_sync ordered or allreduce, not bucketed "
-                                         "(bucketed reduce-scatter is not implemented)");
-    return TGA_OK;
-}
-
 static void on_grad_ready(void *ctx, size_t lo, size_t hi) { tga_bucket_sync_ready(ctx, lo, hi); }
 
 /* After the device collectives are up: the bucketed path (host MPI on the CPU backend, NCCL on
@@ -576,13 +569,14 @@ static tga_status create_sync(run *r) {
     if (bucketed && !host_memory && !device && r->world > 1)
         return tga_error(TGA_ERR_CONFIG, "train.grad_sync bucketed on %s needs the device collectives (NCCL), which "
                                          "are not available here; use ordered or allreduce", OPS->name);
+    r->device_params = r->sharded && device && r->cfg.train.grad_sync != TGA_GRAD_SYNC_ORDERED;
     if (r->sharded && device && r->cfg.train.grad_sync == TGA_GRAD_SYNC_ALLREDUCE) {
         r->device_zero = 1; /* gradients accumulate in the model; see step_gradients */
         return TGA_OK;
     }
     if (bucketed || device_allreduce) {
         size_t bucket = bucketed ? (size_t)(r->cfg.train.bucket_mb * 1048576.0 / sizeof(float)) : n;
-        return tga_bucket_sync_create(&r->buckets, grads, n, bucket, device);
+        return tga_bucket_sync_create(&r->buckets, grads, n, bucket, device, r->sharded);
     }
     r->grad_sum = malloc(sizeof(float) * (n + 1));
     r->leaf_buf = malloc(sizeof(float) * (n + 1));
@@ -721,7 +715,7 @@ static tga_status train_loop(run *r) {
             TGA_TRY(tga_optim_step(r->model, &r->optim, r->step, &r->adam_updates, &rep));
         }
         if (r->sharded)
-            TGA_TRY(r->device_zero ? tga_optim_device_broadcast_params(r->model) : tga_optim_gather_params(r->model));
+            TGA_TRY(r->device_params ? tga_optim_device_broadcast_params(r->model) : tga_optim_gather_params(r->model));
         OPS->sync();
         double ms = (now_seconds() - t0) * 1e3;
         double tokens = 0;
@@ -832,7 +826,6 @@ static tga_status train_main(int argc, char **argv, run *r) {
     tga_status setup = tga_setup_backend(&r->cfg, o.device, threads);
     if (setup == TGA_OK && r->rank == 0) setup = mkdir_p(r->run_dir);
     if (setup == TGA_OK && r->rank == 0 && fresh) setup = set_aside_checkpoints(r->run_dir);
-    if (setup == TGA_OK) setup = check_sync_choice(r);
     if (setup == TGA_OK) setup = open_loaders(r);
     if (setup == TGA_OK) setup = create_model(r);
     TGA_TRY(agree(r, setup, "set-up"));

@@ -204,7 +204,7 @@ int main(int argc, char **argv) {
     memcpy(expected, grads, n * sizeof(float));
     MPI_Allreduce(MPI_IN_PLACE, expected, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
     tga_bucket_sync *s;
-    EXPECT(tga_bucket_sync_create(&s, grads, n, n / 7, 1) == TGA_OK, "create: %s", tga_error_message());
+    EXPECT(tga_bucket_sync_create(&s, grads, n, n / 7, 1, 0) == TGA_OK, "create: %s", tga_error_message());
     report_backward(s, n, 6);
     int before_finish = enqueued;
     EXPECT(tga_bucket_sync_finish(s) == TGA_OK, "finish: %s", tga_error_message());
@@ -221,6 +221,19 @@ int main(int argc, char **argv) {
                strstr(tga_error_message(), "injected asynchronous failure"),
            "a failed wait: status %d, %s", st, tga_error_message());
     tga_error_clear();
+    tga_bucket_sync_free(s);
+
+    /* ZeRO-1 buckets: each bucket's part in a shard goes to that shard's owner alone */
+    fill(grads, n, rank);
+    EXPECT(tga_bucket_sync_create(&s, grads, n, n / 7, 1, 1) == TGA_OK, "create sharded: %s", tga_error_message());
+    report_backward(s, n, 6);
+    EXPECT(tga_bucket_sync_finish(s) == TGA_OK, "finish sharded: %s", tga_error_message());
+    size_t lo, hi;
+    tga_zero_shard(n, tga_dist_world(), rank, &lo, &hi);
+    double worst = 0, scale = 1e-30;
+    for (size_t i = 0; i < n; i++) scale = fmax(scale, fabs(expected[i]));
+    for (size_t i = lo; i < hi; i++) worst = fmax(worst, fabs((double)grads[i] - expected[i]) / scale);
+    EXPECT(worst <= 1e-6, "sharded buckets: shard [%zu, %zu) off the sum by %.3g", lo, hi, worst);
     tga_bucket_sync_free(s);
     EXPECT(tga_backend_select("cpu", 1) == TGA_OK, "cpu backend: %s", tga_error_message());
     tga_active_coll = &host_coll; /* selecting the CPU backend leaves it without collectives */
