@@ -27,6 +27,15 @@ compare() { # FILE_A FILE_B TOLERANCE WHAT
     }
 }
 
+# RUN_DIR's step-12 parameters and optimizer shards are bitwise those of the 2-rank ZeRO-1 run
+expect_zero2_final() { # RUN_DIR WHAT
+    local file
+    for file in params.tgat optim.rank-00000.tgat optim.rank-00001.tgat; do
+        cmp -s "$(ckpt_dir "$work/zero-2" 12)/$file" "$(ckpt_dir "$1" 12)/$file" ||
+            fail "$2: step 12's $file differs from the uninterrupted ZeRO-1 run's"
+    done
+}
+
 for np in 2 4; do
     train "$np" "$work/zero-$np" --set train.zero_stage=1 || fail "the $np-rank ZeRO-1 run failed (log: $work/zero-$np.log)"
     final=$(ckpt_dir "$work/zero-$np" "$STEPS")
@@ -42,10 +51,7 @@ cp -a "$work/zero-2" "$work/zero-2-resumed"
 rm -rf "$(ckpt_dir "$work/zero-2-resumed" 12)"
 train 2 "$work/zero-2-resumed" --set train.zero_stage=1 || fail "the ZeRO-1 resume failed"
 expect_log "$work/zero-2-resumed.log" "step-00000008 (step 8)" "ZeRO-1 resume"
-for file in params.tgat optim.rank-00000.tgat optim.rank-00001.tgat; do
-    cmp -s "$(ckpt_dir "$work/zero-2" 12)/$file" "$(ckpt_dir "$work/zero-2-resumed" 12)/$file" ||
-        fail "ZeRO-1 resumed on 2 ranks: $file differs from the uninterrupted ZeRO-1 run"
-done
+expect_zero2_final "$work/zero-2-resumed" "ZeRO-1 resumed on 2 ranks"
 note "ZeRO-1 stopped at step 8 and resumed on 2 ranks: bitwise the uninterrupted ZeRO-1 run"
 
 # a flipped byte in rank 1's optimizer shard of step 12: resume names the file, falls back to step 8
@@ -57,10 +63,7 @@ train 2 "$work/zero-2-damaged" --set train.zero_stage=1 ||
     fail "resuming past a damaged ZeRO-1 shard failed (log: $work/zero-2-damaged.log)"
 expect_log "$work/zero-2-damaged.log" "optim.rank-00001.tgat" "damaged shard named"
 expect_log "$work/zero-2-damaged.log" "resumed from $(ckpt_dir "$work/zero-2-damaged" 8) (step 8)" "damaged shard"
-for file in params.tgat optim.rank-00000.tgat optim.rank-00001.tgat; do
-    cmp -s "$(ckpt_dir "$work/zero-2" 12)/$file" "$(ckpt_dir "$work/zero-2-damaged" 12)/$file" ||
-        fail "damaged shard: the recomputed step 12's $file differs from the uninterrupted ZeRO-1 run's"
-done
+expect_zero2_final "$work/zero-2-damaged" "damaged shard, step 12 recomputed"
 note "a damaged ZeRO-1 shard was named and skipped: resumed from step 8, step 12 recomputed bitwise"
 
 # sharded -> replicated (1 rank), replicated -> sharded (4 ranks)
