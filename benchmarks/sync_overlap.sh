@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Gradient sync on 2 MPI ranks (one OpenMP thread each), stage 2 of benchmarks/configs/sync_bench.yaml:
-# ms per optimizer step for train.grad_sync ordered / allreduce / bucketed and for ZeRO-1 (ordered,
-# allreduce). Each mode runs ROUNDS times, interleaved with the others so that load changes hit all
+# ms per optimizer step for train.grad_sync ordered / allreduce / bucketed, each also with ZeRO-1. Each mode runs ROUNDS times, interleaved with the others so that load changes hit all
 # of them; a run's value is the median of its steps 3-12 (metrics.jsonl), a mode's the median of its
 # runs. Ratios are against allreduce (> 1: slower than allreduce). The bucketed runs also print how
 # many buckets a step sent and how long the step waited for them after its backward pass.
@@ -17,7 +16,7 @@ export OMP_NUM_THREADS=1
 mkdir -p "$work/data"
 "$build/tests/train/train_make_test_shards" "$work/data" 256 2 7 >/dev/null
 
-modes=("ordered 0" "allreduce 0" "bucketed 0" "ordered 1" "allreduce 1")
+modes=("ordered 0" "allreduce 0" "bucketed 0" "ordered 1" "allreduce 1" "bucketed 1")
 declare -A runs
 for ((round = 1; round <= rounds; round++)); do
     for mode in "${modes[@]}"; do
