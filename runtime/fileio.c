@@ -1,5 +1,5 @@
 /* Durable writes (tmp + fsync + rename + directory fsync), XXH64, and the write-fault hook. */
-#define _POSIX_C_SOURCE 200809L /* fsync, strdup, O_CLOEXEC, O_DIRECTORY */
+#define _POSIX_C_SOURCE 200809L /* fsync, strdup, readlink, O_CLOEXEC, O_DIRECTORY */
 
 #include "runtime/fileio.h"
 
@@ -421,4 +421,23 @@ tga_status tga_file_hash(const char *path, uint64_t *size, uint64_t *xxh64) {
     *size = s.total_len;
     *xxh64 = tga_xxh64_digest(&s);
     return TGA_OK;
+}
+
+int tga_find_source_tree(char *dir, size_t size) {
+    const char *env = getenv("TGA_SOURCE_DIR");
+    if (env && *env) return snprintf(dir, size, "%s", env) < (int)size;
+    ssize_t n = readlink("/proc/self/exe", dir, size - 1);
+    if (n <= 0) return 0;
+    dir[n] = '\0';
+    for (int level = 0; level < 4; level++) {
+        char *slash = strrchr(dir, '/');
+        if (!slash) return 0;
+        *slash = '\0';
+        char probe[4200];
+        struct stat st;
+        if (snprintf(probe, sizeof probe, "%s/configs/templates", dir) < (int)sizeof probe && stat(probe, &st) == 0 &&
+            S_ISDIR(st.st_mode))
+            return 1;
+    }
+    return 0;
 }

@@ -68,6 +68,10 @@ tga_status tga_file_write_atomic(const char *path, const void *data, size_t n);
 tga_status tga_fsync_dir(const char *dir);
 /* rename(from, to), then fsync the directory (both directories when they differ). */
 tga_status tga_rename_durable(const char *from, const char *to);
+/* The source tree (configs/, and ../shared/assets beside it): $TGA_SOURCE_DIR, else the nearest
+ * folder at most four levels above the executable that holds configs/templates (a build folder
+ * inside or beside the tree finds it). 1 with the folder in dir[size], 0 when there is none. */
+int tga_find_source_tree(char *dir, size_t size);
 /* The directory part of a path ("." when there is none), into out[cap]. 0 when it does not fit. */
 size_t tga_path_dirname(const char *path, char *out, size_t cap);
 

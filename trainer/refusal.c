@@ -1,11 +1,9 @@
-#define _POSIX_C_SOURCE 200809L /* readlink, access */
 #include "trainer/refusal.h"
 
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "runtime/fileio.h"
 
@@ -23,27 +21,6 @@ struct tga_refusal_detector {
 
 /* ---- locating the assets ----------------------------------------------------------------------- */
 
-static int is_readable(const char *path) { return access(path, R_OK) == 0; }
-
-/* The source tree: $TGA_SOURCE_DIR, else the nearest folder above the executable holding
- * configs/templates (a build folder inside or beside the tree finds it, as templates do). */
-static int find_source_dir(char *dir, size_t size) {
-    const char *env = getenv("TGA_SOURCE_DIR");
-    if (env && *env) return snprintf(dir, size, "%s", env) < (int)size;
-    ssize_t n = readlink("/proc/self/exe", dir, size - 1);
-    if (n <= 0) return 0;
-    dir[n] = '\0';
-    for (int level = 0; level < 4; level++) {
-        char *slash = strrchr(dir, '/');
-        if (!slash) return 0;
-        *slash = '\0';
-        char probe[4200];
-        snprintf(probe, sizeof probe, "%s/configs/templates", dir);
-        if (is_readable(probe)) return 1;
-    }
-    return 0;
-}
-
 tga_status tga_refusal_assets_dir(char *out, size_t size) {
     const char *env = getenv("TGA_ASSETS");
     if (env && *env) {
@@ -52,7 +29,7 @@ tga_status tga_refusal_assets_dir(char *out, size_t size) {
         return TGA_OK;
     }
     char source[4096];
-    if (!find_source_dir(source, sizeof source))
+    if (!tga_find_source_tree(source, sizeof source))
         return tga_error(TGA_ERR_CONFIG,
                          "cannot find the assets folder: set TGA_ASSETS (the shared assets folder) or "
                          "TGA_SOURCE_DIR (the source tree, whose ../shared/assets is used)");

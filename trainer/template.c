@@ -1,6 +1,6 @@
 /* Chat templates: loading (libyaml), binding to a tokenizer, and rendering with exact spans. See
  * template.h for the placeholders and the tokenization rules, trainer/DATA.md for the file format. */
-#define _POSIX_C_SOURCE 200809L /* readlink, strdup */
+#define _POSIX_C_SOURCE 200809L /* strdup */
 
 #include "trainer/template.h"
 
@@ -10,6 +10,7 @@
 #include <unistd.h>
 #include <yaml.h>
 
+#include "runtime/fileio.h"
 #include "trainer/model.h"
 
 /* Hard limit on one rendered branch, far above any max_len, so that every count fits int32. */
@@ -465,27 +466,18 @@ static bool is_plain_name(const char *name) {
     return true;
 }
 
-/* $TGA_TEMPLATE_DIR, else configs/templates beside the executable or up to three folders above it
- * (a build folder inside or beside the source tree finds the source's templates). */
+/* $TGA_TEMPLATE_DIR, else the source tree's configs/templates (runtime/fileio.h). */
 static bool find_builtin(const char *name, char *path, size_t size) {
     const char *env = getenv("TGA_TEMPLATE_DIR");
-    if (env && *env) {
-        snprintf(path, size, "%s/%s.yaml", env, name);
-        return file_exists(path);
-    }
-    char dir[4096];
-    ssize_t n = readlink("/proc/self/exe", dir, sizeof dir - 1);
-    if (n <= 0) return false;
-    dir[n] = '\0';
-    for (int level = 0; level <= 3; level++) {
-        char *slash = strrchr(dir, '/');
-        if (!slash) return false;
-        *slash = '\0';
-        if ((size_t)snprintf(path, size, "%s/configs/templates/%s.yaml", dir, name) < size &&
-            file_exists(path))
-            return true;
-    }
-    return false;
+    char source[4096];
+    int n;
+    if (env && *env)
+        n = snprintf(path, size, "%s/%s.yaml", env, name);
+    else if (tga_find_source_tree(source, sizeof source))
+        n = snprintf(path, size, "%s/configs/templates/%s.yaml", source, name);
+    else
+        return false;
+    return n >= 0 && (size_t)n < size && file_exists(path);
 }
 
 static tga_status read_template_file(const char *path, char **text, size_t *len) {

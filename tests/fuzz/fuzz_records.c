@@ -1,5 +1,5 @@
 // clang-format off
-// sources: trainer/records.c trainer/template.c runtime/tokenizer.c runtime/tokenizer_bpe.c runtime/tokenizer_spm.c runtime/tokenizer_gguf.c runtime/tokenizer_word.c runtime/tokenizer_json.c runtime/gguf.c runtime/error.c
+// sources: trainer/records.c trainer/template.c runtime/fileio.c runtime/log.c runtime/tokenizer.c runtime/tokenizer_bpe.c runtime/tokenizer_spm.c runtime/tokenizer_gguf.c runtime/tokenizer_word.c runtime/tokenizer_json.c runtime/gguf.c runtime/error.c
 // clang-format on
 /* Record stream fuzzing: the input is a records file (JSON Lines or a JSON array), put in a memfd
  * and read through the streaming reader; every record is parsed (with and without --tox-from-id)
