@@ -107,6 +107,7 @@ tga_status tga_bucket_sync_create(tga_bucket_sync **out, float *grads, size_t n,
     pthread_cond_init(&s->wake, NULL);
     pthread_cond_init(&s->progress, NULL);
     if (s->threaded && pthread_create(&s->thread, NULL, comm_main, s) != 0) {
+        s->threaded = 0; /* no thread to join */
         tga_bucket_sync_free(s);
         return tga_error(TGA_ERR_DIST, "bucketed gradient sync: cannot start the communication thread");
     }
@@ -184,11 +185,16 @@ tga_status tga_bucket_sync_finish(tga_bucket_sync *s) {
             if (s->status == TGA_OK) record(s, reduce(s, s->queue[s->done]));
     }
     s->last_wait_ms = now_ms() - t0;
+    /* the thread waits on these under the lock: reset them under it too */
+    pthread_mutex_lock(&s->lock);
     s->last_buckets = s->queued;
     tga_status st = s->status;
+    char message[sizeof s->message];
+    memcpy(message, s->message, sizeof message);
     s->queued = s->done = 0;
     s->status = TGA_OK;
-    if (st != TGA_OK) return tga_error(st, "%s", s->message);
+    pthread_mutex_unlock(&s->lock);
+    if (st != TGA_OK) return tga_error(st, "%s", message);
     return TGA_OK;
 }
 

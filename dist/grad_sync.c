@@ -60,8 +60,9 @@ tga_status tga_grad_sync_create(tga_grad_sync **out, size_t n, int local, tga_sy
         ok = (s->gathered = malloc(sizeof(float) * n * world)) != NULL;
     }
     if (!ok) {
+        int depth = s->depth;
         tga_grad_sync_free(s);
-        return tga_error(TGA_ERR_NOMEM, "gradient sync: out of memory for %d tree levels of %zu floats", s->depth, n);
+        return tga_error(TGA_ERR_NOMEM, "gradient sync: out of memory for %d tree levels of %zu floats", depth, n);
     }
     *out = s;
     return TGA_OK;

@@ -216,11 +216,17 @@ static tga_status open_source(source *s, tga_model *m, const char *ckpt, const j
     for (int k = 0; k < 2; k++) {
         s->pieces[k] = calloc((size_t)s->n_pieces, sizeof(tga_ckpt_piece));
         if (!s->pieces[k]) return tga_error(TGA_ERR_NOMEM, "out of memory");
+        json_int_t previous = -1;
         for (int i = 0; i < s->n_pieces; i++) {
-            const json_t *piece = json_array_get(pieces, (size_t)i);
+            const json_t *piece = json_array_get(pieces, (size_t)i), *first = json_object_get(piece, "first");
             const char *file = json_string_value(json_object_get(piece, "file"));
-            if (!file) return tga_error(TGA_ERR_FORMAT, "%s/state.json: optim piece %d names no file", ckpt, i);
-            s->pieces[k][i] = (tga_ckpt_piece){file, moment_names[k], json_integer_value(json_object_get(piece, "first"))};
+            json_int_t at = json_integer_value(first);
+            /* pieces start at 0 and rise strictly inside the layout (each file's size is checked on read) */
+            if (!file || !json_is_integer(first) || at <= previous || (i == 0 && at != 0) || (size_t)at >= n)
+                return tga_error(TGA_ERR_FORMAT, "%s/state.json: optim piece %d: expected a file and a first element "
+                                                 "that starts at 0 and rises below %zu", ckpt, i, n);
+            s->pieces[k][i] = (tga_ckpt_piece){file, moment_names[k], (int64_t)at};
+            previous = at;
         }
     }
     return TGA_OK;

@@ -24,6 +24,8 @@
 #include "dist/bucket_sync.h"
 #include "dist/device_comm.h"
 #include "dist/grad_sync.h"
+#include "dist/mpi_coll.h"
+#include "kernels/collectives.h"
 #include "kernels/ops.h"
 #include "runtime/backend.h"
 #include "runtime/ckpt.h"
@@ -610,6 +612,8 @@ static tga_status step_gradients(run *r) {
             st = run_micro_batch(r, i);
             tga_model_set_grad_ready(r->model, NULL, NULL);
         }
+        /* without the hook (allreduce on the device) the whole buffer is one bucket, sent now */
+        if (st == TGA_OK && r->cfg.train.grad_sync != TGA_GRAD_SYNC_BUCKETED) tga_bucket_sync_ready(r->buckets, 0, n);
         tga_status fin = tga_bucket_sync_finish(r->buckets);
         return st != TGA_OK ? st : fin;
     }
@@ -829,6 +833,9 @@ static tga_status train_main(int argc, char **argv, run *r) {
     if (setup == TGA_OK) setup = open_loaders(r);
     if (setup == TGA_OK) setup = create_model(r);
     TGA_TRY(agree(r, setup, "set-up"));
+    const char *collectives = getenv("TGA_DEVICE_COLLECTIVES"); /* dist/mpi_coll.h: the GPU path, tested on CPUs */
+    if (collectives && strcmp(collectives, "mpi") == 0 && OPS == tga_cpu_ops())
+        tga_active_coll = tga_dist_mpi_collectives();
     TGA_TRY(tga_dist_device_start(r->cfg.runtime.collective_timeout));
     TGA_TRY(agree(r, create_sync(r), "gradient sync set-up"));
     TGA_TRY(maybe_resume(r, resume));

@@ -1,9 +1,10 @@
-/* The device-collective path of dist/ (device_comm.c and the bucketed sync's device mode) under
- * mpirun, with tga_active_coll pointed at collectives over MPI on host memory: the CPU backend's
- * "device" memory is host memory, so the calls the trainer makes on a GPU (unique id from rank 0
- * broadcast, init, all-reduces enqueued bucket by bucket from the backward pass, wait) run and
- * their results can be checked against a plain MPI all-reduce. The ordering on streams is NCCL's
- * and is not exercised here (tests/gpu/gpu_check_nccl does that on a GPU).
+/* The device-collective path of dist/ (device_comm.c, the bucketed sync's device mode, ZeRO-1's
+ * reduce and broadcasts) under mpirun, with tga_active_coll pointed at dist/mpi_coll.c (MPI on host
+ * memory, which is the CPU backend's "device" memory): the calls the trainer makes on a GPU (unique
+ * id from rank 0 broadcast, init, all-reduces enqueued bucket by bucket from the backward pass,
+ * wait) run and their results are checked against a plain MPI all-reduce; a failing wait is
+ * injected. The ordering on streams is NCCL's and is not exercised here (tests/gpu/gpu_check_nccl
+ * does that on a GPU).
  *   device_comm_mpi N */
 #include <math.h>
 #include <mpi.h>
@@ -15,6 +16,7 @@
 #include "dist/comm.h"
 #include "dist/device_comm.h"
 #include "dist/grad_sync.h"
+#include "dist/mpi_coll.h"
 #include "kernels/collectives.h"
 #include "runtime/backend.h"
 #include "runtime/rng.h"
@@ -31,84 +33,50 @@ static int failures = 0;
         }                                                                                                    \
     } while (0)
 
-/* ---- collectives over MPI in the tga_coll_ops shape ---- */
+/* ---- dist/mpi_coll.c, watched: the unique id each rank joined with, the collectives issued, and
+ * a wait that can be made to fail ---- */
 static unsigned char joined_id[TGA_COLL_ID_BYTES];
-static int joined = 0, enqueued = 0, fail_next_wait = 0;
+static int enqueued = 0, fail_next_wait = 0;
+static tga_coll_ops host_coll;
 
-static int host_make_id(void *id, char *err, size_t cap) {
-    (void)err;
-    (void)cap;
-    tga_rng_stream s = tga_rng_stream_make(20261128, TGA_RNG_TEST, 1);
+static int watched_make_id(void *id, char *err, size_t cap) {
+    int rc = tga_dist_mpi_collectives()->make_id(id, err, cap);
+    tga_rng_stream s = tga_rng_stream_make(20261128, TGA_RNG_TEST, 1); /* an id no rank could guess */
     for (int i = 0; i < TGA_COLL_ID_BYTES; i++) ((unsigned char *)id)[i] = (unsigned char)(tga_rng_uniform(&s, i) * 256);
-    return 0;
+    return rc;
 }
 
-static int host_init(const void *id, int rank, int world, char *err, size_t cap) {
-    if (rank != tga_dist_rank() || world != tga_dist_world()) {
-        snprintf(err, cap, "init with rank %d of %d", rank, world);
-        return -1;
-    }
+static int watched_init(const void *id, int rank, int world, char *err, size_t cap) {
     memcpy(joined_id, id, TGA_COLL_ID_BYTES);
-    joined = 1;
-    return 0;
+    return tga_dist_mpi_collectives()->init(id, rank, world, err, cap);
 }
 
-static int host_allreduce(float *buf, size_t n, char *err, size_t cap) {
-    if (!joined) {
-        snprintf(err, cap, "all-reduce before init");
-        return -1;
-    }
+static int watched_allreduce(float *buf, size_t n, char *err, size_t cap) {
     enqueued++;
-    return MPI_Allreduce(MPI_IN_PLACE, buf, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD) == MPI_SUCCESS ? 0 : -1;
+    return tga_dist_mpi_collectives()->allreduce_sum(buf, n, err, cap);
 }
 
-static int host_reduce_scatter(const float *send, float *recv, size_t n, char *err, size_t cap) {
-    (void)err;
-    (void)cap;
-    return MPI_Reduce_scatter_block(send, recv, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD) == MPI_SUCCESS ? 0 : -1;
-}
-
-static int host_allgather(const float *send, float *recv, size_t n, char *err, size_t cap) {
-    (void)err;
-    (void)cap;
-    return MPI_Allgather(send, (int)n, MPI_FLOAT, recv, (int)n, MPI_FLOAT, MPI_COMM_WORLD) == MPI_SUCCESS ? 0 : -1;
-}
-
-static int host_reduce(float *buf, size_t n, int root, char *err, size_t cap) {
-    (void)err;
-    (void)cap;
+static int watched_reduce(float *buf, size_t n, int root, char *err, size_t cap) {
     enqueued++;
-    const void *send = tga_dist_rank() == root ? MPI_IN_PLACE : buf;
-    return MPI_Reduce(send, buf, (int)n, MPI_FLOAT, MPI_SUM, root, MPI_COMM_WORLD) == MPI_SUCCESS ? 0 : -1;
+    return tga_dist_mpi_collectives()->reduce_sum(buf, n, root, err, cap);
 }
 
-static int host_broadcast(float *buf, size_t n, int root, char *err, size_t cap) {
-    (void)err;
-    (void)cap;
-    enqueued++;
-    return MPI_Bcast(buf, (int)n, MPI_FLOAT, root, MPI_COMM_WORLD) == MPI_SUCCESS ? 0 : -1;
-}
-
-static int host_wait(double timeout_s, const char *what, char *err, size_t cap) {
-    (void)timeout_s;
-    if (!fail_next_wait) return 0;
+static int watched_wait(double timeout_s, const char *what, char *err, size_t cap) {
+    if (!fail_next_wait) return tga_dist_mpi_collectives()->wait(timeout_s, what, err, cap);
     fail_next_wait = 0;
     snprintf(err, cap, "%s: injected asynchronous failure", what);
     return -1;
 }
 
-static void host_destroy(void) { joined = 0; }
-
-static const tga_coll_ops host_coll = {.name = "host MPI (test)",
-                                       .make_id = host_make_id,
-                                       .init = host_init,
-                                       .allreduce_sum = host_allreduce,
-                                       .reduce_scatter_sum = host_reduce_scatter,
-                                       .allgather = host_allgather,
-                                       .reduce_sum = host_reduce,
-                                       .broadcast = host_broadcast,
-                                       .wait = host_wait,
-                                       .destroy = host_destroy};
+static void use_watched_collectives(void) {
+    host_coll = *tga_dist_mpi_collectives();
+    host_coll.make_id = watched_make_id;
+    host_coll.init = watched_init;
+    host_coll.allreduce_sum = watched_allreduce;
+    host_coll.reduce_sum = watched_reduce;
+    host_coll.wait = watched_wait;
+    tga_active_coll = &host_coll;
+}
 
 /* ---- checks ---- */
 
@@ -191,7 +159,7 @@ int main(int argc, char **argv) {
     if (tga_dist_init(&argc, &argv) != TGA_OK || argc < 2) return 2;
     size_t n = (size_t)atol(argv[1]);
     int rank = tga_dist_rank();
-    tga_active_coll = &host_coll;
+    use_watched_collectives();
     EXPECT(tga_dist_device_start(60) == TGA_OK && tga_dist_device_active(), "start: %s", tga_error_message());
     unsigned char all_ids[64 * TGA_COLL_ID_BYTES];
     tga_dist_allgather(joined_id, all_ids, TGA_COLL_ID_BYTES, "id check");
@@ -239,7 +207,7 @@ int main(int argc, char **argv) {
     tga_active_coll = &host_coll; /* selecting the CPU backend leaves it without collectives */
     check_zero();
     tga_dist_device_stop();
-    EXPECT(!tga_dist_device_active() && !joined, "stop left the collectives running");
+    EXPECT(!tga_dist_device_active(), "stop left the collectives running");
 
     int all_failures = 0;
     MPI_Allreduce(&failures, &all_failures, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);

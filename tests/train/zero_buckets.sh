@@ -12,6 +12,7 @@
 #     the backward pass goes on; params within 1e-6 and AdamW state within 1e-5 on 2 and 4 ranks.
 #   Bucketed with ZeRO-1 (each bucket's part in a shard reduced to its owner): params within 1e-6 on
 #     2 and 4 ranks.
+#   The device-collective path (NCCL's on GPUs) over MPI on the CPU: all four combinations within 1e-6.
 # shellcheck source=tests/train/lib.sh
 source "$(dirname "$0")/lib.sh"
 ensure_common
@@ -99,4 +100,19 @@ for np in 2 4; do
     compare "$(ckpt_dir "$ref" 12)/params.tgat" "$(ckpt_dir "$work/bucketed-zero-$np" 12)/params.tgat" 1e-6 \
         "bucketed + ZeRO-1, $np ranks, params"
 done
-pass "ZeRO-1 within 1e-6 on 2 and 4 ranks, exact ZeRO-1 resume, re-sharded resumes both ways, bucketed (also with ZeRO-1) within tolerance"
+# The path multi-GPU runs take (device collectives: NCCL there), here over MPI on host memory
+# (TGA_DEVICE_COLLECTIVES=mpi): device all-reduce, ZeRO-1 reduce to owners + parameter broadcasts,
+# buckets sent from the backward pass, with and without ZeRO-1.
+for np in 2 4; do
+    for mode in "allreduce 0" "allreduce 1" "bucketed 0" "bucketed 1"; do
+        read -r sync zero <<<"$mode"
+        run=$work/device-$sync-zero$zero-$np
+        TGA_DEVICE_COLLECTIVES=mpi train "$np" "$run" --set "train.grad_sync=$sync" --set "train.zero_stage=$zero" \
+            --set train.bucket_mb=0.01 || fail "device path, $sync, zero_stage $zero, $np ranks: failed (log: $run.log)"
+        expect_log "$run.log" "device collectives: mpi (host memory) over $np ranks" "device path, $sync, $np ranks"
+        compare "$(ckpt_dir "$ref" 12)/params.tgat" "$(ckpt_dir "$run" 12)/params.tgat" 1e-6 \
+            "device path, $sync, zero_stage $zero, $np ranks, params"
+    done
+done
+
+pass "ZeRO-1 within 1e-6 on 2 and 4 ranks, exact ZeRO-1 resume, re-sharded resumes both ways, bucketed (also with ZeRO-1) within tolerance, the device-collective path likewise"
