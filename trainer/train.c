@@ -649,8 +649,11 @@ static tga_status maybe_resume(run *r, const char *resume) {
     int found = 0;
     tga_status st = TGA_OK;
     /* rank 0 reads every byte of the newest checkpoint (older ones too when it fails): the others
-     * wait in the next collective, for as long as reading all of them at 50 MB/s would take */
-    if (r->rank != 0) tga_dist_watchdog_allow((double)tga_ckpt_find_latest_bytes(r->run_dir) / 50e6);
+     * wait in the next collective, for as long as reading all of them at 50 MB/s would take (the
+     * size as rank 0 sees it: other nodes may not see the run directory) */
+    uint64_t bytes = r->rank == 0 ? tga_ckpt_find_latest_bytes(r->run_dir) : 0;
+    TGA_TRY(tga_dist_bcast(&bytes, sizeof bytes, 0, "resume: checkpoint size"));
+    if (r->rank != 0) tga_dist_watchdog_allow((double)bytes / 50e6);
     if (r->rank == 0) st = tga_ckpt_find_latest(r->run_dir, &step, &found);
     if (st == TGA_ERR_FORMAT) /* none verifies: a restart would meet the same files, so say it is final */
         st = tga_error_replace(TGA_ERR_CONFIG, "%s; restore a good checkpoint, or start over with --fresh (which keeps "
