@@ -139,3 +139,12 @@ int tu_finish(const char *name) {
     printf("%s %s\n", tu_failures ? "FAIL" : "PASS", name);
     return tu_failures ? 1 : 0;
 }
+
+double tu_added_error(const float *x, const float *start, const float *ref, size_t n) {
+    float *added = malloc(n * sizeof *added);
+    for (size_t i = 0; i < n; i++)
+        added[i] = x[i] - start[i];
+    double err = tu_rel_error(added, ref, n);
+    free(added);
+    return err;
+}

@@ -29,6 +29,8 @@ double tu_rel_error(const float *a, const float *b, size_t n);
 double tu_rel_error_d(const double *a, const double *b, size_t n);
 /* max |a[i] - b[i]| against a double reference; NaN anywhere makes it NaN (never passes a limit). */
 double tu_max_abs_diff(const float *a, const double *b, size_t n);
+/* |(x - start) - ref| / |ref|: the part an accumulating op added to x, against the reference. */
+double tu_added_error(const float *x, const float *start, const float *ref, size_t n);
 
 /* Central finite differences of a scalar function of x at a few coordinates, compared with an
  * analytic gradient. f is evaluated in double by the caller (it may run the forward in float

@@ -84,16 +84,6 @@ static void case_free(linear_case *c) {
     free(c->ref_din), free(c->ref_dweight), free(c->ref_dbias);
 }
 
-/* |(x - start) - ref| / |ref|: the part an accumulating op added, against the reference. */
-static double added_error(const float *x, const float *start, const float *ref, size_t n) {
-    float *added = malloc(n * sizeof *added);
-    for (size_t i = 0; i < n; i++)
-        added[i] = x[i] - start[i];
-    double err = tu_rel_error(added, ref, n);
-    free(added);
-    return err;
-}
-
 static void check_forward(linear_case *c) {
     float *ref = calloc(c->n_out, sizeof *ref);
     reference_forward(ref, c);
@@ -113,10 +103,10 @@ static void check_backward_overwrite(linear_case *c, uint64_t *rng) {
                             0);
     double err = tu_rel_error(din, c->ref_din, c->n_in);
     CHECK(err <= 1e-5, "din overwrite (%s): rel err %.3g", c->tag, err);
-    err = added_error(dw, dw0, c->ref_dweight, c->n_w);
+    err = tu_added_error(dw, dw0, c->ref_dweight, c->n_w);
     CHECK(err <= 1e-5, "dweight accumulate (%s): rel err %.3g", c->tag, err);
     if (c->bias) {
-        err = added_error(db, db0, c->ref_dbias, n_b);
+        err = tu_added_error(db, db0, c->ref_dbias, n_b);
         CHECK(err <= 1e-5, "dbias accumulate: rel err %.3g", err);
     } else {
         CHECK(memcmp(db, db0, n_b * sizeof *db) == 0, "dbias NULL must leave memory alone");
@@ -128,7 +118,7 @@ static void check_backward_overwrite(linear_case *c, uint64_t *rng) {
 static void check_backward_accumulate_frozen(linear_case *c, uint64_t *rng) {
     float *din0 = tu_alloc_uniform(c->n_in, -1, 1, rng), *din = tu_alloc_copy(din0, c->n_in);
     tga_cpu_linear_backward(din, NULL, NULL, c->G, c->in, c->weight, c->N, c->in_dim, c->out_dim, 1);
-    double err = added_error(din, din0, c->ref_din, c->n_in);
+    double err = tu_added_error(din, din0, c->ref_din, c->n_in);
     CHECK(err <= 1e-5, "din accumulate, frozen weight (%s): rel err %.3g", c->tag, err);
     free(din0), free(din);
 }

@@ -273,18 +273,22 @@ typedef struct {
     uint64_t seed;
 } run_shape;
 
+static tga_loader_config loader_config(const char *path, run_shape s, int rank, int32_t vocab, int32_t pad) {
+    return (tga_loader_config){.path = path,
+                               .vocab_size = vocab,
+                               .pad_id = pad,
+                               .seed = s.seed,
+                               .shuffle = s.shuffle,
+                               .mode = s.mode,
+                               .micro_batch = s.m,
+                               .grad_accum = s.a,
+                               .world_size = s.w,
+                               .rank = rank,
+                               .prefetch = s.prefetch};
+}
+
 static tga_loader *open_loader(const char *path, run_shape s, int rank) {
-    tga_loader_config c = {.path = path,
-                           .vocab_size = VOCAB,
-                           .pad_id = PAD,
-                           .seed = s.seed,
-                           .shuffle = s.shuffle,
-                           .mode = s.mode,
-                           .micro_batch = s.m,
-                           .grad_accum = s.a,
-                           .world_size = s.w,
-                           .rank = rank,
-                           .prefetch = s.prefetch};
+    tga_loader_config c = loader_config(path, s, rank, VOCAB, PAD);
     tga_loader *l = NULL;
     tga_error_clear();
     CHECK(tga_loader_open(&l, &c) == TGA_OK, "open %s (m %d a %d w %d rank %d): %s", path, s.m, s.a, s.w,
@@ -664,17 +668,7 @@ static void test_bad_token(uint64_t *rng) {
 
 static tga_status open_expecting_failure(const char *path, run_shape s, int rank, int32_t vocab,
                                          int32_t pad) {
-    tga_loader_config c = {.path = path,
-                           .vocab_size = vocab,
-                           .pad_id = pad,
-                           .seed = s.seed,
-                           .shuffle = s.shuffle,
-                           .mode = s.mode,
-                           .micro_batch = s.m,
-                           .grad_accum = s.a,
-                           .world_size = s.w,
-                           .rank = rank,
-                           .prefetch = s.prefetch};
+    tga_loader_config c = loader_config(path, s, rank, vocab, pad);
     tga_loader *l = NULL;
     tga_error_clear();
     tga_status st = tga_loader_open(&l, &c);

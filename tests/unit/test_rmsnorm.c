@@ -85,16 +85,6 @@ static void case_free(rmsnorm_case *c) {
         free(c->ref_dweight);
 }
 
-/* |(x - start) - ref| / |ref|: the part an accumulating op added, against the reference. */
-static double added_error(const float *x, const float *start, const float *ref, size_t n) {
-    float *added = malloc(n * sizeof *added);
-    for (size_t i = 0; i < n; i++)
-        added[i] = x[i] - start[i];
-    double err = tu_rel_error(added, ref, n);
-    free(added);
-    return err;
-}
-
 static void check_forward(rmsnorm_case *c) {
     float *ref_out = calloc(c->n_x, sizeof *ref_out), *ref_rstd = calloc((size_t)c->N, sizeof *ref_rstd);
     reference_forward(ref_out, ref_rstd, c->in, c->weight, c->N, c->D, c->eps);
@@ -114,13 +104,13 @@ static void check_backward(rmsnorm_case *c, uint64_t *rng) {
     tga_cpu_rmsnorm_backward(din, dw, c->G, c->in, c->weight, c->rstd, N, D, 0);
     double err = tu_rel_error(din, c->ref_din, c->n_x);
     CHECK(err <= 1e-5, "din overwrite %dx%d: rel err %.3g", N, D, err);
-    err = added_error(dw, dw0, c->ref_dweight, (size_t)D);
+    err = tu_added_error(dw, dw0, c->ref_dweight, (size_t)D);
     CHECK(err <= 1e-5, "dweight accumulate %dx%d: rel err %.3g", N, D, err);
 
     float *din0 = tu_alloc_uniform(c->n_x, -1, 1, rng);
     memcpy(din, din0, c->n_x * sizeof *din);
     tga_cpu_rmsnorm_backward(din, NULL, c->G, c->in, c->weight, c->rstd, N, D, 1);
-    err = added_error(din, din0, c->ref_din, c->n_x);
+    err = tu_added_error(din, din0, c->ref_din, c->n_x);
     CHECK(err <= 1e-5, "din accumulate, dweight NULL %dx%d: rel err %.3g", N, D, err);
     free(din), free(dw0), free(dw), free(din0);
 }
