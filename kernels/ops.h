@@ -2,8 +2,9 @@
  * later). Model code calls them through the active table, `tga_ops`, and never knows the device.
  *
  * Conventions (all backends):
- * - fp32 tensors, row-major, contiguous. Activations are [N, D] with N = B*T rows (sample b's
- *   token t is row b*T + t). Attention tensors are [B, T, heads, head_dim].
+ * - fp32 tensors (the *_bf16 ops take a bf16 weight), row-major, contiguous. Activations are
+ *   [N, D] with N = B*T rows (sample b's token t is row b*T + t). Attention tensors are
+ *   [B, T, heads, head_dim].
  * - Pointers are device pointers of the backend (host memory on the CPU backend). Integer side
  *   data (token ids, lengths, spans) are device pointers too.
  * - "accumulate" arguments: 0 = overwrite the output, 1 = add into it. Gradient outputs that may
@@ -16,6 +17,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "kernels/bf16.h"
 
 /* Segments for mean-pooling rows of a [N, D] tensor into [n_out, D]: segment i covers rows
  * row_start[i] .. row_start[i]+row_count[i]-1 and contributes to output out_index[i]. An
@@ -123,6 +126,29 @@ typedef struct tga_ops {
     void (*lm_head_ce)(double *loss_sum, float *dhidden, float *dweight, const float *hidden,
                        const float *weight, const int *targets, int N, int D, int V, float grad_scale,
                        float *scratch, int chunk);
+
+    /* ---- bf16 weights (model.dtype: bf16). The weight matrix is bf16 (kernels/bf16.h); every
+     * product rounds its fp32 operands to bf16 (nearest even) and accumulates in fp32, as a bf16
+     * tensor-core GEMM with fp32 accumulation does, so all backends compute the same products and
+     * differ only in the order of the fp32 sums. Outputs and gradients are fp32; bias and the
+     * rest as in the fp32 ops above. ---- */
+    /* out = bf16(in) W^T (+ bias) */
+    void (*linear_forward_bf16)(float *out, const float *in, const tga_bf16 *weight, const float *bias, int N,
+                                int in_dim, int out_dim);
+    /* din (+)= bf16(dout) W; dweight += bf16(dout)^T bf16(in); dbias += sum_rows dout (exact fp32 dout) */
+    void (*linear_backward_bf16)(float *din, float *dweight, float *dbias, const float *dout, const float *in,
+                                 const tga_bf16 *weight, int N, int in_dim, int out_dim, int accumulate_din);
+    /* out[n] = table[ids[n]] widened to fp32; rows with ids[n] < 0 zeroed */
+    void (*embedding_forward_bf16)(float *out, const int *ids, const tga_bf16 *table, int N, int D);
+    /* lm_head_ce with a bf16 weight: logits = bf16(rows) W^T; dweight += bf16(dlogits)^T bf16(rows);
+     * dhidden rows = bf16(dlogits) W (softmax and sums as in lm_head_ce) */
+    void (*lm_head_ce_bf16)(double *loss_sum, float *dhidden, float *dweight, const float *hidden,
+                            const tga_bf16 *weight, const int *targets, int N, int D, int V, float grad_scale,
+                            float *scratch, int chunk);
+    /* dst = bf16(src) (nearest even); the fp32 master -> bf16 copy after each optimizer step */
+    void (*to_bf16)(tga_bf16 *dst, const float *src, size_t n);
+    /* dst = src widened (exact) */
+    void (*from_bf16)(float *dst, const tga_bf16 *src, size_t n);
 
     /* ---- mean-pooling over segments: out[n_out, D] (overwritten) ---- */
     void (*segment_mean_forward)(float *out, const float *in, const tga_segments *seg, int D);

@@ -14,12 +14,28 @@ void tga_cpu_download(void *host_dst, const void *src, size_t bytes);
 void tga_cpu_zero(void *ptr, size_t bytes);
 void tga_cpu_copy(void *dst, const void *src, size_t bytes);
 void tga_cpu_sync(void);
+/* GEMM operands: fp32, fp32 rounded to bf16 as it is read, or bf16 (model.dtype: bf16). */
+typedef enum { TGA_CPU_F32 = 0, TGA_CPU_F32_AS_BF16 = 1, TGA_CPU_BF16 = 2 } tga_cpu_operand;
+/* tga_cpu_gemm with typed operands (A and B point to floats or to tga_bf16 as their type says). */
+void tga_cpu_gemm_mixed(int trans_a, int trans_b, int M, int N, int K, float alpha, const void *A,
+                        tga_cpu_operand a_type, int lda, const void *B, tga_cpu_operand b_type, int ldb, float beta,
+                        float *C, int ldc);
 void tga_cpu_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                   const float *B, int ldb, float beta, float *C, int ldc);
 void tga_cpu_linear_forward(float *out, const float *in, const float *weight, const float *bias, int N,
                             int in_dim, int out_dim);
 void tga_cpu_linear_backward(float *din, float *dweight, float *dbias, const float *dout, const float *in,
                              const float *weight, int N, int in_dim, int out_dim, int accumulate_din);
+void tga_cpu_linear_forward_bf16(float *out, const float *in, const tga_bf16 *weight, const float *bias, int N,
+                                 int in_dim, int out_dim);
+void tga_cpu_linear_backward_bf16(float *din, float *dweight, float *dbias, const float *dout, const float *in,
+                                  const tga_bf16 *weight, int N, int in_dim, int out_dim, int accumulate_din);
+void tga_cpu_embedding_forward_bf16(float *out, const int *ids, const tga_bf16 *table, int N, int D);
+void tga_cpu_lm_head_ce_bf16(double *loss_sum, float *dhidden, float *dweight, const float *hidden,
+                             const tga_bf16 *weight, const int *targets, int N, int D, int V, float grad_scale,
+                             float *scratch, int chunk);
+void tga_cpu_to_bf16(tga_bf16 *dst, const float *src, size_t n);
+void tga_cpu_from_bf16(float *dst, const tga_bf16 *src, size_t n);
 void tga_cpu_embedding_forward(float *out, const int *ids, const float *table, int N, int D);
 void tga_cpu_embedding_backward(float *dtable, const float *dout, const int *ids, int N, int D, int V);
 void tga_cpu_rmsnorm_forward(float *out, float *rstd, const float *in, const float *weight, int N, int D,

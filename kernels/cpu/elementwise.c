@@ -1,6 +1,7 @@
 /* Elementwise helpers. sum_squares feeds the gradient norm, which must come out the same on
  * every run: it sums fixed-size blocks and combines the block sums in index order, so neither
- * the thread count nor the schedule can change the result. */
+ * the thread count nor the schedule can change the result. to_bf16/from_bf16 convert between the
+ * fp32 masters and the bf16 copies of model.dtype: bf16 (kernels/bf16.h). */
 #include <math.h>
 
 #include "kernels/cpu/cpu_kernels.h"
@@ -66,4 +67,14 @@ int tga_cpu_all_finite(const float *x, size_t n) {
     for (size_t i = 0; i < n; i++)
         non_finite |= !isfinite(x[i]);
     return !non_finite;
+}
+
+void tga_cpu_to_bf16(tga_bf16 *dst, const float *src, size_t n) {
+#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
+    for (size_t i = 0; i < n; i++) dst[i] = tga_bf16_from_float(src[i]);
+}
+
+void tga_cpu_from_bf16(float *dst, const tga_bf16 *src, size_t n) {
+#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
+    for (size_t i = 0; i < n; i++) dst[i] = tga_bf16_to_float(src[i]);
 }

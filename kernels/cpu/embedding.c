@@ -13,6 +13,19 @@
  * (see linear.c's bias gradient), and 8 tasks at a 4096-wide embedding. */
 #define EMBED_GRAD_COLS 512
 
+void tga_cpu_embedding_forward_bf16(float *out, const int *ids, const tga_bf16 *table, int N, int D) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        float *row = out + (size_t)n * D;
+        if (ids[n] < 0) {
+            memset(row, 0, (size_t)D * sizeof *row);
+            continue;
+        }
+        const tga_bf16 *from = table + (size_t)ids[n] * D;
+        for (int d = 0; d < D; d++) row[d] = tga_bf16_to_float(from[d]);
+    }
+}
+
 void tga_cpu_embedding_forward(float *out, const int *ids, const float *table, int N, int D) {
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {

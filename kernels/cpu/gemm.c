@@ -8,7 +8,11 @@
  * Determinism: every C element is owned by one thread, and its sum over K runs in a fixed
  * order (kc blocks in ascending order, each accumulated in a register from p = 0 up). kc
  * depends on K only and tile positions on mr/nr only, so results do not depend on the thread
- * count (they do depend on the SIMD level). */
+ * count (they do depend on the SIMD level).
+ *
+ * bf16 operands (tga_cpu_gemm_mixed): an operand may be a bf16 matrix, or fp32 rounded to bf16
+ * as it is packed; the packed panels hold those values as floats, so the microkernels and the
+ * summation order are the same as for fp32 (products of two bf16 values are exact in fp32). */
 #include "kernels/cpu/cpu_kernels.h"
 
 #include <immintrin.h>
@@ -58,6 +62,10 @@ const char *tga_cpu_simd_level(void) { return simd_level_names[simd_level()]; }
 
 int tga_cpu_has_avx512(void) { return simd_level() == SIMD_AVX512; }
 
+/* kc bounds the panels a microkernel call streams (A: kc x 16, B: kc x 32 floats); blocks of
+ * equal size, depending on K alone and never on the thread count, fix the summation order. */
+#define KC_MAX 320
+
 /* ---- packing ----------------------------------------------------------------------------
  * Both operands are packed the same way, into panels that hold `step` consecutive rows of A
  * (or columns of B) in `width` >= step slots per K step, K-major:
@@ -67,10 +75,21 @@ int tga_cpu_has_avx512(void) { return simd_level() == SIMD_AVX512; }
  * is read once, contiguously, for all of them. */
 
 typedef struct gemm_operand {
-    const float *data;
+    const void *data;
     size_t ld;
     int k_contiguous; /* src(x, p) = k_contiguous ? data[x*ld + p] : data[p*ld + x] */
+    tga_cpu_operand type;
 } gemm_operand;
+
+/* src(x, p) as a float (widened, or rounded to bf16, as the operand's type says). */
+static inline float operand_at(const gemm_operand *src, size_t x, size_t p) {
+    size_t i = src->k_contiguous ? x * src->ld + p : p * src->ld + x;
+    switch (src->type) {
+    case TGA_CPU_BF16: return tga_bf16_to_float(((const tga_bf16 *)src->data)[i]);
+    case TGA_CPU_F32_AS_BF16: return tga_bf16_round(((const float *)src->data)[i]);
+    default: return ((const float *)src->data)[i];
+    }
+}
 
 typedef struct panel_layout {
     int x0, count; /* rows (of A) or columns (of B) x0 .. x0+count-1 */
@@ -90,13 +109,37 @@ static void pack_panels_portable(const gemm_operand *src, const panel_layout *la
         for (int q = 0; q < n_panels; q++) {
             float *dst = panels + ((size_t)q * lay->kc + p) * lay->width;
             int first = lay->x0 + q * lay->step, n = min_int(lay->step, lay->count - q * lay->step);
-            if (src->k_contiguous) {
-                for (int x = 0; x < n; x++) dst[x] = src->data[(size_t)(first + x) * src->ld + lay->p0 + p];
-            } else {
-                const float *line = src->data + (size_t)(lay->p0 + p) * src->ld + first;
-                for (int x = 0; x < n; x++) dst[x] = line[x];
-            }
+            for (int x = 0; x < n; x++) dst[x] = operand_at(src, (size_t)(first + x), (size_t)(lay->p0 + p));
             for (int x = n; x < lay->width; x++) dst[x] = 0.0f;
+        }
+    }
+}
+
+/* A bf16 or rounded operand (the fp32 one goes to the vector packs), K-contiguous: each source row is converted once into a float line,
+ * then scattered into its panel slot (the conversion is where the time goes, so it runs over
+ * contiguous memory). Sources that are not K-contiguous are read along rows already. */
+static void pack_panels_converting(const gemm_operand *src, const panel_layout *lay, float *panels) {
+    if (!src->k_contiguous) {
+        pack_panels_portable(src, lay, panels);
+        return;
+    }
+    float line[KC_MAX];
+    int n_panels = ceil_div(lay->count, lay->step);
+    for (int q = 0; q < n_panels; q++) {
+        float *panel = panels + (size_t)q * lay->kc * lay->width;
+        int first = lay->x0 + q * lay->step, n = min_int(lay->step, lay->count - q * lay->step);
+        for (int x = 0; x < lay->width; x++) {
+            if (x < n) {
+                size_t row = (size_t)(first + x) * src->ld + (size_t)lay->p0;
+                if (src->type == TGA_CPU_BF16) {
+                    const tga_bf16 *from = (const tga_bf16 *)src->data + row;
+                    for (int p = 0; p < lay->kc; p++) line[p] = tga_bf16_to_float(from[p]);
+                } else {
+                    const float *from = (const float *)src->data + row;
+                    for (int p = 0; p < lay->kc; p++) line[p] = tga_bf16_round(from[p]);
+                }
+            }
+            for (int p = 0; p < lay->kc; p++) panel[(size_t)p * lay->width + x] = x < n ? line[p] : 0.0f;
         }
     }
 }
@@ -125,9 +168,10 @@ __attribute__((target("avx"))) static void transpose_8x8(__m256 r[8]) {
 __attribute__((target("avx"))) static void pack_panel_transposing_avx(const gemm_operand *src, int first, int n,
                                                                      int width, int p0, int kc, float *panel) {
     int kc_vectors = kc & ~7;
+    const float *data = src->data;
     for (int xg = 0; xg < width; xg += 8) {
         const float *rows[8];
-        for (int r = 0; r < 8; r++) rows[r] = xg + r < n ? src->data + (size_t)(first + xg + r) * src->ld + p0 : NULL;
+        for (int r = 0; r < 8; r++) rows[r] = xg + r < n ? data + (size_t)(first + xg + r) * src->ld + p0 : NULL;
         for (int p = 0; p < kc_vectors; p += 8) {
             __m256 v[8];
             for (int r = 0; r < 8; r++) v[r] = rows[r] ? _mm256_loadu_ps(rows[r] + p) : _mm256_setzero_ps();
@@ -148,7 +192,7 @@ __attribute__((target("avx"))) static void pack_panels_copying_avx(const gemm_op
     static const int32_t lane_masks[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
     int n_panels = ceil_div(lay->count, lay->step);
     for (int p = 0; p < lay->kc; p++) {
-        const float *line = src->data + (size_t)(lay->p0 + p) * src->ld + lay->x0;
+        const float *line = (const float *)src->data + (size_t)(lay->p0 + p) * src->ld + lay->x0;
         for (int q = 0; q < n_panels; q++) {
             const float *from = line + q * lay->step;
             float *dst = panels + ((size_t)q * lay->kc + p) * lay->width;
@@ -168,6 +212,10 @@ __attribute__((target("avx"))) static void pack_panels_copying_avx(const gemm_op
 }
 
 static void pack_panels_avx(const gemm_operand *src, const panel_layout *lay, float *panels) {
+    if (src->type != TGA_CPU_F32) {
+        pack_panels_converting(src, lay, panels);
+        return;
+    }
     if (!src->k_contiguous) {
         pack_panels_copying_avx(src, lay, panels);
         return;
@@ -320,9 +368,6 @@ _Static_assert(AVX512_MR <= MAX_MR && AVX512_NR <= MAX_NR && AVX2_MR <= MAX_MR &
  * MB_MAX rows and each K block, pack that A block, then walk the columns in L2-sized B blocks,
  * running the microkernel for every (A panel, B panel) pair. */
 
-/* kc bounds the panels a microkernel call streams (A: kc x 16, B: kc x 32 floats); blocks of
- * equal size, depending on K alone and never on the thread count, fix the summation order. */
-#define KC_MAX 320
 /* A thread's packed B block (kc x nc floats) is re-read for every A panel, so it is sized to
  * stay in a 1 MiB L2. */
 #define B_BLOCK_FLOATS (320 * 384)
@@ -445,11 +490,7 @@ static void gemm_unpacked(const gemm_problem *pr) {
         float *c = pr->C + (size_t)i * pr->ldc;
         for (int j = 0; j < pr->N; j++) {
             float sum = 0.0f;
-            for (int p = 0; p < pr->K; p++) {
-                float av = a->k_contiguous ? a->data[(size_t)i * a->ld + p] : a->data[(size_t)p * a->ld + i];
-                float bv = b->k_contiguous ? b->data[(size_t)j * b->ld + p] : b->data[(size_t)p * b->ld + j];
-                sum += av * bv;
-            }
+            for (int p = 0; p < pr->K; p++) sum += operand_at(a, (size_t)i, (size_t)p) * operand_at(b, (size_t)j, (size_t)p);
             c[j] = pr->alpha * sum + (pr->beta == 0.0f ? 0.0f : pr->beta * c[j]);
         }
     }
@@ -531,11 +572,17 @@ static int plan_gemm(const gemm_problem *pr, gemm_plan *plan) {
 
 void tga_cpu_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                   const float *B, int ldb, float beta, float *C, int ldc) {
+    tga_cpu_gemm_mixed(trans_a, trans_b, M, N, K, alpha, A, TGA_CPU_F32, lda, B, TGA_CPU_F32, ldb, beta, C, ldc);
+}
+
+void tga_cpu_gemm_mixed(int trans_a, int trans_b, int M, int N, int K, float alpha, const void *A,
+                        tga_cpu_operand a_type, int lda, const void *B, tga_cpu_operand b_type, int ldb, float beta,
+                        float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
     gemm_problem pr = {
         .M = M, .N = N, .K = K, .alpha = alpha, .beta = beta,
-        .a = {.data = A, .ld = (size_t)lda, .k_contiguous = !trans_a},
-        .b = {.data = B, .ld = (size_t)ldb, .k_contiguous = trans_b},
+        .a = {.data = A, .ld = (size_t)lda, .k_contiguous = !trans_a, .type = a_type},
+        .b = {.data = B, .ld = (size_t)ldb, .k_contiguous = trans_b, .type = b_type},
         .C = C, .ldc = (size_t)ldc,
     };
     if (K <= 0 || alpha == 0.0f) {

@@ -77,9 +77,11 @@ static double softmax_ce_chunk(float *logits, const int *targets, int first_row,
     return loss;
 }
 
-void tga_cpu_lm_head_ce(double *loss_sum, float *dhidden, float *dweight, const float *hidden,
-                        const float *weight, const int *targets, int N, int D, int V, float grad_scale,
-                        float *scratch, int chunk) {
+/* weight is fp32 or bf16 (w_type); act_type says whether rows and dlogits enter the products as
+ * they are or rounded to bf16. */
+static void lm_head_ce_typed(double *loss_sum, float *dhidden, float *dweight, const float *hidden,
+                             const void *weight, tga_cpu_operand w_type, tga_cpu_operand act_type,
+                             const int *targets, int N, int D, int V, float grad_scale, float *scratch, int chunk) {
     float *logits = scratch;                       /* [chunk, V] */
     float *rows = scratch + (size_t)chunk * V;     /* [chunk, D] */
     if (dhidden) memset(dhidden, 0, (size_t)N * D * sizeof *dhidden);
@@ -90,15 +92,30 @@ void tga_cpu_lm_head_ce(double *loss_sum, float *dhidden, float *dweight, const 
         int n_rows = gather_supervised_rows(rows, hidden, targets, N, D, V, chunk, &cursor);
         if (n_rows == 0) break;
         /* (n_rows, D) x (V, D)^T -> (n_rows, V) */
-        tga_cpu_gemm(0, 1, n_rows, V, D, 1.0f, rows, D, weight, D, 0.0f, logits, V);
+        tga_cpu_gemm_mixed(0, 1, n_rows, V, D, 1.0f, rows, act_type, D, weight, w_type, D, 0.0f, logits, V);
         loss += softmax_ce_chunk(logits, targets, first_row, n_rows, V, grad_scale);
         /* dweight (V, D) += (n_rows, V)^T x (n_rows, D); before rows is reused for dhidden */
-        if (dweight) tga_cpu_gemm(1, 0, V, D, n_rows, 1.0f, logits, V, rows, D, 1.0f, dweight, D);
+        if (dweight)
+            tga_cpu_gemm_mixed(1, 0, V, D, n_rows, 1.0f, logits, act_type, V, rows, act_type, D, 1.0f, dweight, D);
         if (dhidden) {
             /* (n_rows, V) x (V, D) -> (n_rows, D) */
-            tga_cpu_gemm(0, 0, n_rows, D, V, 1.0f, logits, V, weight, D, 0.0f, rows, D);
+            tga_cpu_gemm_mixed(0, 0, n_rows, D, V, 1.0f, logits, act_type, V, weight, w_type, D, 0.0f, rows, D);
             scatter_supervised_rows(dhidden, rows, targets, first_row, cursor, D, V);
         }
     }
     *loss_sum = loss;
+}
+
+void tga_cpu_lm_head_ce(double *loss_sum, float *dhidden, float *dweight, const float *hidden,
+                        const float *weight, const int *targets, int N, int D, int V, float grad_scale,
+                        float *scratch, int chunk) {
+    lm_head_ce_typed(loss_sum, dhidden, dweight, hidden, weight, TGA_CPU_F32, TGA_CPU_F32, targets, N, D, V,
+                     grad_scale, scratch, chunk);
+}
+
+void tga_cpu_lm_head_ce_bf16(double *loss_sum, float *dhidden, float *dweight, const float *hidden,
+                             const tga_bf16 *weight, const int *targets, int N, int D, int V, float grad_scale,
+                             float *scratch, int chunk) {
+    lm_head_ce_typed(loss_sum, dhidden, dweight, hidden, weight, TGA_CPU_BF16, TGA_CPU_F32_AS_BF16, targets, N, D,
+                     V, grad_scale, scratch, chunk);
 }

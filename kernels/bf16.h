@@ -1,0 +1,34 @@
+/* bfloat16 storage: the top 16 bits of an IEEE float32 (8-bit exponent, 7-bit mantissa). Weights
+ * stored this way (model.dtype: bf16) take half the memory and feed bf16 tensor-core GEMMs.
+ *
+ * Rounding is to nearest, ties to even, as torch's .to(torch.bfloat16), CUDA's
+ * __float2bfloat16_rn and PTX cvt.rn.bf16.f32 do; a NaN stays a (quiet) NaN and infinities stay
+ * infinite. Widening is exact. Header-only so that the CPU kernels, the host code and the tests
+ * share one definition. */
+#ifndef TGA_KERNELS_BF16_H
+#define TGA_KERNELS_BF16_H
+
+#include <stdint.h>
+#include <string.h>
+
+typedef uint16_t tga_bf16;
+
+static inline tga_bf16 tga_bf16_from_float(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (tga_bf16)((u >> 16) | 0x0040u); /* NaN: keep it quiet */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (tga_bf16)(u >> 16);
+}
+
+static inline float tga_bf16_to_float(tga_bf16 h) {
+    uint32_t u = (uint32_t)h << 16;
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+/* x rounded to the nearest bf16 value, as a float. */
+static inline float tga_bf16_round(float x) { return tga_bf16_to_float(tga_bf16_from_float(x)); }
+
+#endif
