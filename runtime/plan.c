@@ -11,6 +11,11 @@ void tga_plan_free(tga_plan *plan) {
 }
 
 int tga_plan_add(tga_plan *plan, tga_mem_kind kind, const char *name, int ndim, const long long *shape) {
+    return tga_plan_add_typed(plan, kind, name, ndim, shape, (int)sizeof(float));
+}
+
+int tga_plan_add_typed(tga_plan *plan, tga_mem_kind kind, const char *name, int ndim, const long long *shape,
+                       int elem_bytes) {
     if (plan->count == plan->capacity) {
         int cap = plan->capacity ? plan->capacity * 2 : 64;
         tga_plan_entry *e = realloc(plan->entries, (size_t)cap * sizeof *e);
@@ -31,8 +36,10 @@ int tga_plan_add(tga_plan *plan, tga_mem_kind kind, const char *name, int ndim, 
         e->shape[i] = shape[i];
         e->numel *= (size_t)shape[i];
     }
+    e->elem_bytes = elem_bytes;
     e->offset = plan->kind_numel[kind];
-    plan->kind_numel[kind] += (e->numel + 15) & ~(size_t)15; /* keep every tensor 64-byte aligned */
+    size_t floats = (e->numel * (size_t)elem_bytes + sizeof(float) - 1) / sizeof(float);
+    plan->kind_numel[kind] += (floats + 15) & ~(size_t)15; /* keep every tensor 64-byte aligned */
     return plan->count++;
 }
 
@@ -69,7 +76,7 @@ const char *tga_format_bytes(double bytes, char *buf, size_t size) {
 void tga_plan_print(const tga_plan *plan, FILE *out, int verbose) {
     char b[32];
     if (verbose) {
-        fprintf(out, "%-44s %-16s %-28s %12s\n", "tensor", "kind", "shape", "bytes");
+        fprintf(out, "%-44s %-16s %-28s %-5s %12s\n", "tensor", "kind", "shape", "dtype", "bytes");
         for (int i = 0; i < plan->count; i++) {
             const tga_plan_entry *e = &plan->entries[i];
             char shape[64] = "[";
@@ -79,8 +86,8 @@ void tga_plan_print(const tga_plan *plan, FILE *out, int verbose) {
                 strncat(shape, dim, sizeof shape - strlen(shape) - 2);
             }
             strcat(shape, "]");
-            fprintf(out, "%-44s %-16s %-28s %12s\n", e->name, tga_mem_kind_name(e->kind), shape,
-                    tga_format_bytes((double)e->numel * sizeof(float), b, sizeof b));
+            fprintf(out, "%-44s %-16s %-28s %-5s %12s\n", e->name, tga_mem_kind_name(e->kind), shape,
+                    e->elem_bytes == 2 ? "bf16" : "fp32", tga_format_bytes((double)e->numel * e->elem_bytes, b, sizeof b));
         }
     }
     for (int k = 0; k < TGA_MEM_KINDS; k++)

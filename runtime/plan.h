@@ -25,7 +25,8 @@ typedef struct tga_plan_entry {
     int ndim;
     long long shape[4];
     size_t numel;
-    size_t offset; /* in floats, within its kind's buffer (64-byte aligned) */
+    int elem_bytes; /* 4 (float32) or 2 (bfloat16) */
+    size_t offset;  /* in floats, within its kind's buffer (64-byte aligned) */
 } tga_plan_entry;
 
 typedef struct tga_plan {
@@ -38,6 +39,9 @@ void tga_plan_init(tga_plan *plan);
 void tga_plan_free(tga_plan *plan);
 /* Add a float32 tensor; returns its index (or -1 with an error set on allocation failure). */
 int tga_plan_add(tga_plan *plan, tga_mem_kind kind, const char *name, int ndim, const long long *shape);
+/* The same with 2- or 4-byte elements (a bfloat16 tensor takes half the space). */
+int tga_plan_add_typed(tga_plan *plan, tga_mem_kind kind, const char *name, int ndim, const long long *shape,
+                       int elem_bytes);
 int tga_plan_find(const tga_plan *plan, const char *name);
 size_t tga_plan_bytes(const tga_plan *plan, tga_mem_kind kind);
 size_t tga_plan_total_bytes(const tga_plan *plan);

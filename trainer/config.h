@@ -37,6 +37,7 @@ typedef enum {
 } tga_chat_template;
 typedef enum { TGA_DEVICE_AUTO = 0, TGA_DEVICE_CPU = 1, TGA_DEVICE_CUDA = 2 } tga_device_request;
 typedef enum { TGA_ATTENTION_TGA = 0, TGA_ATTENTION_CUDNN = 1 } tga_attention_impl;
+typedef enum { TGA_DTYPE_FP32 = 0, TGA_DTYPE_BF16 = 1 } tga_weight_dtype;
 typedef enum { TGA_GRAD_SYNC_ORDERED = 0, TGA_GRAD_SYNC_ALLREDUCE = 1, TGA_GRAD_SYNC_BUCKETED = 2 } tga_grad_sync_choice;
 
 typedef struct tga_config {
@@ -49,6 +50,7 @@ typedef struct tga_config {
         int64_t max_seq_len;
         double init_std;
         tga_attention_impl attention;
+        tga_weight_dtype dtype;
     } model;
     struct {
         tga_projector_type type;

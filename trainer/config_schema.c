@@ -30,7 +30,8 @@ _Static_assert(sizeof(tga_projector_type) == sizeof(int) && sizeof(tga_trainable
                    sizeof(tga_lr_schedule) == sizeof(int) && sizeof(tga_nonfinite_policy) == sizeof(int) &&
                    sizeof(tga_align_mode) == sizeof(int) && sizeof(tga_chat_template) == sizeof(int) &&
                    sizeof(tga_device_request) == sizeof(int) && sizeof(tga_log_level) == sizeof(int) &&
-                   sizeof(tga_grad_sync_choice) == sizeof(int) && sizeof(tga_attention_impl) == sizeof(int),
+                   sizeof(tga_grad_sync_choice) == sizeof(int) && sizeof(tga_attention_impl) == sizeof(int) &&
+                   sizeof(tga_weight_dtype) == sizeof(int),
                "enum config fields must be int-sized");
 
 enum { OPEN_MIN = TGA_CFG_MIN_OPEN, OPEN_MAX = TGA_CFG_MAX_OPEN, CLOSED = 0 };
@@ -50,6 +51,10 @@ static const tga_cfg_key schema[] = {
     FLOAT(model, init_std, "0.02", 0, 10, CLOSED, "Std of the random init of a model trained from scratch."),
     ENUM(model, attention, tga_attention_impl, "tga", "tga|cudnn",
          "Attention kernels: tga = our own (every backend), cudnn = cuDNN's fused attention (CUDA only)."),
+    ENUM(model, dtype, tga_weight_dtype, "fp32", "fp32|bf16",
+         "Storage of the weight matrices: fp32, or bf16 (half the memory; the matrix products round their "
+         "activation operands to bf16 and accumulate in fp32, the bf16 tensor-core path on GPUs). Trainable "
+         "matrices keep fp32 master weights and AdamW moments; norms, biases and activations stay fp32."),
 
     ENUM(projector, type, tga_projector_type, "mlp2x_gelu", "mlp2x_gelu|linear",
          "Vision-to-LLM projector: Linear-GELU-Linear (LLaVA-1.5) or one Linear."),

@@ -45,19 +45,15 @@ static void tensor_set_free(tensor_set *s) {
     memset(s, 0, sizeof *s);
 }
 
-/* Round to nearest, ties to even, as torch's float -> bfloat16 cast; NaN stays a quiet NaN. */
-static uint16_t bf16_from_f32(float x) {
-    uint32_t bits;
-    memcpy(&bits, &x, sizeof bits);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40u);
-    return (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
-}
-
 /* The parameter's values as `dtype` in a new buffer. */
 static tga_status host_copy(const tga_param *p, tga_st_dtype dtype, void **out) {
     float *f32 = malloc(p->numel * sizeof(float));
     if (!f32) return tga_error(TGA_ERR_NOMEM, "out of memory copying %s (%zu values)", p->name, p->numel);
-    OPS->download(f32, p->data, p->numel * sizeof(float));
+    tga_status st = tga_model_param_download(p, f32);
+    if (st != TGA_OK) {
+        free(f32);
+        return st;
+    }
     if (dtype == TGA_ST_F32) {
         *out = f32;
         return TGA_OK;
@@ -65,7 +61,7 @@ static tga_status host_copy(const tga_param *p, tga_st_dtype dtype, void **out) 
     uint16_t *bf16 = malloc(p->numel * sizeof(uint16_t));
     if (bf16)
         for (size_t i = 0; i < p->numel; i++)
-            bf16[i] = bf16_from_f32(f32[i]);
+            bf16[i] = tga_bf16_from_float(f32[i]); /* as torch's float -> bfloat16 cast */
     free(f32);
     if (!bf16) return tga_error(TGA_ERR_NOMEM, "out of memory converting %s to bf16", p->name);
     *out = bf16;

@@ -21,7 +21,6 @@ typedef struct decoder {
     uint8_t *tox;
     float *features;
     /* the LM head on the last positions */
-    const float *lm_head; /* device [V, D] */
     float *hidden;        /* host [micro_batch * max_len, D] */
     float *last, *logits; /* host [micro_batch, D], [micro_batch, V] */
     float *d_last, *d_logits;
@@ -77,9 +76,6 @@ static tga_status check_prompts(const tga_run_shape *shape, const tga_prompt *pr
 static tga_status decoder_open(decoder *d, tga_model *m, const tga_model_dims *dims,
                                const tga_run_shape *shape, const tga_prompt *prompts, int n) {
     *d = (decoder){.m = m, .dims = dims, .shape = shape, .prompts = prompts, .n_prompts = n};
-    const tga_param *head = tga_model_find_param(m, dims->tie_embeddings ? "tok_embeddings" : "lm_head");
-    if (!head) return tga_error(TGA_ERR_INTERNAL, "generate: the model has no LM head parameter");
-    d->lm_head = head->data;
     const size_t B = (size_t)shape->micro_batch, T = (size_t)shape->max_len, D = (size_t)dims->dim;
     const size_t V = (size_t)dims->vocab_size, I = (size_t)shape->max_images + 1;
     const size_t patch_floats = (size_t)shape->image_tokens * (size_t)dims->vision_dim;
@@ -160,7 +156,7 @@ static void last_position_logits(decoder *d, const tga_batch *b) {
         memcpy(d->last + (size_t)r * D, d->hidden + ((size_t)r * b->T + (size_t)b->lengths[r] - 1) * D,
                D * sizeof *d->last);
     OPS->upload(d->d_last, d->last, (size_t)b->B * D * sizeof(float));
-    OPS->linear_forward(d->d_logits, d->d_last, d->lm_head, NULL, b->B, (int)D, d->dims->vocab_size);
+    tga_model_head_logits(d->m, d->d_logits, d->d_last, b->B);
     OPS->download(d->logits, d->d_logits, (size_t)b->B * d->dims->vocab_size * sizeof(float));
 }
 

@@ -27,6 +27,12 @@ typedef struct projector_weights {
     float *w0, *b0, *w2, *b2; /* w2/b2 NULL for the linear projector */
 } projector_weights;
 
+/* The bf16 copies of the matrices with model.dtype bf16 (all NULL with fp32 weights; the fp32
+ * pointers of layer_weights are then NULL for frozen matrices). */
+typedef struct layer_bf16 {
+    tga_bf16 *wq, *wk, *wv, *wo, *w_gate, *w_up, *w_down;
+} layer_bf16;
+
 struct tga_model {
     tga_model_dims dims;
     tga_run_shape shape;
@@ -40,6 +46,8 @@ struct tga_model {
     layer_weights *w, *g; /* weights and gradients per layer (gradient pointers NULL when frozen) */
     float *g_tok_emb, *g_lm_head, *g_final_norm;
     projector_weights pw, pg;
+    layer_bf16 *w16;
+    tga_bf16 *tok_emb16, *lm_head16, *proj_w0_16, *proj_w2_16;
 
     float **xs;      /* [L+1] residual stream: xs[0] = embeddings, xs[l] after layer l */
     float *hs_final, *rstd_final;
@@ -115,11 +123,22 @@ static tga_status check_dims(const tga_model_dims *d, const tga_run_shape *s) {
 static int is_trainable_llm(tga_trainable_set t) { return t == TGA_TRAIN_LM || t == TGA_TRAIN_STAGE2; }
 static int is_trainable_projector(tga_trainable_set t) { return t == TGA_TRAIN_STAGE1 || t == TGA_TRAIN_STAGE2; }
 
-/* Adds a parameter, and its gradient when trainable (the moments follow in plan_optimizer). */
-static void plan_param(tga_plan *p, const char *name, int trainable, int ndim, long long d0, long long d1) {
+/* Adds a parameter, and its gradient when trainable (the moments follow in plan_optimizer). A
+ * bf16 matrix is one bf16 tensor when frozen, and an fp32 master plus its bf16 copy "<name>.bf16"
+ * when trainable. */
+static void plan_param(tga_plan *p, const char *name, int trainable, int bf16, int ndim, long long d0,
+                       long long d1) {
     long long shape[2] = {d0, d1};
     char full[128];
+    if (bf16 && !trainable) {
+        tga_plan_add_typed(p, TGA_MEM_PARAMS, name, ndim, shape, (int)sizeof(tga_bf16));
+        return;
+    }
     tga_plan_add(p, TGA_MEM_PARAMS, name, ndim, shape);
+    if (bf16) {
+        snprintf(full, sizeof full, "%s.bf16", name);
+        tga_plan_add_typed(p, TGA_MEM_PARAMS, full, ndim, shape, (int)sizeof(tga_bf16));
+    }
     if (!trainable) return;
     snprintf(full, sizeof full, "grad.%s", name);
     tga_plan_add(p, TGA_MEM_GRADS, full, ndim, shape);
@@ -150,24 +169,25 @@ tga_status tga_model_plan(const tga_model_dims *d, const tga_run_shape *s, tga_p
     const long long B = s->micro_batch, N = B * s->max_len, Dv = d->vision_dim;
     const long long rows = (long long)s->max_images * s->image_tokens;
     const int llm = is_trainable_llm(s->trainable), proj = is_trainable_projector(s->trainable);
+    const int bf16 = d->bf16_weights; /* for the matrices; norms and biases stay fp32 */
     char name[96];
 
-    plan_param(p, "tok_embeddings", llm, 2, V, D);
+    plan_param(p, "tok_embeddings", llm, bf16, 2, V, D);
     for (int l = 0; l < L; l++) {
         const long long rows_[N_LAYER_WEIGHTS] = {D, QD, KD, KD, D, D, F, F, D};
         const long long cols_[N_LAYER_WEIGHTS] = {0, D, D, D, QD, 0, D, D, F};
         for (int i = 0; i < N_LAYER_WEIGHTS; i++) {
             snprintf(name, sizeof name, "layers.%d.%s", l, layer_weight_names[i]);
-            plan_param(p, name, llm, cols_[i] ? 2 : 1, rows_[i], cols_[i]);
+            plan_param(p, name, llm, bf16 && cols_[i], cols_[i] ? 2 : 1, rows_[i], cols_[i]);
         }
     }
-    plan_param(p, "final_norm", llm, 1, D, 0);
-    if (!d->tie_embeddings) plan_param(p, "lm_head", llm, 2, V, D);
-    plan_param(p, "projector.0.weight", proj, 2, D, Dv);
-    plan_param(p, "projector.0.bias", proj, 1, D, 0);
+    plan_param(p, "final_norm", llm, 0, 1, D, 0);
+    if (!d->tie_embeddings) plan_param(p, "lm_head", llm, bf16, 2, V, D);
+    plan_param(p, "projector.0.weight", proj, bf16, 2, D, Dv);
+    plan_param(p, "projector.0.bias", proj, 0, 1, D, 0);
     if (d->projector == TGA_PROJ_MLP2X_GELU) {
-        plan_param(p, "projector.2.weight", proj, 2, D, D);
-        plan_param(p, "projector.2.bias", proj, 1, D, 0);
+        plan_param(p, "projector.2.weight", proj, bf16, 2, D, D);
+        plan_param(p, "projector.2.bias", proj, 0, 1, D, 0);
     }
     plan_optimizer(p, s);
 
@@ -222,11 +242,29 @@ tga_status tga_model_plan(const tga_model_dims *d, const tga_run_shape *s, tga_p
 
 /* ---- creation ---------------------------------------------------------------------------- */
 
+/* An fp32 tensor of the plan (NULL when absent or stored as bf16). */
 static float *planned(tga_model *m, const char *name) {
     int i = tga_plan_find(&m->plan, name);
-    if (i < 0) return NULL;
+    if (i < 0 || m->plan.entries[i].elem_bytes != (int)sizeof(float)) return NULL;
     const tga_plan_entry *e = &m->plan.entries[i];
     return m->buf[e->kind] + e->offset;
+}
+
+/* The bf16 storage of parameter `name`: the tensor itself, or its copy "<name>.bf16"; NULL with
+ * fp32 weights. */
+static tga_bf16 *planned_bf16(tga_model *m, const char *name) {
+    char copy[128];
+    snprintf(copy, sizeof copy, "%s.bf16", name);
+    int i = tga_plan_find(&m->plan, name);
+    if (i < 0 || m->plan.entries[i].elem_bytes != (int)sizeof(tga_bf16)) i = tga_plan_find(&m->plan, copy);
+    if (i < 0) return NULL;
+    const tga_plan_entry *e = &m->plan.entries[i];
+    return (tga_bf16 *)(m->buf[e->kind] + e->offset);
+}
+
+static int is_bf16_copy(const tga_plan_entry *e) {
+    size_t n = strlen(e->name);
+    return e->elem_bytes == (int)sizeof(tga_bf16) && n > 5 && strcmp(e->name + n - 5, ".bf16") == 0;
 }
 
 static float *plannedf(tga_model *m, const char *fmt, int l) {
@@ -238,12 +276,12 @@ static float *plannedf(tga_model *m, const char *fmt, int l) {
 static void bind_params(tga_model *m) {
     int n = 0;
     for (int i = 0; i < m->plan.count; i++)
-        if (m->plan.entries[i].kind == TGA_MEM_PARAMS) n++;
+        if (m->plan.entries[i].kind == TGA_MEM_PARAMS && !is_bf16_copy(&m->plan.entries[i])) n++;
     m->n_params = n;
     n = 0;
     for (int i = 0; i < m->plan.count; i++) {
         const tga_plan_entry *e = &m->plan.entries[i];
-        if (e->kind != TGA_MEM_PARAMS) continue;
+        if (e->kind != TGA_MEM_PARAMS || is_bf16_copy(e)) continue;
         tga_param *p = &m->params[n++];
         char name[128];
         p->name = e->name;
@@ -251,7 +289,8 @@ static void bind_params(tga_model *m) {
         p->shape[0] = e->shape[0];
         p->shape[1] = e->ndim > 1 ? e->shape[1] : 1;
         p->numel = e->numel;
-        p->data = m->buf[TGA_MEM_PARAMS] + e->offset;
+        p->data = planned(m, e->name);
+        p->data_bf16 = planned_bf16(m, e->name);
         snprintf(name, sizeof name, "grad.%s", e->name);
         p->grad = planned(m, name);
         p->trainable = p->grad != NULL;
@@ -319,15 +358,22 @@ static void bind_named(tga_model *m) {
     m->g_final_norm = planned(m, "grad.final_norm");
     m->lm_head = m->dims.tie_embeddings ? m->tok_emb : planned(m, "lm_head");
     m->g_lm_head = m->dims.tie_embeddings ? m->g_tok_emb : planned(m, "grad.lm_head");
+    m->tok_emb16 = planned_bf16(m, "tok_embeddings");
+    m->lm_head16 = m->dims.tie_embeddings ? m->tok_emb16 : planned_bf16(m, "lm_head");
+    m->proj_w0_16 = planned_bf16(m, "projector.0.weight");
+    m->proj_w2_16 = planned_bf16(m, "projector.2.weight");
     for (int l = 0; l < L; l++) {
         float **wp[] = {&m->w[l].attn_norm, &m->w[l].wq, &m->w[l].wk, &m->w[l].wv, &m->w[l].wo,
                         &m->w[l].ffn_norm, &m->w[l].w_gate, &m->w[l].w_up, &m->w[l].w_down};
         float **gp[] = {&m->g[l].attn_norm, &m->g[l].wq, &m->g[l].wk, &m->g[l].wv, &m->g[l].wo,
                         &m->g[l].ffn_norm, &m->g[l].w_gate, &m->g[l].w_up, &m->g[l].w_down};
+        tga_bf16 **hp[N_LAYER_WEIGHTS] = {NULL, &m->w16[l].wq, &m->w16[l].wk, &m->w16[l].wv, &m->w16[l].wo, NULL,
+                                          &m->w16[l].w_gate, &m->w16[l].w_up, &m->w16[l].w_down};
         for (int i = 0; i < N_LAYER_WEIGHTS; i++) {
             char name[96];
             snprintf(name, sizeof name, "layers.%d.%s", l, layer_weight_names[i]);
             *wp[i] = planned(m, name);
+            if (hp[i]) *hp[i] = planned_bf16(m, name);
             snprintf(name, sizeof name, "grad.layers.%d.%s", l, layer_weight_names[i]);
             *gp[i] = planned(m, name);
         }
@@ -410,9 +456,10 @@ tga_status tga_model_create(tga_model **out, const tga_model_dims *dims, const t
     m->params = calloc((size_t)m->plan.count, sizeof *m->params);
     m->w = calloc((size_t)L, sizeof *m->w);
     m->g = calloc((size_t)L, sizeof *m->g);
+    m->w16 = calloc((size_t)L, sizeof *m->w16);
     m->xs = calloc((size_t)L + 1, sizeof *m->xs);
     m->acts = calloc((size_t)L, sizeof *m->acts);
-    if (!m->params || !m->w || !m->g || !m->xs || !m->acts) {
+    if (!m->params || !m->w || !m->g || !m->w16 || !m->xs || !m->acts) {
         tga_model_free(m);
         return tga_error(TGA_ERR_NOMEM, "model: out of host memory");
     }
@@ -439,6 +486,7 @@ void tga_model_free(tga_model *m) {
     free(m->params);
     free(m->w);
     free(m->g);
+    free(m->w16);
     free(m->xs);
     free(m->acts);
     free(m);
@@ -479,8 +527,42 @@ void tga_model_init_random(tga_model *m, uint64_t seed, float std) {
         } else {
             tga_rng_fill_normal(&s, host, p->numel, 0.0f, std);
         }
-        OPS->upload(p->data, host, p->numel * sizeof(float));
+        tga_model_param_upload(p, host);
         free(host);
+    }
+}
+
+tga_status tga_model_param_upload(tga_param *p, const float *host) {
+    if (p->data) {
+        OPS->upload(p->data, host, p->numel * sizeof(float));
+        if (p->data_bf16) OPS->to_bf16(p->data_bf16, p->data, p->numel);
+        return TGA_OK;
+    }
+    tga_bf16 *h = malloc(p->numel * sizeof *h);
+    if (!h) return tga_error(TGA_ERR_NOMEM, "out of memory converting %s to bf16", p->name);
+    for (size_t i = 0; i < p->numel; i++) h[i] = tga_bf16_from_float(host[i]);
+    OPS->upload(p->data_bf16, h, p->numel * sizeof *h);
+    free(h);
+    return TGA_OK;
+}
+
+tga_status tga_model_param_download(const tga_param *p, float *host) {
+    if (p->data) {
+        OPS->download(host, p->data, p->numel * sizeof(float));
+        return TGA_OK;
+    }
+    tga_bf16 *h = malloc(p->numel * sizeof *h);
+    if (!h) return tga_error(TGA_ERR_NOMEM, "out of memory reading %s", p->name);
+    OPS->download(h, p->data_bf16, p->numel * sizeof *h);
+    for (size_t i = 0; i < p->numel; i++) host[i] = tga_bf16_to_float(h[i]);
+    free(h);
+    return TGA_OK;
+}
+
+void tga_model_refresh_bf16(tga_model *m) {
+    for (int i = 0; i < m->n_params; i++) {
+        tga_param *p = &m->params[i];
+        if (p->trainable && p->data_bf16) OPS->to_bf16(p->data_bf16, p->data, p->numel);
     }
 }
 
@@ -496,27 +578,52 @@ float *tga_model_grad_buffer(tga_model *m, size_t *n) {
 
 /* ---- forward ------------------------------------------------------------------------------ */
 
+/* A linear layer on a matrix held as fp32 (w) or bf16 (w16, when not NULL). */
+static void linear_fwd(float *out, const float *in, const float *w, const tga_bf16 *w16, const float *bias, int N,
+                       int in_dim, int out_dim) {
+    if (w16)
+        OPS->linear_forward_bf16(out, in, w16, bias, N, in_dim, out_dim);
+    else
+        OPS->linear_forward(out, in, w, bias, N, in_dim, out_dim);
+}
+
+static void linear_bwd(float *din, float *dw, float *db, const float *dout, const float *in, const float *w,
+                       const tga_bf16 *w16, int N, int in_dim, int out_dim, int accumulate_din) {
+    if (w16)
+        OPS->linear_backward_bf16(din, dw, db, dout, in, w16, N, in_dim, out_dim, accumulate_din);
+    else
+        OPS->linear_backward(din, dw, db, dout, in, w, N, in_dim, out_dim, accumulate_din);
+}
+
+static void embed(tga_model *m, float *out, int N) {
+    if (m->tok_emb16)
+        OPS->embedding_forward_bf16(out, m->d_ids, m->tok_emb16, N, m->dims.dim);
+    else
+        OPS->embedding_forward(out, m->d_ids, m->tok_emb, N, m->dims.dim);
+}
+
 /* One decoder layer: x_out = x_in + attn(norm(x_in)); x_out += mlp(norm(x_out)).
  * x_out NULL stops after the SwiGLU activation (recompute for backward needs no more). */
 static void layer_forward(tga_model *m, int l, layer_acts *a, const float *x_in, float *x_out, int B, int T) {
     const tga_model_dims *d = &m->dims;
     const layer_weights *w = &m->w[l];
+    const layer_bf16 *h = &m->w16[l];
     const int N = B * T, D = d->dim, F = d->ffn_dim, H = d->n_heads, KVH = d->n_kv_heads, hd = m->hd;
     OPS->rmsnorm_forward(a->h1, a->rstd1, x_in, w->attn_norm, N, D, d->norm_eps); /* (N,D) */
-    OPS->linear_forward(a->q, a->h1, w->wq, NULL, N, D, H * hd);                /* (N,H*hd) */
-    OPS->linear_forward(a->k, a->h1, w->wk, NULL, N, D, KVH * hd);              /* (N,KVH*hd) */
-    OPS->linear_forward(a->v, a->h1, w->wv, NULL, N, D, KVH * hd);
+    linear_fwd(a->q, a->h1, w->wq, h->wq, NULL, N, D, H * hd);                    /* (N,H*hd) */
+    linear_fwd(a->k, a->h1, w->wk, h->wk, NULL, N, D, KVH * hd);                  /* (N,KVH*hd) */
+    linear_fwd(a->v, a->h1, w->wv, h->wv, NULL, N, D, KVH * hd);
     OPS->rope(a->q, m->rope_table, B, T, H, hd, 0);
     OPS->rope(a->k, m->rope_table, B, T, KVH, hd, 0);
     OPS->attention_forward(a->att, a->lse, a->q, a->k, a->v, m->d_lengths, B, T, H, KVH, hd); /* (N,H*hd) */
-    OPS->linear_forward(m->delta, a->att, w->wo, NULL, N, H * hd, D);                          /* (N,D) */
+    linear_fwd(m->delta, a->att, w->wo, h->wo, NULL, N, H * hd, D);                            /* (N,D) */
     OPS->copy(a->x_mid, x_in, (size_t)N * D * sizeof(float));
     OPS->add_rmsnorm_forward(a->x_mid, m->delta, a->h2, a->rstd2, w->ffn_norm, N, D, d->norm_eps);
-    OPS->linear_forward(a->gate, a->h2, w->w_gate, NULL, N, D, F); /* (N,F) */
-    OPS->linear_forward(a->up, a->h2, w->w_up, NULL, N, D, F);
+    linear_fwd(a->gate, a->h2, w->w_gate, h->w_gate, NULL, N, D, F); /* (N,F) */
+    linear_fwd(a->up, a->h2, w->w_up, h->w_up, NULL, N, D, F);
     OPS->swiglu_forward(a->act, a->gate, a->up, (size_t)N * F);
     if (!x_out) return;
-    OPS->linear_forward(m->delta, a->act, w->w_down, NULL, N, F, D); /* (N,D) */
+    linear_fwd(m->delta, a->act, w->w_down, h->w_down, NULL, N, F, D); /* (N,D) */
     OPS->copy(x_out, a->x_mid, (size_t)N * D * sizeof(float));
     OPS->add_inplace(x_out, m->delta, (size_t)N * D);
 }
@@ -562,7 +669,7 @@ static void caption_forward(tga_model *m, const tga_batch *b, int32_t **cursor) 
     OPS->upload(m->d_ids, b->cap_ids, (size_t)N * sizeof(int32_t));
     OPS->upload(m->d_lengths, b->cap_lengths, (size_t)B * sizeof(int32_t));
     float *cur = m->xs[0], *next = m->xs[1];
-    OPS->embedding_forward(cur, m->d_ids, m->tok_emb, N, D);
+    embed(m, cur, N);
     const tga_align_config *al = &m->align;
     int j = align_index(al, 0);
     if (j >= 0) OPS->segment_mean_forward(m->cap_target + (size_t)j * B * D, cur, &m->seg_cap, D);
@@ -586,11 +693,11 @@ static void projector_forward(tga_model *m, const tga_batch *b) {
     if (rows == 0) return;
     OPS->upload(m->proj_in, b->image_features, (size_t)rows * Dv * sizeof(float));
     if (m->dims.projector == TGA_PROJ_MLP2X_GELU) {
-        OPS->linear_forward(m->proj_h, m->proj_in, m->pw.w0, m->pw.b0, rows, Dv, D); /* (rows,D) */
+        linear_fwd(m->proj_h, m->proj_in, m->pw.w0, m->proj_w0_16, m->pw.b0, rows, Dv, D); /* (rows,D) */
         OPS->gelu_forward(m->proj_g, m->proj_h, (size_t)rows * D);
-        OPS->linear_forward(m->proj_out, m->proj_g, m->pw.w2, m->pw.b2, rows, D, D);
+        linear_fwd(m->proj_out, m->proj_g, m->pw.w2, m->proj_w2_16, m->pw.b2, rows, D, D);
     } else {
-        OPS->linear_forward(m->proj_out, m->proj_in, m->pw.w0, m->pw.b0, rows, Dv, D);
+        linear_fwd(m->proj_out, m->proj_in, m->pw.w0, m->proj_w0_16, m->pw.b0, rows, Dv, D);
     }
     for (int i = 0; i < b->n_images; i++) {
         size_t row = (size_t)b->image_sample[i] * b->T + (size_t)b->image_start[i];
@@ -680,23 +787,24 @@ static void upload_batch(tga_model *m, const tga_batch *b, int32_t **cursor) {
 static void layer_backward(tga_model *m, int l, const layer_acts *a, const float *x_in, int B, int T) {
     const tga_model_dims *d = &m->dims;
     const layer_weights *w = &m->w[l], *g = &m->g[l];
+    const layer_bf16 *h = &m->w16[l];
     const int N = B * T, D = d->dim, F = d->ffn_dim, H = d->n_heads, KVH = d->n_kv_heads, hd = m->hd;
     float *dx = m->dx;
     /* MLP: x_out = x_mid + W_down(silu(W_gate h2) * W_up h2), h2 = norm(x_mid) */
-    OPS->linear_backward(m->dact, g->w_down, NULL, dx, a->act, w->w_down, N, F, D, 0);
+    linear_bwd(m->dact, g->w_down, NULL, dx, a->act, w->w_down, h->w_down, N, F, D, 0);
     OPS->swiglu_backward(m->dgate, m->dup, m->dact, a->gate, a->up, (size_t)N * F);
-    OPS->linear_backward(m->dh, g->w_gate, NULL, m->dgate, a->h2, w->w_gate, N, D, F, 0);
-    OPS->linear_backward(m->dh, g->w_up, NULL, m->dup, a->h2, w->w_up, N, D, F, 1);
+    linear_bwd(m->dh, g->w_gate, NULL, m->dgate, a->h2, w->w_gate, h->w_gate, N, D, F, 0);
+    linear_bwd(m->dh, g->w_up, NULL, m->dup, a->h2, w->w_up, h->w_up, N, D, F, 1);
     OPS->rmsnorm_backward(dx, g->ffn_norm, m->dh, a->x_mid, w->ffn_norm, a->rstd2, N, D, 1); /* d x_mid */
     /* attention: x_mid = x_in + Wo attn(rope(Wq h1), rope(Wk h1), Wv h1), h1 = norm(x_in) */
-    OPS->linear_backward(m->datt, g->wo, NULL, dx, a->att, w->wo, N, H * hd, D, 0);
+    linear_bwd(m->datt, g->wo, NULL, dx, a->att, w->wo, h->wo, N, H * hd, D, 0);
     OPS->attention_backward(m->dq, m->dk, m->dv, m->datt, a->q, a->k, a->v, a->att, a->lse, m->d_lengths, B, T, H,
                             KVH, hd);
     OPS->rope(m->dq, m->rope_table, B, T, H, hd, 1);
     OPS->rope(m->dk, m->rope_table, B, T, KVH, hd, 1);
-    OPS->linear_backward(m->dh, g->wq, NULL, m->dq, a->h1, w->wq, N, D, H * hd, 0);
-    OPS->linear_backward(m->dh, g->wk, NULL, m->dk, a->h1, w->wk, N, D, KVH * hd, 1);
-    OPS->linear_backward(m->dh, g->wv, NULL, m->dv, a->h1, w->wv, N, D, KVH * hd, 1);
+    linear_bwd(m->dh, g->wq, NULL, m->dq, a->h1, w->wq, h->wq, N, D, H * hd, 0);
+    linear_bwd(m->dh, g->wk, NULL, m->dk, a->h1, w->wk, h->wk, N, D, KVH * hd, 1);
+    linear_bwd(m->dh, g->wv, NULL, m->dv, a->h1, w->wv, h->wv, N, D, KVH * hd, 1);
     OPS->rmsnorm_backward(dx, g->attn_norm, m->dh, x_in, w->attn_norm, a->rstd1, N, D, 1); /* d x_in */
 }
 
@@ -717,11 +825,11 @@ static void projector_backward(tga_model *m, const tga_batch *b) {
         OPS->copy(m->dproj_a + (size_t)i * P * D, m->dx + row * D, (size_t)P * D * sizeof(float));
     }
     if (m->dims.projector == TGA_PROJ_MLP2X_GELU) {
-        OPS->linear_backward(m->dproj_b, m->pg.w2, m->pg.b2, m->dproj_a, m->proj_g, m->pw.w2, rows, D, D, 0);
+        linear_bwd(m->dproj_b, m->pg.w2, m->pg.b2, m->dproj_a, m->proj_g, m->pw.w2, m->proj_w2_16, rows, D, D, 0);
         OPS->gelu_backward(m->dproj_a, m->dproj_b, m->proj_h, (size_t)rows * D);
-        OPS->linear_backward(NULL, m->pg.w0, m->pg.b0, m->dproj_a, m->proj_in, m->pw.w0, rows, Dv, D, 0);
+        linear_bwd(NULL, m->pg.w0, m->pg.b0, m->dproj_a, m->proj_in, m->pw.w0, m->proj_w0_16, rows, Dv, D, 0);
     } else {
-        OPS->linear_backward(NULL, m->pg.w0, m->pg.b0, m->dproj_a, m->proj_in, m->pw.w0, rows, Dv, D, 0);
+        linear_bwd(NULL, m->pg.w0, m->pg.b0, m->dproj_a, m->proj_in, m->pw.w0, m->proj_w0_16, rows, Dv, D, 0);
     }
 }
 
@@ -763,15 +871,20 @@ tga_status tga_model_forward_backward(tga_model *m, const tga_batch *b, const tg
     upload_batch(m, b, &cursor);
 
     /* forward: embeddings (N,D) with image patches spliced in, L layers, final norm */
-    OPS->embedding_forward(m->xs[0], m->d_ids, m->tok_emb, N, D);
+    embed(m, m->xs[0], N);
     projector_forward(m, b);
     for (int l = 0; l < L; l++) layer_forward(m, l, acts_for(m, l), m->xs[l], m->xs[l + 1], B, T);
     OPS->rmsnorm_forward(m->hs_final, m->rstd_final, m->xs[L], m->final_norm, N, D, d->norm_eps);
 
     /* losses: CE over supervised targets, normalised by the global count; alignment terms */
     double ce_scale = sc->n_tokens_global > 0 ? 1.0 / sc->n_tokens_global : 0.0;
-    OPS->lm_head_ce(&out->ce_sum, with_backward ? m->dh : NULL, with_backward ? m->g_lm_head : NULL, m->hs_final,
-                    m->lm_head, m->d_targets, N, D, d->vocab_size, (float)ce_scale, m->ce_scratch, m->shape.ce_chunk);
+    float *dh = with_backward ? m->dh : NULL, *dw_head = with_backward ? m->g_lm_head : NULL;
+    if (m->lm_head16)
+        OPS->lm_head_ce_bf16(&out->ce_sum, dh, dw_head, m->hs_final, m->lm_head16, m->d_targets, N, D, d->vocab_size,
+                             (float)ce_scale, m->ce_scratch, m->shape.ce_chunk);
+    else
+        OPS->lm_head_ce(&out->ce_sum, dh, dw_head, m->hs_final, m->lm_head, m->d_targets, N, D, d->vocab_size,
+                        (float)ce_scale, m->ce_scratch, m->shape.ce_chunk);
     out->ce = out->ce_sum * ce_scale;
     if (m->align_active) align_losses(m, b, sc, out);
     if (!with_backward) return TGA_OK;
@@ -802,11 +915,15 @@ tga_status tga_model_forward_backward(tga_model *m, const tga_batch *b, const tg
 
 /* ---- accessors ---------------------------------------------------------------------------- */
 
+void tga_model_head_logits(tga_model *m, float *out, const float *hidden, int n) {
+    linear_fwd(out, hidden, m->lm_head, m->lm_head16, NULL, n, m->dims.dim, m->dims.vocab_size);
+}
+
 void tga_model_logits(tga_model *m, float *host_logits) {
     const int N = m->B * m->T, D = m->dims.dim, V = m->dims.vocab_size, chunk = m->shape.ce_chunk;
     for (int r = 0; r < N; r += chunk) {
         int n = N - r < chunk ? N - r : chunk;
-        OPS->linear_forward(m->ce_scratch, m->hs_final + (size_t)r * D, m->lm_head, NULL, n, D, V);
+        tga_model_head_logits(m, m->ce_scratch, m->hs_final + (size_t)r * D, n);
         OPS->download(host_logits + (size_t)r * V, m->ce_scratch, (size_t)n * V * sizeof(float));
     }
 }

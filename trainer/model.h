@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels/bf16.h"
 #include "runtime/error.h"
 #include "runtime/plan.h"
 
@@ -31,6 +32,7 @@ typedef struct tga_model_dims {
     int tie_embeddings;
     tga_projector_type projector;
     int vision_dim;
+    int bf16_weights; /* model.dtype: bf16 (weight matrices stored as bf16) */
 } tga_model_dims;
 
 /* What the activation memory is sized for (one micro-batch). */
@@ -91,12 +93,16 @@ typedef struct tga_losses {
     int cos_count;                           /* samples used (image, not tox) */
 } tga_losses;
 
+/* A parameter (device memory). With model.dtype bf16 a weight matrix has data_bf16, the copy the
+ * products read; data is then its fp32 master when trainable and NULL when frozen. Read and write
+ * parameters from the host with tga_model_param_upload/download, which handle both. */
 typedef struct tga_param {
     const char *name;
     int ndim;
     long long shape[2];
     size_t numel;
     float *data, *grad, *adam_m, *adam_v; /* grad and moments NULL when frozen; moments NULL with ZeRO-1 */
+    tga_bf16 *data_bf16;                  /* NULL unless a bf16 matrix */
     int trainable;
 } tga_param;
 
@@ -113,6 +119,14 @@ int tga_model_param_count(const tga_model *m);
 tga_param *tga_model_param(tga_model *m, int i);
 tga_param *tga_model_find_param(tga_model *m, const char *name);
 size_t tga_model_numel(const tga_model *m, int trainable_only);
+
+/* host[numel] (fp32) into the parameter: the fp32 data, and the bf16 copy rounded from it. */
+tga_status tga_model_param_upload(tga_param *p, const float *host);
+/* The parameter into host[numel]: the fp32 data, or the bf16 copy widened when there is no fp32. */
+tga_status tga_model_param_download(const tga_param *p, float *host);
+/* Rounds every trainable fp32 master into its bf16 copy (after the masters changed: an optimizer
+ * step, a ZeRO-1 gather). No-op with fp32 weights. */
+void tga_model_refresh_bf16(tga_model *m);
 
 /* Parameters from Philox keyed by (seed, init, parameter index): matrices N(0, std), norms 1,
  * projector as torch's nn.Linear default (uniform +-1/sqrt(fan_in)). */
@@ -142,6 +156,8 @@ void tga_model_set_grad_ready(tga_model *m, tga_grad_ready_fn fn, void *ctx); /*
 tga_status tga_model_forward_backward(tga_model *m, const tga_batch *batch, const tga_align_config *align,
                                       const tga_step_scalars *scalars, int with_backward, tga_losses *losses);
 
+/* out[n, V] = hidden[n, D] times the LM head (device pointers), as the loss computes them. */
+void tga_model_head_logits(tga_model *m, float *out, const float *hidden, int n);
 /* After a forward: logits [B*T, V] of the last batch, computed chunk by chunk into host memory. */
 void tga_model_logits(tga_model *m, float *host_logits);
 /* After a forward: hs[index] of the last batch ([B*T, D] into host memory). */

@@ -91,6 +91,7 @@ tga_status tga_optim_step(tga_model *m, const tga_optim_config *c, long long ste
         OPS->adamw(p->data + first, p->grad + first, adam_m + at, adam_v + at, count, (float)r->lr, (float)c->beta1,
                    (float)c->beta2, (float)c->eps, (float)c->weight_decay, (int)*adam_updates);
     }
+    if (!sharded) tga_model_refresh_bf16(m); /* ZeRO-1: after the parameter all-gather */
     tga_model_zero_grads(m);
     return TGA_OK;
 }

@@ -77,6 +77,7 @@ tga_status tga_optim_gather_params(tga_model *m) {
     }
     free(send);
     free(recv);
+    if (st == TGA_OK) tga_model_refresh_bf16(m);
     return st;
 }
 
@@ -100,7 +101,9 @@ tga_status tga_optim_device_broadcast_params(tga_model *m) {
         for (tga_param *p; (p = next_slice(m, &c, lo, hi, &first, &count, &at));)
             TGA_TRY(tga_dist_device_broadcast(p->data + first, count, q, "ZeRO-1 parameter broadcast"));
     }
-    return tga_dist_device_wait("ZeRO-1 parameter broadcast");
+    TGA_TRY(tga_dist_device_wait("ZeRO-1 parameter broadcast"));
+    tga_model_refresh_bf16(m);
+    return TGA_OK;
 }
 
 /* ---- checkpoints -------------------------------------------------------------------------------- */

@@ -19,6 +19,7 @@ void tga_setup_dims(const tga_config *cfg, tga_model_dims *d) {
     d->tie_embeddings = cfg->model.tie_embeddings;
     d->projector = cfg->projector.type;
     d->vision_dim = (int)cfg->projector.vision_dim;
+    d->bf16_weights = cfg->model.dtype == TGA_DTYPE_BF16;
 }
 
 void tga_setup_run_shape(const tga_config *cfg, int max_images, tga_run_shape *s) {

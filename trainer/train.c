@@ -205,7 +205,7 @@ static tga_status write_params(run *r, tga_ckpt_writer *w) {
         if (!p->trainable) continue;
         float *host = malloc(p->numel * sizeof(float));
         if (!host) return tga_error(TGA_ERR_NOMEM, "out of memory saving %s", p->name);
-        OPS->download(host, p->data, p->numel * sizeof(float));
+        tga_model_param_download(p, host); /* trainable: the fp32 master, also with model.dtype bf16 */
         tga_ckpt_tensor t = {.name = p->name, .dtype = TGA_CKPT_F32, .ndim = p->ndim,
                              .shape = {p->shape[0], p->shape[1]}, .data = host};
         tga_status st = tga_ckpt_tensors_add(w, &t);
@@ -264,7 +264,7 @@ static tga_status read_params(run *r, const char *ckpt) {
         int64_t shape[2] = {p->shape[0], p->shape[1]};
         st = host ? tga_ckpt_read_tensor(rd, p->name, TGA_CKPT_F32, p->ndim, shape, host)
                   : tga_error(TGA_ERR_NOMEM, "out of memory");
-        if (st == TGA_OK) OPS->upload(p->data, host, p->numel * sizeof(float));
+        if (st == TGA_OK) st = tga_model_param_upload(p, host);
         free(host);
     }
     tga_ckpt_reader_close(rd);
@@ -860,10 +860,12 @@ static tga_status train_main(int argc, char **argv, run *r) {
         tga_loader_info info = tga_loader_get_info(r->loader);
         static const char *const sync_names[] = {"ordered", "allreduce", "bucketed"};
         TGA_INFO("tga train: %s, %d rank(s), backend %s; %llu samples, global batch %lld (micro %lld x accum %lld x %d); "
-                 "%lld steps; trainable %.3f M of %.3f M parameters; gradient sync %s%s%s", r->cfg.data.train, r->world,
-                 tga_backend_description(), (unsigned long long)info.n_samples, (long long)r->cfg.train.global_batch,
-                 (long long)r->cfg.train.micro_batch, (long long)r->cfg.train.grad_accum, r->world,
-                 (long long)r->cfg.train.steps, tga_model_numel(r->model, 1) / 1e6, tga_model_numel(r->model, 0) / 1e6,
+                 "%lld steps; trainable %.3f M of %.3f M parameters (%s); gradient sync %s%s%s", r->cfg.data.train,
+                 r->world, tga_backend_description(), (unsigned long long)info.n_samples,
+                 (long long)r->cfg.train.global_batch, (long long)r->cfg.train.micro_batch,
+                 (long long)r->cfg.train.grad_accum, r->world, (long long)r->cfg.train.steps,
+                 tga_model_numel(r->model, 1) / 1e6, tga_model_numel(r->model, 0) / 1e6,
+                 r->cfg.model.dtype == TGA_DTYPE_BF16 ? "bf16 matrices, fp32 masters" : "fp32",
                  sync_names[r->cfg.train.grad_sync], tga_dist_device_active() ? " over the device collectives" : "",
                  r->sharded ? ", ZeRO-1 optimizer shards" : "");
     }

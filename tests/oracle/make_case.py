@@ -183,11 +183,13 @@ def write_config(path, cfg, seed):
 
 
 def write_case(out_dir, seed, trainable=None, mode=None, tied=None, n_heads=None, kv_heads=None, head_dim=None,
-               projector=None, steps_to_run=5):
+               projector=None, steps_to_run=5, dtype="fp32"):
     rng = np.random.default_rng(seed)
     options = dict(trainable=trainable, mode=mode, tied=tied, n_heads=n_heads, kv_heads=kv_heads, head_dim=head_dim,
                    projector=projector)
     cfg, patches = draw_config(rng, options)
+    if dtype != "fp32":  # drawn nothing: a seed keeps its case whatever the storage
+        cfg["model"]["dtype"] = dtype
     batch = draw_batch(rng, cfg, patches, with_images=cfg["train"]["trainable"] != "lm")
     params = draw_params(rng, cfg)
     out_dir = Path(out_dir)
@@ -218,11 +220,12 @@ def main(argv):
     parser.add_argument("--head-dim", type=int, choices=[32, 64])
     parser.add_argument("--projector", choices=["mlp2x_gelu", "linear"])
     parser.add_argument("--steps-to-run", type=int, default=5)
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="model.dtype of the case")
     args = parser.parse_args(argv)
     if not 0 <= args.steps_to_run <= TOTAL_STEPS:
         parser.error(f"--steps-to-run must be in 0..{TOTAL_STEPS}")
     print(write_case(args.out, args.seed, args.trainable, args.mode, args.tied, args.heads, args.kv_heads,
-                     args.head_dim, args.projector, args.steps_to_run))
+                     args.head_dim, args.projector, args.steps_to_run, args.dtype))
     return 0
 
 

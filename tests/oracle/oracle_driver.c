@@ -87,8 +87,9 @@ static tga_status load_params(tga_model *m, const char *dir) {
             free(data);
             return tga_error(TGA_ERR_FORMAT, "%s: %lld values, expected %zu", path, (long long)h.count, p->numel);
         }
-        OPS->upload(p->data, data, p->numel * sizeof(float));
+        tga_status st = tga_model_param_upload(p, data);
         free(data);
+        TGA_TRY(st);
     }
     return TGA_OK;
 }
@@ -105,7 +106,10 @@ static tga_status save_params(tga_model *m, const char *dir, const char *prefix,
         if (grads && !p->trainable) continue;
         float *host = malloc(p->numel * sizeof(float));
         if (!host) return tga_error(TGA_ERR_NOMEM, "out of memory");
-        OPS->download(host, grads ? p->grad : p->data, p->numel * sizeof(float));
+        if (grads)
+            OPS->download(host, p->grad, p->numel * sizeof(float));
+        else
+            tga_model_param_download(p, host);
         char name[160];
         int64_t shape[2] = {p->shape[0], p->shape[1]};
         snprintf(name, sizeof name, "%s.%s", prefix, p->name);

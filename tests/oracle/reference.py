@@ -138,6 +138,47 @@ class Case:
 
 # ---- the model -----------------------------------------------------------------------------------
 
+# ---- model.dtype bf16 --------------------------------------------------------------------------------
+# The C model then stores weight matrices in bf16 and every matrix product rounds both operands to bf16
+# and accumulates in fp32 (kernels/ops.h); the backward products round the incoming gradient too and
+# send the gradient straight through the rounding to the fp32 master. Here the same in float64.
+
+def bf16(t):
+    """t rounded to the nearest bfloat16 (ties to even), kept in t's dtype."""
+    return t.to(torch.bfloat16).to(t.dtype)
+
+
+class Bf16Linear(torch.autograd.Function):
+    """x @ w.T on bf16-rounded operands; gradients from the bf16-rounded output gradient."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        xr, wr = bf16(x), bf16(w)
+        ctx.save_for_backward(xr, wr)
+        return xr @ wr.T
+
+    @staticmethod
+    def backward(ctx, grad):
+        xr, wr = ctx.saved_tensors
+        g = bf16(grad)
+        return g @ wr, g.reshape(-1, g.shape[-1]).T @ xr.reshape(-1, xr.shape[-1])
+
+
+BF16_WEIGHTS = False  # set from the case's model.dtype by run_reference
+
+
+def linear(x, w):
+    """x @ w.T as the C model computes it under the case's model.dtype."""
+    return Bf16Linear.apply(x, w) if BF16_WEIGHTS else x @ w.T
+
+
+def lookup(table, ids):
+    """Embedding rows; in bf16 the rows are the table rounded, the gradient goes to the fp32 table."""
+    if BF16_WEIGHTS:
+        table = table + (bf16(table) - table).detach()
+    return table[ids]
+
+
 def rms_norm(x, weight, eps):
     """HF LlamaRMSNorm: x * rsqrt(mean(x^2) + eps) * w."""
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
@@ -161,9 +202,9 @@ def attention_context(h, p, m, lengths, cos, sin):
     """Per-head attention output before Wo: [B,T,H*hd]. Causal and key-padding (j >= length) masks."""
     batch, seq, _ = h.shape
     n_heads, n_kv, hd = m["n_heads"], m["n_kv_heads"], m["head_dim"]
-    q = (h @ p["wq"].T).view(batch, seq, n_heads, hd).transpose(1, 2)
-    k = (h @ p["wk"].T).view(batch, seq, n_kv, hd).transpose(1, 2)
-    v = (h @ p["wv"].T).view(batch, seq, n_kv, hd).transpose(1, 2)
+    q = linear(h, p["wq"]).view(batch, seq, n_heads, hd).transpose(1, 2)
+    k = linear(h, p["wk"]).view(batch, seq, n_kv, hd).transpose(1, 2)
+    v = linear(h, p["wv"]).view(batch, seq, n_kv, hd).transpose(1, 2)
     q = q * cos + rotate_half(q) * sin
     k = k * cos + rotate_half(k) * sin
     # GQA: query head i reads kv head i // (H / KVH), as HF repeat_kv.
@@ -191,28 +232,28 @@ def decoder(params, m, inputs_embeds, lengths):
     for i in range(m["n_layers"]):
         p = layer_params(params, i)
         h = rms_norm(x, p["attn_norm"], eps)
-        x = x + attention_context(h, p, m, lengths, cos, sin) @ p["wo"].T
+        x = x + linear(attention_context(h, p, m, lengths, cos, sin), p["wo"])
         h2 = rms_norm(x, p["ffn_norm"], eps)
-        x = x + (F.silu(h2 @ p["w_gate"].T) * (h2 @ p["w_up"].T)) @ p["w_down"].T
+        x = x + linear(F.silu(linear(h2, p["w_gate"])) * linear(h2, p["w_up"]), p["w_down"])
         hs.append(x)
     final = rms_norm(x, params["final_norm"], eps)
     hs[-1] = final
     head = params["tok_embeddings"] if m["tie_embeddings"] else params["lm_head"]
-    return hs, final @ head.T, x
+    return hs, linear(final, head), x
 
 
 def project_images(params, proj_cfg, features):
     """LLaVA projector: mlp2x_gelu = Linear, exact GELU, Linear; linear = one Linear."""
-    y = features @ params["projector.0.weight"].T + params["projector.0.bias"]
+    y = linear(features, params["projector.0.weight"]) + params["projector.0.bias"]
     if proj_cfg["type"] == "mlp2x_gelu":
-        y = F.gelu(y) @ params["projector.2.weight"].T + params["projector.2.bias"]
+        y = linear(F.gelu(y), params["projector.2.weight"]) + params["projector.2.bias"]
     return y
 
 
 def input_embeddings(params, case, dtype):
     """Token embeddings with each image's projected patches written over its span (LLaVA splice)."""
     ids = torch.from_numpy(case.batch["input_ids"].astype(np.int64))
-    emb = params["tok_embeddings"][ids.clamp(min=0)]
+    emb = lookup(params["tok_embeddings"], ids.clamp(min=0))
     spans = case.batch["image_spans"]
     if len(spans):
         features = torch.from_numpy(case.batch["image_features"]).to(dtype)
@@ -237,7 +278,7 @@ def caption_target(params, case):
     with torch.no_grad():
         ids = torch.from_numpy(case.batch["cap_ids"].astype(np.int64))
         lengths = torch.from_numpy(case.batch["cap_lengths"].astype(np.int64))
-        hs, _, _ = decoder(params, m, params["tok_embeddings"][ids], lengths)
+        hs, _, _ = decoder(params, m, lookup(params["tok_embeddings"], ids), lengths)
         spans = [(int(s), int(n)) for s, n in case.batch["cap_spans"]]
         return LOSS_SPEC.pooled_caption_target(torch.stack([hs[l] for l in layers]), spans)
 
@@ -304,6 +345,8 @@ def make_params(case, dtype):
 
 def run_reference(case, dtype=torch.float64):
     """All outputs of the contract as float64 numpy arrays, keyed by their file name without .npy."""
+    global BF16_WEIGHTS
+    BF16_WEIGHTS = case.cfg["model"].get("dtype", "fp32") == "bf16"
     params = make_params(case, dtype)
     names = trainable_names(case.cfg)
     trainable = [params[n] for n in names]
@@ -337,7 +380,9 @@ def run_reference(case, dtype=torch.float64):
         optimizer.step()
     if steps > 0:
         for n, p in params.items():
-            out[f"trained.{n}"] = p.detach().double().numpy()
+            # a frozen bf16 matrix exists only as its bf16 copy
+            stored = bf16(p) if BF16_WEIGHTS and p.dim() == 2 and n not in names else p
+            out[f"trained.{n}"] = stored.detach().double().numpy()
         out["losses"] = np.array(losses)
     return out
 

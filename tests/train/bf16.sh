@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# model.dtype bf16 under `tga train`. tiny.yaml trains stage 2, so every matrix is a bf16 copy of an
+# fp32 master that AdamW updates; the copies must follow the masters after every step, after the
+# ZeRO-1 all-gather (host) and broadcast (device collectives), and after a resume.
+#   - 1 rank: the log says so; the parameters differ from the fp32 reference run's (the bf16
+#     products ran) but stay within 0.1 of them (compare_checkpoints' max|a - b| / max|a| per tensor;
+#     measured 3.3e-2), and the final loss is within 0.01 of the fp32 run's (measured 1e-4).
+#   - 2 ranks, ordered sync: bitwise the 1-rank bf16 run.
+#   - ZeRO-1 on 2 ranks, over MPI and over the device-collective interface: parameters within 1e-6
+#     of the 1-rank bf16 run (only the gradient norm is summed per shard, as with fp32).
+#   - resumed from its step-8 checkpoint: bitwise the uninterrupted bf16 run (the copies are
+#     rounded again from the saved masters).
+#   - stage 1 (the decoder frozen: bf16 only, no masters) trains; its checkpoint holds the
+#     projector in fp32.
+# shellcheck source=tests/train/lib.sh
+source "$(dirname "$0")/lib.sh"
+ensure_common
+bf16=(--set model.dtype=bf16)
+
+final_loss() { grep -o "step $STEPS/$STEPS | loss [0-9.]*" "$1.log" | grep -o '[0-9.]*$'; } # RUN_DIR
+
+compare() { # FILE_A FILE_B TOLERANCE WHAT
+    "$compare_checkpoints" "$1" "$2" "$3" >"$work/compare.txt"
+    local rc=$?
+    note "$4: $(tail -n 1 "$work/compare.txt")"
+    [ "$rc" -eq 0 ] || {
+        cat "$work/compare.txt"
+        fail "$4: outside $3"
+    }
+}
+
+one=$work/bf16-1
+train 1 "$one" "${bf16[@]}" || fail "the 1-rank bf16 run failed (log: $one.log)"
+expect_log "$one.log" "(bf16 matrices, fp32 masters)" "1 rank"
+ref_params=$(ckpt_dir "$common/reference-1" "$STEPS")/params.tgat
+cmp -s "$ref_params" "$(ckpt_dir "$one" "$STEPS")/params.tgat" &&
+    fail "the bf16 run ended with the fp32 run's parameters: the bf16 products did not run"
+compare "$ref_params" "$(ckpt_dir "$one" "$STEPS")/params.tgat" 0.1 "bf16 vs fp32, params"
+fp32_loss=$(final_loss "$common/reference-1") bf16_loss=$(final_loss "$one")
+awk -v a="$fp32_loss" -v b="$bf16_loss" 'BEGIN { d = a - b; exit !(d < 0.01 && d > -0.01) }' ||
+    fail "final loss $bf16_loss (bf16) is not within 0.01 of $fp32_loss (fp32)"
+note "final loss: fp32 $fp32_loss, bf16 $bf16_loss"
+
+train 2 "$work/bf16-2" "${bf16[@]}" || fail "the 2-rank bf16 run failed (log: $work/bf16-2.log)"
+expect_final_equal "$work/bf16-2" "$one" "2 ranks, ordered"
+
+train 2 "$work/bf16-zero-2" "${bf16[@]}" --set train.zero_stage=1 || fail "the ZeRO-1 bf16 run failed"
+compare "$(ckpt_dir "$one" "$STEPS")/params.tgat" "$(ckpt_dir "$work/bf16-zero-2" "$STEPS")/params.tgat" 1e-6 \
+    "ZeRO-1, 2 ranks, params"
+TGA_DEVICE_COLLECTIVES=mpi train 2 "$work/bf16-zero-dev-2" "${bf16[@]}" --set train.zero_stage=1 \
+    --set train.grad_sync=allreduce || fail "the ZeRO-1 bf16 run over the device-collective interface failed"
+expect_log "$work/bf16-zero-dev-2.log" "over the device collectives" "ZeRO-1 over the device collectives"
+compare "$(ckpt_dir "$one" "$STEPS")/params.tgat" "$(ckpt_dir "$work/bf16-zero-dev-2" "$STEPS")/params.tgat" 1e-6 \
+    "ZeRO-1 over the device collectives, 2 ranks, params"
+
+# resume: the run as if killed after its step-8 checkpoint
+cut=$work/bf16-resumed
+cp -a "$one" "$cut"
+rm -rf "$(ckpt_dir "$cut" 12)"
+train 1 "$cut" "${bf16[@]}" || fail "the resumed bf16 run failed (log: $cut.log)"
+expect_log "$cut.log" "resumed from $(ckpt_dir "$cut" 8) (step 8)" "bf16 resume"
+expect_final_equal "$cut" "$one" "bf16, resumed from step 8"
+
+stage1=$work/bf16-stage1
+train 1 "$stage1" "${bf16[@]}" --set train.trainable=stage1 || fail "the stage-1 bf16 run failed (log: $stage1.log)"
+"$compare_checkpoints" "$(ckpt_dir "$stage1" 4)/params.tgat" "$(ckpt_dir "$stage1" "$STEPS")/params.tgat" 0 \
+    >"$work/stage1.txt"
+grep -q '^projector.2.weight ' "$work/stage1.txt" || fail "stage 1: the checkpoint does not hold projector.2.weight"
+grep -q '^layers\.' "$work/stage1.txt" && fail "stage 1: the checkpoint holds frozen decoder weights"
+grep -q 'projector.2.weight *0 of' "$work/stage1.txt" && fail "stage 1: the projector did not train"
+pass "bf16: trains like fp32 (loss $bf16_loss vs $fp32_loss), bitwise on 2 ranks and after resume, ZeRO-1 within 1e-6, stage 1 trains"
