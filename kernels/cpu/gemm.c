@@ -115,35 +115,6 @@ static void pack_panels_portable(const gemm_operand *src, const panel_layout *la
     }
 }
 
-/* A bf16 or rounded operand (the fp32 one goes to the vector packs), K-contiguous: each source row is converted once into a float line,
- * then scattered into its panel slot (the conversion is where the time goes, so it runs over
- * contiguous memory). Sources that are not K-contiguous are read along rows already. */
-static void pack_panels_converting(const gemm_operand *src, const panel_layout *lay, float *panels) {
-    if (!src->k_contiguous) {
-        pack_panels_portable(src, lay, panels);
-        return;
-    }
-    float line[KC_MAX];
-    int n_panels = ceil_div(lay->count, lay->step);
-    for (int q = 0; q < n_panels; q++) {
-        float *panel = panels + (size_t)q * lay->kc * lay->width;
-        int first = lay->x0 + q * lay->step, n = min_int(lay->step, lay->count - q * lay->step);
-        for (int x = 0; x < lay->width; x++) {
-            if (x < n) {
-                size_t row = (size_t)(first + x) * src->ld + (size_t)lay->p0;
-                if (src->type == TGA_CPU_BF16) {
-                    const tga_bf16 *from = (const tga_bf16 *)src->data + row;
-                    for (int p = 0; p < lay->kc; p++) line[p] = tga_bf16_to_float(from[p]);
-                } else {
-                    const float *from = (const float *)src->data + row;
-                    for (int p = 0; p < lay->kc; p++) line[p] = tga_bf16_round(from[p]);
-                }
-            }
-            for (int p = 0; p < lay->kc; p++) panel[(size_t)p * lay->width + x] = x < n ? line[p] : 0.0f;
-        }
-    }
-}
-
 __attribute__((target("avx"))) static void transpose_8x8(__m256 r[8]) {
     __m256 t[8], s[8];
     for (int i = 0; i < 8; i += 2) {
@@ -184,6 +155,58 @@ __attribute__((target("avx"))) static void pack_panel_transposing_avx(const gemm
     }
 }
 
+/* Rows [first, first + n) x [p0, p0 + kc) of a bf16 operand widened, or of an fp32 operand rounded
+ * to bf16 (kernels/bf16.h's nearest-even, NaN kept quiet), into float lines[n][kc]. */
+__attribute__((target("avx2"))) static void convert_rows_avx2(const gemm_operand *src, int first, int n, int p0,
+                                                             int kc, float *lines) {
+    const __m256i lsb = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(0x7fff);
+    const __m256i high = _mm256_set1_epi32((int)0xffff0000u), quiet = _mm256_set1_epi32(0x00400000);
+    const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000);
+    for (int r = 0; r < n; r++) {
+        float *line = lines + (size_t)r * kc;
+        size_t row = (size_t)(first + r) * src->ld + (size_t)p0;
+        int p = 0;
+        if (src->type == TGA_CPU_BF16) {
+            const tga_bf16 *from = (const tga_bf16 *)src->data + row;
+            for (; p + 8 <= kc; p += 8) {
+                __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(from + p)));
+                _mm256_storeu_ps(line + p, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+            }
+            for (; p < kc; p++) line[p] = tga_bf16_to_float(from[p]);
+        } else {
+            const float *from = (const float *)src->data + row;
+            for (; p + 8 <= kc; p += 8) {
+                __m256i u = _mm256_castps_si256(_mm256_loadu_ps(from + p));
+                __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), lsb);
+                __m256i rounded = _mm256_and_si256(_mm256_add_epi32(u, _mm256_add_epi32(bias, odd)), high);
+                __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, abs_mask), inf);
+                __m256i kept = _mm256_and_si256(_mm256_or_si256(u, quiet), high);
+                _mm256_storeu_ps(line + p, _mm256_castsi256_ps(_mm256_blendv_epi8(rounded, kept, nan)));
+            }
+            for (; p < kc; p++) line[p] = tga_bf16_round(from[p]);
+        }
+    }
+}
+
+/* A bf16 or rounded operand: a K-contiguous one is converted a panel's rows at a time into float
+ * lines and packed by the transposing pack; otherwise element by element (those sources are
+ * activations read along rows already). */
+#define CONVERT_ROWS_MAX 32 /* the widest panel step (AVX-512's nr) */
+__attribute__((target("avx2"))) static void pack_panels_converting_avx(const gemm_operand *src,
+                                                                      const panel_layout *lay, float *panels) {
+    if (!src->k_contiguous || lay->step > CONVERT_ROWS_MAX) {
+        pack_panels_portable(src, lay, panels);
+        return;
+    }
+    float lines[CONVERT_ROWS_MAX * KC_MAX];
+    const gemm_operand converted = {.data = lines, .ld = (size_t)lay->kc, .k_contiguous = 1, .type = TGA_CPU_F32};
+    for (int q = 0; q * lay->step < lay->count; q++) {
+        int n = min_int(lay->step, lay->count - q * lay->step);
+        convert_rows_avx2(src, lay->x0 + q * lay->step, n, lay->p0, lay->kc, lines);
+        pack_panel_transposing_avx(&converted, 0, n, lay->width, 0, lay->kc, panels + (size_t)q * lay->kc * lay->width);
+    }
+}
+
 /* A non-K-contiguous source is copied row by row, with masked loads for the partial vectors
  * (element by element the copy, and the memset calls gcc makes of the zero fill, cost as much as
  * a tenth of the multiply time). width must be a multiple of 8 and the panels 32-byte aligned. */
@@ -213,7 +236,7 @@ __attribute__((target("avx"))) static void pack_panels_copying_avx(const gemm_op
 
 static void pack_panels_avx(const gemm_operand *src, const panel_layout *lay, float *panels) {
     if (src->type != TGA_CPU_F32) {
-        pack_panels_converting(src, lay, panels);
+        pack_panels_converting_avx(src, lay, panels);
         return;
     }
     if (!src->k_contiguous) {

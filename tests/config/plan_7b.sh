@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The 7B stage-1 config plans on this machine without allocating (tga train --dry-run), and the plan
 # follows the options: --ranks 8 derives grad_accum 1 for global batch 256 at micro-batch 32, and
-# ZeRO-1 over 8 ranks holds 1/8 of the AdamW moments of a stage-2 run.
+# ZeRO-1 over 8 ranks holds 1/8 of the AdamW moments of a stage-2 run, and model.dtype bf16 (the
+# config's) holds the frozen weights in half the memory of fp32.
 set -uo pipefail
 tga=$1 config=$(cd "$(dirname "$0")/../.." && pwd)/configs/mistral7b_stage1.yaml
 fail() { echo "FAIL plan_7b: $*"; exit 1; }
 optimizer_gib() { awk '/^memory plan per rank \(with recompute/ {p = 1} p && /optimizer state/ {print $3; exit}'; }
+parameters() { awk '/^memory plan per rank \(with recompute/ {p = 1} p && /^ *parameters/ {print $2, $3; exit}'; }
 
 out=$("$tga" train --config "$config" --dry-run 2>&1) || fail "the dry run failed: $out"
 grep -q "global batch 256 = micro-batch 32 x grad_accum 8 x 1 ranks; dry run: nothing allocated" <<<"$out" ||
@@ -20,4 +22,11 @@ sharded=$("$tga" train --config "$config" --dry-run --ranks 8 "${stage2[@]}" --s
 awk -v a="$whole" -v b="$sharded" 'BEGIN { r = a / b; exit !(r > 7.99 && r < 8.01) }' ||
     fail "ZeRO-1 over 8 ranks: optimizer state $sharded GiB vs $whole GiB replicated, expected 1/8"
 "$tga" train --config "$config" --ranks 8 >/dev/null 2>&1 && fail "--ranks without --dry-run was accepted"
-echo "PASS plan_7b: 7B stage 1 plans here; ZeRO-1 on 8 ranks: AdamW state $sharded GiB instead of $whole GiB"
+bf16=$("$tga" train --config "$config" --dry-run 2>&1 | parameters)
+fp32=$("$tga" train --config "$config" --dry-run --set model.dtype=fp32 2>&1 | parameters)
+[ "${bf16#* }" = GiB ] && [ "${fp32#* }" = GiB ] || fail "parameters: '$bf16' (bf16), '$fp32' (fp32)"
+# 7.24 G parameters: 4 bytes each in fp32; 2 in bf16 except the fp32 projector (21 M) and norms
+awk -v a="${fp32% *}" -v b="${bf16% *}" 'BEGIN { r = a / b; exit !(r > 1.98 && r < 2.0) }' ||
+    fail "model.dtype bf16: parameters $bf16 vs $fp32 in fp32, expected about half"
+echo "PASS plan_7b: 7B stage 1 plans here; ZeRO-1 on 8 ranks: AdamW state $sharded GiB instead of $whole GiB;" \
+    "parameters $bf16 in bf16 instead of $fp32"
