@@ -12,7 +12,9 @@
  * ~790 TFLOP/s for a dense bf16 library GEMM on an H200 (our GEMMs are TF32 or fp32, whose
  * ceilings are ~495 and ~67 TFLOP/s), and the device-to-device copy bandwidth measured first in
  * the same run (the copy op is cudaMemcpyAsync). Peers: the projector's linear layers next to the
- * raw cuBLASLt GEMM of the same shape; our attention next to cuDNN's fused attention on the same
+ * raw cuBLASLt GEMM of the same shape; each linear layer next to its bf16-weight twin
+ * (model.dtype: bf16; the rounding of the activations to bf16 included) with the speed-up over the
+ * fp32-weight op; our attention next to cuDNN's fused attention on the same
  * operands (model.attention: cudnn, fp32 <-> bf16 conversions included as the op does them; n/a
  * where cuDNN cannot be loaded).
  *
@@ -57,7 +59,7 @@ static int load_events(void) {
 /* ---- one benchmark case ---------------------------------------------------------------------- */
 
 typedef enum {
-    OP_COPY, OP_GEMM, OP_LINEAR_FWD, OP_LINEAR_BWD, OP_EMBEDDING_FWD, OP_RMSNORM_FWD, OP_ADD_RMSNORM_FWD,
+    OP_COPY, OP_GEMM, OP_LINEAR_FWD, OP_LINEAR_BWD, OP_LINEAR_FWD_BF16, OP_LINEAR_BWD_BF16, OP_EMBEDDING_FWD, OP_RMSNORM_FWD, OP_ADD_RMSNORM_FWD,
     OP_RMSNORM_BWD, OP_ROPE, OP_ATTENTION_FWD, OP_ATTENTION_BWD, OP_SWIGLU_FWD, OP_SWIGLU_BWD, OP_GELU_FWD,
     OP_GELU_BWD, OP_LM_HEAD, OP_POOL_FWD, OP_POOL_BWD, OP_ALIGN, OP_ALIGN_FUSED_FWD, OP_ALIGN_FUSED_BWD, OP_ADD, OP_SCALE, OP_SUM_SQUARES, OP_ALL_FINITE,
     OP_ADAMW, OP_TOPK,
@@ -72,6 +74,7 @@ typedef struct bench_case {
     int M, N, K, B, T, H, KVH, hd, V, chunk, trans_a, trans_b;
     size_t n;
     float *x, *y, *z, *w, *u, *v, *bias;
+    tga_bf16 *w_bf16; /* the bf16 copy of w for the *_bf16 ops */
     float *dx, *dy, *dz; /* gradient outputs */
     int *ints;
     tga_segments seg, ret_seg;
@@ -88,6 +91,10 @@ static void run_case(const bench_case *c) {
                             c->trans_b ? c->K : c->N, 0.0f, c->y, c->N); break;
     case OP_LINEAR_FWD: OPS->linear_forward(c->y, c->x, c->w, c->bias, c->M, c->K, c->N); break;
     case OP_LINEAR_BWD: OPS->linear_backward(c->x, c->u, c->v, c->y, c->z, c->w, c->M, c->K, c->N, 0); break;
+    case OP_LINEAR_FWD_BF16: OPS->linear_forward_bf16(c->y, c->x, c->w_bf16, c->bias, c->M, c->K, c->N); break;
+    case OP_LINEAR_BWD_BF16:
+        OPS->linear_backward_bf16(c->x, c->u, c->v, c->y, c->z, c->w_bf16, c->M, c->K, c->N, 0);
+        break;
     case OP_EMBEDDING_FWD: OPS->embedding_forward(c->y, c->ints, c->w, c->M, c->N); break;
     case OP_RMSNORM_FWD: OPS->rmsnorm_forward(c->y, c->z, c->x, c->w, c->M, c->N, 1e-5f); break;
     case OP_ADD_RMSNORM_FWD: OPS->add_rmsnorm_forward(c->x, c->u, c->y, c->z, c->w, c->M, c->N, 1e-5f); break;
@@ -163,18 +170,22 @@ static double median_ms(const bench_case *c, const bench_settings *s) {
     return median;
 }
 
-static void report(const bench_case *c, double ms, const bench_settings *s) {
+/* One line: the op, its shape, the median and the throughput against its ceiling; `extra` (may be
+ * empty) is appended. */
+static void report_with(const bench_case *c, double ms, const bench_settings *s, const char *extra) {
     if (c->flops > 0) {
         double tflops = c->flops / (ms * 1e-3) / 1e12;
-        printf("%-22s %-52s %9.3f ms %8.1f TFLOP/s  %5.1f%% of %.0f (bf16 GEMM)\n", c->name, c->shape, ms, tflops,
-               100.0 * tflops / GEMM_CEILING_TFLOPS, GEMM_CEILING_TFLOPS);
+        printf("%-22s %-52s %9.3f ms %8.1f TFLOP/s  %5.1f%% of %.0f (bf16 GEMM)%s\n", c->name, c->shape, ms, tflops,
+               100.0 * tflops / GEMM_CEILING_TFLOPS, GEMM_CEILING_TFLOPS, extra);
     } else {
         double gbs = c->bytes / (ms * 1e-3) / 1e9;
-        printf("%-22s %-52s %9.3f ms %8.1f GB/s     %5.1f%% of %.0f (copy)\n", c->name, c->shape, ms, gbs,
-               s->copy_gbs > 0 ? 100.0 * gbs / s->copy_gbs : 0.0, s->copy_gbs);
+        printf("%-22s %-52s %9.3f ms %8.1f GB/s     %5.1f%% of %.0f (copy)%s\n", c->name, c->shape, ms, gbs,
+               s->copy_gbs > 0 ? 100.0 * gbs / s->copy_gbs : 0.0, s->copy_gbs, extra);
     }
     fflush(stdout);
 }
+
+static void report(const bench_case *c, double ms, const bench_settings *s) { report_with(c, ms, s, ""); }
 
 /* ---- device buffers ---------------------------------------------------------------------------- */
 
@@ -213,6 +224,18 @@ static int *device_ints(const int *host, size_t n) {
     return d;
 }
 
+/* A bf16 copy (to_bf16) of n floats of device memory. */
+static tga_bf16 *device_bf16_copy(const float *src, size_t n) {
+    tga_bf16 *d = OPS->alloc(n * sizeof *d);
+    if (!d || n_buffers == MAX_BUFFERS) {
+        fprintf(stderr, "bench_kernels: cannot allocate %zu bf16 values on the GPU\n", n);
+        exit(1);
+    }
+    buffers[n_buffers++] = d;
+    OPS->to_bf16(d, src, n);
+    return d;
+}
+
 static void free_buffers(void) {
     for (int i = 0; i < n_buffers; i++) OPS->free(buffers[i]);
     n_buffers = 0;
@@ -229,6 +252,18 @@ static void measure(bench_case *c, bench_op op, const char *name, double bytes, 
     c->name = name;
     if (bytes > 0) c->bytes = bytes;
     report(c, median_ms(c, s), s);
+}
+
+/* Times the bf16-weight twin of a linear case (its weight w [N, K] copied to bf16) and prints how
+ * many times faster it is than the fp32-weight op measured at fp32_ms. */
+static void measure_bf16_twin(bench_case *c, bench_op op, const char *name, double fp32_ms, const bench_settings *s) {
+    c->w_bf16 = device_bf16_copy(c->w, (size_t)c->N * c->K);
+    c->op = op;
+    c->name = name;
+    const double ms = median_ms(c, s);
+    char versus[64];
+    snprintf(versus, sizeof versus, "  %.2fx the fp32-weight op", fp32_ms / ms);
+    report_with(c, ms, s, versus);
 }
 
 /* ---- the step's ops ---------------------------------------------------------------------------- */
@@ -257,10 +292,12 @@ static void bench_projection(bench_settings *s, const char *what, int M, int K, 
     c.w = device_floats((size_t)N * K, 0.02f);
     c.y = device_floats((size_t)M * N, 0);
     c.bias = with_bias ? device_floats((size_t)N, 0.1f) : NULL;
-    report(&c, median_ms(&c, s), s);
+    const double fp32_ms = median_ms(&c, s);
+    report(&c, fp32_ms, s);
     c.trans_a = 0;
     c.trans_b = 1;
     measure(&c, OP_GEMM, "gemm (cuBLASLt peer)", 0, s);
+    measure_bf16_twin(&c, OP_LINEAR_FWD_BF16, "linear_forward_bf16", fp32_ms, s);
     free_buffers();
 }
 
@@ -275,7 +312,10 @@ static void bench_linear_backward(bench_settings *s, const char *what, int M, in
     c.w = device_floats((size_t)N * K, 0.02f);
     c.u = trainable ? device_floats((size_t)N * K, 0) : NULL;
     c.v = trainable ? device_floats((size_t)N, 0) : NULL;
-    bench(&c, s);
+    const double fp32_ms = median_ms(&c, s);
+    report(&c, fp32_ms, s);
+    measure_bf16_twin(&c, OP_LINEAR_BWD_BF16, "linear_backward_bf16", fp32_ms, s);
+    free_buffers();
 }
 
 static void bench_norms(bench_settings *s, int N) {

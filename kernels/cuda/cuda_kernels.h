@@ -52,6 +52,15 @@ int tga_cuda_attention_backward_init(char *why, size_t why_size);
 /* 1 if the library holds kernel code this device can run (else a reason) */
 int tga_cuda_kernels_loadable(char *why, size_t why_size);
 
+/* GEMM operand types: fp32, or bf16 (tga_bf16, kernels/bf16.h). Both operands of one GEMM must
+ * have the same type: cuBLASLt has no fp32 x bf16 GEMM (the plan fails and the error is recorded). */
+typedef enum { TGA_CUDA_F32 = 0, TGA_CUDA_BF16 = 1 } tga_cuda_operand;
+/* tga_cuda_gemm (ops.h's gemm contract) with typed A and B; C stays fp32. bf16 operands use bf16
+ * tensor cores with fp32 accumulation (CUBLAS_COMPUTE_32F) whatever TGA_CUDA_GEMM says. */
+void tga_cuda_gemm_typed(int trans_a, int trans_b, int M, int N, int K, float alpha, const void *A,
+                         tga_cuda_operand type_a, int lda, const void *B, tga_cuda_operand type_b, int ldb, float beta,
+                         float *C, int ldc);
+
 /* C[M,N] = beta * C (beta 0 clears without reading): GEMMs with alpha == 0 or K == 0. */
 void tga_cuda_scale_matrix(float *C, int M, int N, int ldc, float beta);
 
@@ -106,6 +115,16 @@ double tga_cuda_sum_squares(const float *x, size_t n);
 int tga_cuda_all_finite(const float *x, size_t n);
 void tga_cuda_adamw(float *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1,
                     float beta2, float eps, float weight_decay, int step);
+void tga_cuda_linear_forward_bf16(float *out, const float *in, const tga_bf16 *weight, const float *bias, int N,
+                                  int in_dim, int out_dim);
+void tga_cuda_linear_backward_bf16(float *din, float *dweight, float *dbias, const float *dout, const float *in,
+                                   const tga_bf16 *weight, int N, int in_dim, int out_dim, int accumulate_din);
+void tga_cuda_embedding_forward_bf16(float *out, const int *ids, const tga_bf16 *table, int N, int D);
+void tga_cuda_lm_head_ce_bf16(double *loss_sum, float *dhidden, float *dweight, const float *hidden,
+                              const tga_bf16 *weight, const int *targets, int N, int D, int V, float grad_scale,
+                              float *scratch, int chunk);
+void tga_cuda_to_bf16(tga_bf16 *dst, const float *src, size_t n);
+void tga_cuda_from_bf16(float *dst, const tga_bf16 *src, size_t n);
 void tga_cuda_topk_merge(float *best_score, int32_t *best_index, const float *scores, int n_rows, int n_cols,
                          int ld, int32_t col_offset, int k);
 

@@ -1,8 +1,15 @@
-/* Elementwise helpers, the GEMM's scale-only path, and the start-up probe for kernel code.
+/* Elementwise helpers, the fp32 <-> bf16 conversions, the GEMM's scale-only path, and the
+ * start-up probe for kernel code.
+ *
+ * to_bf16 is __float2bfloat16_rn (cvt.rn.bf16.f32): nearest even, the bits of
+ * tga_bf16_from_float (kernels/bf16.h) for every non-NaN input, infinities and subnormals
+ * included; a NaN stays a NaN (its payload may differ from the CPU's). from_bf16 is exact.
  *
  * sum_squares feeds the gradient norm and must give the same bits on every run: a fixed grid
  * (kSumBlocks blocks, whatever the device) sums grid-strided elements in double per thread,
  * each block reduces in a fixed order, and one block adds the block sums in block order. */
+#include <cuda_bf16.h>
+
 #include "kernels/cuda/cuda_common.cuh"
 
 namespace tga_cuda {
@@ -18,6 +25,16 @@ __global__ void add_inplace_kernel(float *y, const float *x, size_t n) {
 __global__ void scale_inplace_kernel(float *x, float alpha, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         x[i] *= alpha;
+}
+
+__global__ void to_bf16_kernel(__nv_bfloat16 *dst, const float *src, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = __float2bfloat16_rn(src[i]);
+}
+
+__global__ void from_bf16_kernel(float *dst, const __nv_bfloat16 *src, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = __bfloat162float(src[i]);
 }
 
 __global__ void block_sum_squares_kernel(double *block_sums, const float *x, size_t n) {
@@ -64,6 +81,20 @@ extern "C" void tga_cuda_scale_inplace(float *x, float alpha, size_t n) {
     if (n == 0) return;
     scale_inplace_kernel<<<grid_stride_blocks(n), kElementwiseThreads, 0, tga_cuda_stream>>>(x, alpha, n);
     TGA_CUDA_CHECK_LAUNCH("scale_inplace_kernel");
+}
+
+extern "C" void tga_cuda_to_bf16(tga_bf16 *dst, const float *src, size_t n) {
+    if (n == 0) return;
+    to_bf16_kernel<<<grid_stride_blocks(n), kElementwiseThreads, 0, tga_cuda_stream>>>(
+        reinterpret_cast<__nv_bfloat16 *>(dst), src, n);
+    TGA_CUDA_CHECK_LAUNCH("to_bf16_kernel");
+}
+
+extern "C" void tga_cuda_from_bf16(float *dst, const tga_bf16 *src, size_t n) {
+    if (n == 0) return;
+    from_bf16_kernel<<<grid_stride_blocks(n), kElementwiseThreads, 0, tga_cuda_stream>>>(
+        dst, reinterpret_cast<const __nv_bfloat16 *>(src), n);
+    TGA_CUDA_CHECK_LAUNCH("from_bf16_kernel");
 }
 
 extern "C" double tga_cuda_sum_squares(const float *x, size_t n) {

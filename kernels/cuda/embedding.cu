@@ -1,21 +1,37 @@
-/* Token embedding lookup and its scatter-add backward.
+/* Token embedding lookup (from an fp32 or, widened exactly, a bf16 table) and its scatter-add
+ * backward.
  *
  * The backward must be deterministic with repeated ids, so instead of atomics it sorts the
  * (id, row) pairs with CUB's radix sort, which is stable: within one id the rows stay in
  * ascending order. One block per run of equal ids then adds that id's rows in row order, column
  * by column, exactly the order of the CPU loop, so the results are bit-identical to it. */
+#include <cuda_bf16.h>
+
 #include <cub/device/device_radix_sort.cuh>
 
 #include "kernels/cuda/cuda_common.cuh"
 
 namespace tga_cuda {
 
-__global__ void embedding_forward_kernel(float *out, const int *ids, const float *table, int N, int D) {
+__device__ inline float widen(float x) { return x; }
+__device__ inline float widen(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <class Table>
+__global__ void embedding_forward_kernel(float *out, const int *ids, const Table *table, int N, int D) {
     const size_t n_elems = (size_t)N * D;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n_elems; i += (size_t)gridDim.x * blockDim.x) {
         const int id = ids[i / D];
-        out[i] = id < 0 ? 0.0f : table[(size_t)id * D + i % D];
+        out[i] = id < 0 ? 0.0f : widen(table[(size_t)id * D + i % D]);
     }
+}
+
+template <class Table>
+static void embedding_forward(float *out, const int *ids, const Table *table, int N, int D) {
+    const size_t n = (size_t)N * D;
+    if (n == 0) return;
+    embedding_forward_kernel<Table><<<grid_stride_blocks(n), kElementwiseThreads, 0, tga_cuda_stream>>>(out, ids, table,
+                                                                                                        N, D);
+    TGA_CUDA_CHECK_LAUNCH("embedding_forward_kernel");
 }
 
 __global__ void iota_kernel(int *x, int n) {
@@ -43,11 +59,11 @@ __global__ void embedding_accumulate_runs(float *dtable, const float *dout, cons
 using namespace tga_cuda;
 
 extern "C" void tga_cuda_embedding_forward(float *out, const int *ids, const float *table, int N, int D) {
-    const size_t n = (size_t)N * D;
-    if (n == 0) return;
-    embedding_forward_kernel<<<grid_stride_blocks(n), kElementwiseThreads, 0, tga_cuda_stream>>>(out, ids, table, N,
-                                                                                                   D);
-    TGA_CUDA_CHECK_LAUNCH("embedding_forward_kernel");
+    embedding_forward(out, ids, table, N, D);
+}
+
+extern "C" void tga_cuda_embedding_forward_bf16(float *out, const int *ids, const tga_bf16 *table, int N, int D) {
+    embedding_forward(out, ids, reinterpret_cast<const __nv_bfloat16 *>(table), N, D);
 }
 
 extern "C" void tga_cuda_embedding_backward(float *dtable, const float *dout, const int *ids, int N, int D, int V) {

@@ -1,19 +1,23 @@
-/* GEMM through cuBLASLt, fp32 in and out.
+/* GEMM through cuBLASLt: fp32 C/D, A and B fp32 or bf16.
  *
- * Precision: TF32 tensor cores by default (CUBLAS_COMPUTE_32F_FAST_TF32: inputs rounded to a
- * 10-bit mantissa, products accumulated in fp32; about 1e-3 relative error against an fp32 GEMM,
- * at about 8x the fp32 throughput). TGA_CUDA_GEMM=fp32 in the environment selects full fp32
- * (CUBLAS_COMPUTE_32F) for checks that need it; the choice is read once, at start-up.
+ * Precision of fp32 operands: TF32 tensor cores by default (CUBLAS_COMPUTE_32F_FAST_TF32: inputs
+ * rounded to a 10-bit mantissa, products accumulated in fp32; about 1e-3 relative error against
+ * an fp32 GEMM, at about 8x the fp32 throughput). TGA_CUDA_GEMM=fp32 in the environment selects
+ * full fp32 (CUBLAS_COMPUTE_32F) for checks that need it; the choice is read once, at start-up.
+ * bf16 operands (model.dtype: bf16) always use CUBLAS_COMPUTE_32F: bf16 tensor cores with fp32
+ * accumulation, so the products are exact and only the fp32 summation order differs from the CPU
+ * (TF32 and the other fast modes are defined for fp32 operands only). cuBLASLt has no GEMM that
+ * mixes an fp32 with a bf16 operand; asking for one fails at the plan and is recorded.
  *
  * Row-major to column-major: a row-major [M,N] C is the column-major [N,M] matrix C^T, and
  * C^T = op(B)^T op(A)^T, so cuBLASLt is called with the operands swapped (our B as its A, our A
  * as its B) and the same transposition flags; no data moves.
  *
  * cuBLASLt picks an algorithm per shape with a heuristic query that costs far more than the
- * descriptors; plans (descriptors + algorithm) are cached per (shape, strides, pointer
- * alignment). The heuristic assumes 256-byte aligned pointers unless told otherwise, and the
- * model passes row offsets into its buffers, so each pointer's actual alignment is part of the
- * key and is handed to the heuristic. */
+ * descriptors; plans (descriptors + algorithm) are cached per (shape, strides, operand types,
+ * pointer alignment). The heuristic assumes 256-byte aligned pointers unless told otherwise, and
+ * the model passes row offsets into its buffers, so each pointer's actual alignment is part of
+ * the key and is handed to the heuristic. */
 #include <cublasLt.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -42,6 +46,7 @@ static int lt_check(cublasStatus_t st, const char *file, int line, const char *c
 typedef struct gemm_shape {
     int trans_a, trans_b, M, N, K, lda, ldb, ldc;
     int align_a, align_b, align_c; /* bytes */
+    tga_cuda_operand type_a, type_b;
 } gemm_shape;
 
 typedef struct gemm_plan {
@@ -71,24 +76,30 @@ static void destroy_plan(gemm_plan *p) {
     memset(p, 0, sizeof *p);
 }
 
+static cudaDataType data_type(tga_cuda_operand type) { return type == TGA_CUDA_BF16 ? CUDA_R_16BF : CUDA_R_32F; }
+
 /* Column-major layouts of the swapped problem C^T[N,M] = op(B)^T[N,K] op(A)^T[K,M]. A row-major
  * [r,c] matrix with row stride ld is the column-major [c,r] matrix with leading dimension ld. */
 static int create_layouts(gemm_plan *p) {
     const gemm_shape *s = &p->shape;
     uint64_t b_rows = s->trans_b ? (uint64_t)s->K : (uint64_t)s->N, b_cols = s->trans_b ? s->N : s->K;
     uint64_t a_rows = s->trans_a ? (uint64_t)s->M : (uint64_t)s->K, a_cols = s->trans_a ? s->K : s->M;
-    return LT_CHECK(cublasLtMatrixLayoutCreate(&p->lt_a, CUDA_R_32F, b_rows, b_cols, s->ldb)) &&
-           LT_CHECK(cublasLtMatrixLayoutCreate(&p->lt_b, CUDA_R_32F, a_rows, a_cols, s->lda)) &&
+    return LT_CHECK(cublasLtMatrixLayoutCreate(&p->lt_a, data_type(s->type_b), b_rows, b_cols, s->ldb)) &&
+           LT_CHECK(cublasLtMatrixLayoutCreate(&p->lt_b, data_type(s->type_a), a_rows, a_cols, s->lda)) &&
            LT_CHECK(cublasLtMatrixLayoutCreate(&p->lt_c, CUDA_R_32F, (uint64_t)s->N, (uint64_t)s->M, s->ldc));
 }
 
 static int create_desc(gemm_plan *p) {
     cublasOperation_t op_a = p->shape.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasOperation_t op_b = p->shape.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-    return LT_CHECK(cublasLtMatmulDescCreate(&p->desc, compute_type, CUDA_R_32F)) &&
+    int bf16 = p->shape.type_a == TGA_CUDA_BF16 || p->shape.type_b == TGA_CUDA_BF16;
+    cublasComputeType_t compute = bf16 ? CUBLAS_COMPUTE_32F : compute_type;
+    return LT_CHECK(cublasLtMatmulDescCreate(&p->desc, compute, CUDA_R_32F)) &&
            LT_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a)) &&
            LT_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b));
 }
+
+static const char *operand_name(tga_cuda_operand type) { return type == TGA_CUDA_BF16 ? "bf16" : "fp32"; }
 
 static int choose_algorithm(gemm_plan *p) {
     cublasLtMatmulPreference_t pref = NULL;
@@ -114,8 +125,9 @@ static int choose_algorithm(gemm_plan *p) {
                                                      &result, &found));
         if (ok && found == 0) {
             char detail[160];
-            snprintf(detail, sizeof detail, "no algorithm for M=%d N=%d K=%d trans %d/%d", p->shape.M, p->shape.N,
-                     p->shape.K, p->shape.trans_a, p->shape.trans_b);
+            snprintf(detail, sizeof detail, "no algorithm for M=%d N=%d K=%d trans %d/%d types %s/%s", p->shape.M,
+                     p->shape.N, p->shape.K, p->shape.trans_a, p->shape.trans_b, operand_name(p->shape.type_a),
+                     operand_name(p->shape.type_b));
             tga_cuda_record_error(__FILE__, __LINE__, "cublasLtMatmulAlgoGetHeuristic", detail);
             ok = 0;
         }
@@ -164,18 +176,24 @@ int tga_cuda_gemm_init(char *why, size_t why_size) {
 
 const char *tga_cuda_gemm_precision(void) { return compute_type == CUBLAS_COMPUTE_32F ? "fp32" : "tf32"; }
 
-void tga_cuda_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
-                   const float *B, int ldb, float beta, float *C, int ldc) {
+void tga_cuda_gemm_typed(int trans_a, int trans_b, int M, int N, int K, float alpha, const void *A,
+                         tga_cuda_operand type_a, int lda, const void *B, tga_cuda_operand type_b, int ldb, float beta,
+                         float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0 || alpha == 0.0f) {
         tga_cuda_scale_matrix(C, M, N, ldc, beta);
         return;
     }
     const gemm_shape shape = {trans_a != 0, trans_b != 0, M, N, K, lda, ldb, ldc,
-                              pointer_alignment(A), pointer_alignment(B), pointer_alignment(C)};
+                              pointer_alignment(A), pointer_alignment(B), pointer_alignment(C), type_a, type_b};
     gemm_plan *p = plan_for(&shape);
     if (!p) return;
     /* cuBLAS does not read C when beta is 0, so stale NaN in C cannot leak into the result */
     LT_CHECK(cublasLtMatmul(lt_handle, p->desc, &alpha, B, p->lt_a, A, p->lt_b, &beta, C, p->lt_c, C, p->lt_c, &p->algo,
                             lt_workspace, GEMM_WORKSPACE_BYTES, tga_cuda_stream));
+}
+
+void tga_cuda_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                   const float *B, int ldb, float beta, float *C, int ldc) {
+    tga_cuda_gemm_typed(trans_a, trans_b, M, N, K, alpha, A, TGA_CUDA_F32, lda, B, TGA_CUDA_F32, ldb, beta, C, ldc);
 }

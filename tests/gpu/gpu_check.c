@@ -6,11 +6,12 @@
  *
  *   gpu_check [--only family,family,...] [--small] [--seed N]
  * families: memory gemm linear embedding rmsnorm rope attention activations lm_head pooling
- * tga_align tga_align_fused elementwise adamw topk model
+ * tga_align tga_align_fused elementwise adamw topk bf16 model
  *
  * Limits follow the precision policy of kernels/cuda/README.md: exact where the CUDA op repeats
  * the CPU's arithmetic, 1e-5..1e-6 for fp32 reductions in another order, the GEMM limit (TF32 or
- * fp32) for GEMM-based ops, 1e-2 (forward) and 2e-2 (backward) for bf16 attention. */
+ * fp32) for GEMM-based ops, 1e-2 (forward) and 2e-2 (backward) for bf16 attention, 1e-4 for the
+ * bf16-weight ops (both sides compute the same bf16 products; only the fp32 sums differ). */
 #include "tests/gpu/gpu_check.h"
 
 #include <math.h>
@@ -132,6 +133,72 @@ static void gc_free_host(void *first, ...) {
 
 static double rel_error_double(double a, double b) { return b == 0.0 ? fabs(a) : fabs(a - b) / fabs(b); }
 
+/* ---- fp32 ops and their bf16-weight twins ------------------------------------------------------
+ * One case function serves an op and its *_bf16 twin (kernels/ops.h): the weight is handed over
+ * as fp32 or as its bf16 copy, and the op of either kind is called through these dispatchers. */
+
+/* Both sides compute the same bf16 products and differ only in fp32 summation order. */
+#define BF16_GEMM_LIMIT 1e-4
+
+static double weight_gemm_limit(int bf16) { return bf16 ? BF16_GEMM_LIMIT : gc_gemm_limit(); }
+
+/* A malloc'ed copy of the weight as the op takes it: fp32, or rounded to bf16. */
+typedef struct test_weight {
+    void *host;
+    size_t bytes;
+} test_weight;
+
+static test_weight weight_for(const float *w, size_t n, int bf16) {
+    if (!bf16) return (test_weight){gc_copy(w, n), n * sizeof(float)};
+    tga_bf16 *h = xmalloc(n * sizeof *h);
+    for (size_t i = 0; i < n; i++) h[i] = tga_bf16_from_float(w[i]);
+    return (test_weight){h, n * sizeof *h};
+}
+
+/* gc_report/gc_compare under the op's name (with "_bf16" for the twin) and the output's part */
+static void variant_name(char *name, size_t size, const char *op, int bf16, const char *part) {
+    snprintf(name, size, "%s%s%s", op, bf16 ? "_bf16" : "", part);
+}
+
+static int report_variant(const char *op, int bf16, const char *part, const char *shape, double relerr,
+                          double limit) {
+    char name[96];
+    variant_name(name, sizeof name, op, bf16, part);
+    return gc_report(name, shape, relerr, limit);
+}
+
+static int compare_variant(const char *op, int bf16, const char *part, const char *shape, const float *dev,
+                           const float *ref, size_t n, double limit) {
+    char name[96];
+    variant_name(name, sizeof name, op, bf16, part);
+    return gc_compare(name, shape, dev, ref, n, limit);
+}
+
+static void linear_forward_op(const tga_ops *ops, int bf16, float *out, const float *in, const void *w,
+                              const float *bias, int N, int in_dim, int out_dim) {
+    if (bf16)
+        ops->linear_forward_bf16(out, in, w, bias, N, in_dim, out_dim);
+    else
+        ops->linear_forward(out, in, w, bias, N, in_dim, out_dim);
+}
+
+static void linear_backward_op(const tga_ops *ops, int bf16, float *din, float *dw, float *db, const float *dout,
+                               const float *in, const void *w, int N, int in_dim, int out_dim, int accumulate_din) {
+    if (bf16)
+        ops->linear_backward_bf16(din, dw, db, dout, in, w, N, in_dim, out_dim, accumulate_din);
+    else
+        ops->linear_backward(din, dw, db, dout, in, w, N, in_dim, out_dim, accumulate_din);
+}
+
+static void lm_head_op(const tga_ops *ops, int bf16, double *loss, float *dh, float *dw, const float *hidden,
+                       const void *w, const int *targets, int N, int D, int V, float grad_scale, float *scratch,
+                       int chunk) {
+    if (bf16)
+        ops->lm_head_ce_bf16(loss, dh, dw, hidden, w, targets, N, D, V, grad_scale, scratch, chunk);
+    else
+        ops->lm_head_ce(loss, dh, dw, hidden, w, targets, N, D, V, grad_scale, scratch, chunk);
+}
+
 /* ---- memory ----------------------------------------------------------------------------------- */
 
 static void check_memory(void) {
@@ -203,53 +270,74 @@ static void check_gemm(void) {
 
 /* ---- linear ----------------------------------------------------------------------------------- */
 
-static void linear_case(int N, int in_dim, int out_dim, int with_bias, int accumulate_din) {
+/* Forward, then three backward calls: every gradient; dweight alone (din and dbias must stay as
+ * they were); din alone (dweight must stay). */
+static void linear_case(int N, int in_dim, int out_dim, int with_bias, int accumulate_din, int bf16) {
     char shape[96];
     snprintf(shape, sizeof shape, "N=%d in=%d out=%d bias=%d acc_din=%d", N, in_dim, out_dim, with_bias,
              accumulate_din);
     const size_t n_in = (size_t)N * in_dim, n_out = (size_t)N * out_dim, n_w = (size_t)out_dim * in_dim;
+    const double limit = weight_gemm_limit(bf16);
     float *in = gc_random(n_in, -1, 1), *w = gc_random(n_w, -0.5f, 0.5f), *bias = gc_random((size_t)out_dim, -1, 1);
+    test_weight weight = weight_for(w, n_w, bf16);
     float *out_ref = gc_nan(n_out);
-    gc_cpu->linear_forward(out_ref, in, w, with_bias ? bias : NULL, N, in_dim, out_dim);
-    float *d_in = gc_device(in, n_in * 4), *d_w = gc_device(w, n_w * 4), *d_out = gc_device_nan(n_out);
-    gc_gpu->linear_forward(d_out, d_in, d_w, with_bias ? gc_device(bias, (size_t)out_dim * 4) : NULL, N, in_dim,
-                           out_dim);
-    gc_compare("linear_forward", shape, d_out, out_ref, n_out, gc_gemm_limit());
+    linear_forward_op(gc_cpu, bf16, out_ref, in, weight.host, with_bias ? bias : NULL, N, in_dim, out_dim);
+    float *d_in = gc_device(in, n_in * 4), *d_out = gc_device_nan(n_out);
+    void *d_w = gc_device(weight.host, weight.bytes);
+    linear_forward_op(gc_gpu, bf16, d_out, d_in, d_w, with_bias ? gc_device(bias, (size_t)out_dim * 4) : NULL, N,
+                      in_dim, out_dim);
+    compare_variant("linear_forward", bf16, "", shape, d_out, out_ref, n_out, limit);
 
-    float *dout = gc_random(n_out, -1, 1);
+    float *dout = gc_random(n_out, -1, 1), *d_dout = gc_device(dout, n_out * 4);
     float *din = accumulate_din ? gc_random(n_in, -1, 1) : gc_nan(n_in), *din_ref = gc_copy(din, n_in);
     float *dw = gc_random(n_w, -1, 1), *dw_ref = gc_copy(dw, n_w);
     float *db = gc_random((size_t)out_dim, -1, 1), *db_ref = gc_copy(db, (size_t)out_dim);
-    gc_cpu->linear_backward(din_ref, dw_ref, with_bias ? db_ref : NULL, dout, in, w, N, in_dim, out_dim,
-                            accumulate_din);
+    linear_backward_op(gc_cpu, bf16, din_ref, dw_ref, with_bias ? db_ref : NULL, dout, in, weight.host, N, in_dim,
+                       out_dim, accumulate_din);
     float *d_din = gc_device(din, n_in * 4), *d_dw = gc_device(dw, n_w * 4), *d_db = gc_device(db, (size_t)out_dim * 4);
-    gc_gpu->linear_backward(d_din, d_dw, with_bias ? d_db : NULL, gc_device(dout, n_out * 4), d_in, d_w, N, in_dim,
-                            out_dim, accumulate_din);
-    gc_compare("linear_backward.din", shape, d_din, din_ref, n_in, gc_gemm_limit());
-    gc_compare("linear_backward.dweight", shape, d_dw, dw_ref, n_w, gc_gemm_limit());
-    gc_compare("linear_backward.dbias", shape, d_db, db_ref, (size_t)out_dim, 1e-6);
-    /* only dweight requested: din must stay untouched */
-    gc_gpu->linear_backward(NULL, d_dw, NULL, gc_device(dout, n_out * 4), d_in, d_w, N, in_dim, out_dim, 0);
-    gc_compare("linear_backward.din_null_untouched", shape, d_din, din_ref, n_in, gc_gemm_limit());
-    gc_free_host(in, w, bias, out_ref, dout, din, din_ref, dw, dw_ref, db, db_ref, NULL);
+    linear_backward_op(gc_gpu, bf16, d_din, d_dw, with_bias ? d_db : NULL, d_dout, d_in, d_w, N, in_dim, out_dim,
+                       accumulate_din);
+    compare_variant("linear_backward", bf16, ".din", shape, d_din, din_ref, n_in, limit);
+    compare_variant("linear_backward", bf16, ".dweight", shape, d_dw, dw_ref, n_w, limit);
+    compare_variant("linear_backward", bf16, ".dbias", shape, d_db, db_ref, (size_t)out_dim, 1e-6);
+
+    float *din_before = gc_download(d_din, n_in), *db_before = gc_download(d_db, (size_t)out_dim);
+    linear_backward_op(gc_cpu, bf16, NULL, dw_ref, NULL, dout, in, weight.host, N, in_dim, out_dim, 0);
+    linear_backward_op(gc_gpu, bf16, NULL, d_dw, NULL, d_dout, d_in, d_w, N, in_dim, out_dim, 0);
+    compare_variant("linear_backward", bf16, ".dweight_only", shape, d_dw, dw_ref, n_w, limit);
+    compare_variant("linear_backward", bf16, ".din_null_untouched", shape, d_din, din_before, n_in, 0);
+    compare_variant("linear_backward", bf16, ".dbias_null_untouched", shape, d_db, db_before, (size_t)out_dim, 0);
+
+    float *dw_before = gc_download(d_dw, n_w);
+    linear_backward_op(gc_cpu, bf16, din_ref, NULL, NULL, dout, in, weight.host, N, in_dim, out_dim, accumulate_din);
+    linear_backward_op(gc_gpu, bf16, d_din, NULL, NULL, d_dout, d_in, d_w, N, in_dim, out_dim, accumulate_din);
+    compare_variant("linear_backward", bf16, ".din_only", shape, d_din, din_ref, n_in, limit);
+    compare_variant("linear_backward", bf16, ".dweight_null_untouched", shape, d_dw, dw_before, n_w, 0);
+    gc_free_host(in, w, bias, weight.host, out_ref, dout, din, din_ref, dw, dw_ref, db, db_ref, din_before, db_before,
+                 dw_before, NULL);
     gc_free_device();
 }
 
 static void check_linear(void) {
-    linear_case(37, 96, 130, 1, 0);
-    linear_case(37, 96, 130, 0, 1);
-    linear_case(600, 64, 256, 1, 1); /* several row chunks in the bias gradient */
-    linear_case(1, 1, 1, 1, 0);
+    linear_case(37, 96, 130, 1, 0, 0);
+    linear_case(37, 96, 130, 0, 1, 0);
+    linear_case(600, 64, 256, 1, 1, 0); /* several row chunks in the bias gradient */
+    linear_case(1, 1, 1, 1, 0, 0);
 }
 
 /* ---- embedding -------------------------------------------------------------------------------- */
 
+/* N ids in [-3, V): repeats, and negative ids (image placeholders) */
+static int *embedding_ids(int N, int V) {
+    int *ids = xmalloc((size_t)N * sizeof *ids);
+    for (int n = 0; n < N; n++) ids[n] = (int)(tu_next(&gc_rng) % (uint64_t)(V + 3)) - 3;
+    return ids;
+}
+
 static void embedding_case(int N, int D, int V) {
     char shape[64];
     snprintf(shape, sizeof shape, "N=%d D=%d V=%d", N, D, V);
-    int *ids = xmalloc((size_t)N * sizeof *ids);
-    for (int n = 0; n < N; n++) /* repeats, and negative ids (image placeholders) */
-        ids[n] = (int)(tu_next(&gc_rng) % (uint64_t)(V + 3)) - 3;
+    int *ids = embedding_ids(N, V);
     float *table = gc_random((size_t)V * D, -1, 1), *out_ref = gc_nan((size_t)N * D);
     gc_cpu->embedding_forward(out_ref, ids, table, N, D);
     int *d_ids = gc_device(ids, (size_t)N * sizeof *ids);
@@ -426,9 +514,12 @@ static void check_activations(void) {
 
 /* ---- LM head ---------------------------------------------------------------------------------- */
 
-static void lm_head_case(int N, int D, int V, int chunk, int with_grads) {
-    char shape[80];
-    snprintf(shape, sizeof shape, "N=%d D=%d V=%d chunk=%d grads=%d", N, D, V, chunk, with_grads);
+/* want_dhidden / want_dweight: pass the gradient outputs, or NULL */
+static void lm_head_case(int N, int D, int V, int chunk, int want_dhidden, int want_dweight, int bf16) {
+    char shape[96];
+    snprintf(shape, sizeof shape, "N=%d D=%d V=%d chunk=%d dhidden=%d dweight=%d", N, D, V, chunk, want_dhidden,
+             want_dweight);
+    const double limit = weight_gemm_limit(bf16);
     int *targets = xmalloc((size_t)N * sizeof *targets);
     for (int n = 0; n < N; n++) {
         uint64_t r = tu_next(&gc_rng);
@@ -437,29 +528,32 @@ static void lm_head_case(int N, int D, int V, int chunk, int with_grads) {
     targets[N / 2] = V + 5; /* outside the vocabulary: skipped like -100 */
     const size_t nh = (size_t)N * D, nw = (size_t)V * D, ns = (size_t)chunk * (V + D);
     float *hidden = gc_random(nh, -1, 1), *w = gc_random(nw, -0.2f, 0.2f);
-    float *dh_ref = gc_nan(nh), *dw = gc_random(nw, -1, 1), *dw_ref = gc_copy(dw, nw), *scratch = gc_nan(ns);
+    test_weight weight = weight_for(w, nw, bf16);
+    /* dweight starts at the gradient's scale, so that an error in the gradient shows in the sum */
+    float *dh_ref = gc_nan(nh), *dw = gc_random(nw, -0.01f, 0.01f), *dw_ref = gc_copy(dw, nw), *scratch = gc_nan(ns);
     const float grad_scale = 1.0f / 30.0f;
     double loss_ref = -1.0, loss = -1.0;
-    gc_cpu->lm_head_ce(&loss_ref, with_grads ? dh_ref : NULL, with_grads ? dw_ref : NULL, hidden, w, targets, N, D, V,
-                       grad_scale, scratch, chunk);
+    lm_head_op(gc_cpu, bf16, &loss_ref, want_dhidden ? dh_ref : NULL, want_dweight ? dw_ref : NULL, hidden,
+               weight.host, targets, N, D, V, grad_scale, scratch, chunk);
     float *d_dh = gc_device_nan(nh), *d_dw = gc_device(dw, nw * 4);
-    gc_gpu->lm_head_ce(&loss, with_grads ? d_dh : NULL, with_grads ? d_dw : NULL, gc_device(hidden, nh * 4),
-                       gc_device(w, nw * 4), gc_device(targets, (size_t)N * sizeof *targets), N, D, V, grad_scale,
-                       gc_device_nan(ns), chunk);
-    gc_report("lm_head_ce.loss_sum", shape, rel_error_double(loss, loss_ref), gc_gemm_limit());
-    if (with_grads) {
-        gc_compare("lm_head_ce.dhidden", shape, d_dh, dh_ref, nh, gc_gemm_limit());
-        gc_compare("lm_head_ce.dweight", shape, d_dw, dw_ref, nw, gc_gemm_limit());
-    }
-    gc_free_host(targets, hidden, w, dh_ref, dw, dw_ref, scratch, NULL);
+    lm_head_op(gc_gpu, bf16, &loss, want_dhidden ? d_dh : NULL, want_dweight ? d_dw : NULL, gc_device(hidden, nh * 4),
+               gc_device(weight.host, weight.bytes), gc_device(targets, (size_t)N * sizeof *targets), N, D, V,
+               grad_scale, gc_device_nan(ns), chunk);
+    report_variant("lm_head_ce", bf16, ".loss_sum", shape, rel_error_double(loss, loss_ref), limit);
+    if (want_dhidden) compare_variant("lm_head_ce", bf16, ".dhidden", shape, d_dh, dh_ref, nh, limit);
+    if (want_dweight)
+        compare_variant("lm_head_ce", bf16, ".dweight", shape, d_dw, dw_ref, nw, limit);
+    else
+        compare_variant("lm_head_ce", bf16, ".dweight_null_untouched", shape, d_dw, dw, nw, 0);
+    gc_free_host(targets, hidden, w, weight.host, dh_ref, dw, dw_ref, scratch, NULL);
     gc_free_device();
 }
 
 static void check_lm_head(void) {
-    lm_head_case(50, 64, 1000, 16, 1);
-    lm_head_case(50, 64, 1000, 64, 0);
-    lm_head_case(300, 128, 32000, 64, 1);
-    lm_head_case(3, 16, 10, 1, 1);
+    lm_head_case(50, 64, 1000, 16, 1, 1, 0);
+    lm_head_case(50, 64, 1000, 64, 0, 0, 0);
+    lm_head_case(300, 128, 32000, 64, 1, 1, 0);
+    lm_head_case(3, 16, 10, 1, 1, 1, 0);
 }
 
 /* ---- pooling ---------------------------------------------------------------------------------- */
@@ -799,6 +893,99 @@ static void check_topk(void) {
     topk_case(200, 4096, 2, 64);
 }
 
+/* ---- bf16 weights (model.dtype: bf16) ------------------------------------------------------------ */
+
+static int bf16_is_nan(tga_bf16 h) { return (h & 0x7f80u) == 0x7f80u && (h & 0x007fu) != 0; }
+
+/* Floats (as bits) that probe every rounding path of fp32 -> bf16. */
+static const uint32_t rounding_probes[] = {
+    0x00000000u, 0x80000000u, 0x7f800000u, 0xff800000u, /* zeros, infinities */
+    0x7fc00000u, 0xffc00000u, 0x7fffffffu,               /* quiet NaNs */
+    0x7f800001u, 0x7fbfffffu, 0xff800001u,               /* signalling NaNs: must stay NaN */
+    0x3f808000u, 0x3f818000u, 0xbf818000u,               /* ties: to the even neighbour, down and up */
+    0x3f808001u, 0x3f807fffu,                            /* just above and below a tie */
+    0x7f7fffffu, 0x7f7f8000u, 0x7f7f7fffu,               /* overflow to inf, a tie into inf, just below */
+    0x00000001u, 0x00008000u, 0x00018000u, 0x007fffffu,  /* subnormals: to zero, ties, up to the smallest normal */
+    0x80008001u, 0x00800000u, 0x00c08000u,               /* negative subnormal, smallest normal, a normal tie */
+};
+
+/* to_bf16 against the CPU bit for bit (a NaN must give a NaN; its payload may differ), the probes
+ * first and random bit patterns after them; the output starts as NaN (0xffff). */
+static void to_bf16_case(size_t n) {
+    char shape[64];
+    snprintf(shape, sizeof shape, "n=%zu (rounding probes + random bits)", n);
+    const size_t n_probes = sizeof rounding_probes / sizeof rounding_probes[0];
+    uint32_t *bits = xmalloc(n * sizeof *bits);
+    for (size_t i = 0; i < n; i++) bits[i] = i < n_probes ? rounding_probes[i] : (uint32_t)tu_next(&gc_rng);
+    tga_bf16 *ref = xmalloc(n * sizeof *ref), *got = xmalloc(n * sizeof *got);
+    gc_cpu->to_bf16(ref, (const float *)bits, n);
+    for (size_t i = 0; i < n; i++) got[i] = 0xffffu;
+    tga_bf16 *d_out = gc_device(got, n * sizeof *got);
+    gc_gpu->to_bf16(d_out, gc_device(bits, n * sizeof *bits), n);
+    gc_gpu->download(got, d_out, n * sizeof *got);
+    size_t mismatches = 0;
+    for (size_t i = 0; i < n; i++) mismatches += got[i] != ref[i] && !(bf16_is_nan(got[i]) && bf16_is_nan(ref[i]));
+    gc_report("to_bf16", shape, (double)mismatches / (double)n, 0);
+    gc_free_host(bits, ref, got, NULL);
+    gc_free_device();
+}
+
+/* from_bf16 over every bf16 bit pattern (NaN payloads included), compared bit for bit. */
+static void from_bf16_case(size_t n) {
+    char shape[64];
+    snprintf(shape, sizeof shape, "n=%zu (bit patterns in turn)", n);
+    tga_bf16 *in = xmalloc(n * sizeof *in);
+    for (size_t i = 0; i < n; i++) in[i] = (tga_bf16)((i * 40503u + 7u) & 0xffffu); /* 40503 odd: all 65536 */
+    float *ref = gc_nan(n);
+    gc_cpu->from_bf16(ref, in, n);
+    float *d_out = gc_device_nan(n);
+    gc_gpu->from_bf16(d_out, gc_device(in, n * sizeof *in), n);
+    float *got = gc_download(d_out, n);
+    size_t mismatches = 0;
+    for (size_t i = 0; i < n; i++) mismatches += memcmp(&got[i], &ref[i], sizeof got[i]) != 0;
+    gc_report("from_bf16", shape, (double)mismatches / (double)n, 0);
+    gc_free_host(in, ref, got, NULL);
+    gc_free_device();
+}
+
+static void embedding_forward_bf16_case(int N, int D, int V) {
+    char shape[64];
+    snprintf(shape, sizeof shape, "N=%d D=%d V=%d", N, D, V);
+    int *ids = embedding_ids(N, V);
+    float *table = gc_random((size_t)V * D, -1, 1), *out_ref = gc_nan((size_t)N * D);
+    test_weight table_bf16 = weight_for(table, (size_t)V * D, 1);
+    gc_cpu->embedding_forward_bf16(out_ref, ids, table_bf16.host, N, D);
+    float *d_out = gc_device_nan((size_t)N * D);
+    gc_gpu->embedding_forward_bf16(d_out, gc_device(ids, (size_t)N * sizeof *ids),
+                                   gc_device(table_bf16.host, table_bf16.bytes), N, D);
+    /* widening is exact: the same bits */
+    gc_compare("embedding_forward_bf16", shape, d_out, out_ref, (size_t)N * D, 0);
+    gc_free_host(ids, table, table_bf16.host, out_ref, NULL);
+    gc_free_device();
+}
+
+static void check_bf16(void) {
+    static const size_t sizes[] = {1, 4099, 1000003};
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) to_bf16_case(sizes[s]);
+    from_bf16_case(1);
+    from_bf16_case(65536);
+    from_bf16_case(200003);
+    linear_case(37, 96, 130, 1, 0, 1);
+    linear_case(37, 96, 130, 0, 1, 1);
+    linear_case(600, 64, 256, 1, 1, 1); /* several row chunks in the bias gradient */
+    linear_case(1, 1, 1, 1, 0, 1);
+    linear_case(13, 7, 33, 1, 1, 1); /* odd sizes: unaligned bf16 rows */
+    linear_case(65, 1031, 31, 0, 0, 1); /* a long K: summation order shows */
+    embedding_forward_bf16_case(200, 70, 50);
+    embedding_forward_bf16_case(64, 4096, 8);
+    embedding_forward_bf16_case(3000, 33, 1000);
+    lm_head_case(50, 64, 1000, 16, 1, 1, 1);  /* several chunks */
+    lm_head_case(50, 64, 1000, 64, 0, 0, 1);  /* loss only */
+    lm_head_case(90, 72, 999, 32, 1, 0, 1);   /* frozen head (stage 1): dhidden only, odd V */
+    lm_head_case(300, 128, 32000, 64, 1, 1, 1);
+    lm_head_case(3, 16, 10, 1, 1, 1, 1);
+}
+
 /* ---- main ------------------------------------------------------------------------------------- */
 
 typedef struct family {
@@ -812,7 +999,7 @@ static const family families[] = {
     {"attention", check_attention},     {"activations", check_activations}, {"lm_head", check_lm_head},
     {"pooling", check_pooling},         {"tga_align", check_tga_align}, {"tga_align_fused", check_tga_align_fused},
     {"elementwise", check_elementwise}, {"adamw", check_adamw},       {"topk", check_topk},
-    {"model", gc_check_model},
+    {"bf16", check_bf16},               {"model", gc_check_model},
 };
 
 int main(int argc, char **argv) {

@@ -1,9 +1,11 @@
 /* Model-level GPU check: the same small model (head dim 32, grouped-query attention, two align
  * layers, variable sample lengths) built on the CPU and on the CUDA backend with the same random
  * init, one micro-batch of forward + backward on each (losses, every trainable gradient, the input
- * gradient), then two optimizer steps on each (grad norms, parameters). Stage 1 (projector only)
- * and stage 2 (everything, with recompute), so every op the trainer uses runs. The limits allow
- * for bf16 attention and TF32 GEMMs along a two-layer chain (kernels/cuda/README.md). */
+ * gradient), then two optimizer steps on each (grad norms, parameters). Stage 1 (projector only),
+ * stage 2 (everything, with recompute), and stage 2 with model.dtype bf16 (bf16 matrices, fp32
+ * masters; step 1's losses then also check the bf16 copies refreshed after step 0), so every op the
+ * trainer uses runs. The limits allow for bf16 attention and TF32 (or bf16) GEMMs along a two-layer
+ * chain (kernels/cuda/README.md). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -152,18 +154,20 @@ static tga_status forward_backward(model_run *run, const tga_batch *batch, const
     return tga_model_forward_backward(run->model, batch, align, sc, 1, &run->losses);
 }
 
-static void check_stage(const char *stage, const char *trainable, const char *recompute) {
+static void check_stage(const char *stage, const char *trainable, const char *recompute, const char *dtype) {
     tga_config cfg;
     tga_config_init(&cfg);
-    char set_trainable[64], set_recompute[64];
+    char set_trainable[64], set_recompute[64], set_dtype[64];
     snprintf(set_trainable, sizeof set_trainable, "train.trainable=%s", trainable);
     snprintf(set_recompute, sizeof set_recompute, "train.recompute=%s", recompute);
+    snprintf(set_dtype, sizeof set_dtype, "model.dtype=%s", dtype);
     for (size_t i = 0; i < sizeof model_overrides / sizeof model_overrides[0]; i++)
         if (tga_config_override(&cfg, model_overrides[i]) != TGA_OK) {
             printf("FAIL model.config %s: %s\n", model_overrides[i], tga_error_message());
             return;
         }
-    if (tga_config_override(&cfg, set_trainable) != TGA_OK || tga_config_override(&cfg, set_recompute) != TGA_OK) {
+    if (tga_config_override(&cfg, set_trainable) != TGA_OK || tga_config_override(&cfg, set_recompute) != TGA_OK ||
+        tga_config_override(&cfg, set_dtype) != TGA_OK) {
         printf("FAIL model.config: %s\n", tga_error_message());
         return;
     }
@@ -216,6 +220,7 @@ static void check_stage(const char *stage, const char *trainable, const char *re
 }
 
 void gc_check_model(void) {
-    check_stage("stage1", "stage1", "false");
-    check_stage("stage2+recompute", "stage2", "true");
+    check_stage("stage1", "stage1", "false", "fp32");
+    check_stage("stage2+recompute", "stage2", "true", "fp32");
+    check_stage("stage2+bf16", "stage2", "false", "bf16");
 }

@@ -8,9 +8,9 @@
 #      attention (model.attention: cudnn) against the CPU;
 #   3. gpu_check again for the GEMM-based ops with TGA_CUDA_GEMM=fp32 (tight limits);
 #   4. bench_kernels --quick: each op at 7B stage-1 shapes next to its ceiling;
-#   5. tga bench step on the CUDA backend: the tiny config, and a 7B-shaped 2-layer model (ms/step,
-#      and MFU counted as 4 N tokens over the decoder layers' matmul parameters N, against 989
-#      TFLOP/s dense bf16 -- our GEMMs are TF32, so read it as an upper bound's fraction).
+#   5. tga bench step on the CUDA backend: the tiny config, and a 7B-shaped 2-layer model with
+#      model.dtype bf16 (bf16 GEMMs) and fp32 (TF32 GEMMs) (ms/step, and MFU counted as 4 N tokens
+#      over the decoder layers' matmul parameters N, against 989 TFLOP/s dense bf16).
 # Output goes to stdout and to $OUT (default: gpu-out/ in the repository): run.log holds
 # everything; gpu_check.txt, gpu_check_fp32.txt, bench_kernels.txt, bench_step.txt each part.
 # Exit code: gpu_check's (0 when every check passed; 2 when no CUDA backend could be loaded).
@@ -137,15 +137,19 @@ section "training steps on the GPU (tga bench step)"
     timeout 120 "$BUILD/tga" bench step --config "$ROOT/configs/tiny.yaml" --device cuda --steps 20 --warmup 3
     # a 7B-shaped slice: Mistral-7B layers, 8 samples of 576 image patches + 104 text tokens
     B=8 T=680 LAYERS=2
-    timeout 240 "$BUILD/tga" bench step --config "$ROOT/configs/mistral7b_stage1.yaml" --device cuda \
-        --set model.n_layers=$LAYERS --set tga.layers=1-2 --set train.micro_batch=$B --set data.max_len=$T \
-        --set train.recompute=true --steps 5 --warmup 2 --images 1 | tee "$OUT/step_7b_slice.tmp"
-    # matmul parameters of one Mistral-7B decoder layer: q, o 4096^2; k, v 4096x1024; MLP 3 x 4096x14336
-    awk -v B=$B -v T=$T -v L=$LAYERS '/^median_ms/ {
-        n = L * (2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336)
-        printf "7B slice: %.1f ms/step, %.0f tokens/s, MFU %.1f%% (4 N tokens, N = %.0fM, 989 TFLOP/s)\n",
-               $2, B * T / ($2 / 1000), 100 * 4 * n * B * T / ($2 / 1000) / 989e12, n / 1e6 }' "$OUT/step_7b_slice.tmp"
-    rm -f "$OUT/step_7b_slice.tmp"
+    for dtype in bf16 fp32; do
+        timeout 200 "$BUILD/tga" bench step --config "$ROOT/configs/mistral7b_stage1.yaml" --device cuda \
+            --set model.n_layers=$LAYERS --set tga.layers=1-2 --set train.micro_batch=$B --set data.max_len=$T \
+            --set train.recompute=true --set model.dtype=$dtype --steps 5 --warmup 2 --images 1 |
+            tee "$OUT/step_7b_slice.tmp"
+        # matmul parameters of one Mistral-7B decoder layer: q, o 4096^2; k, v 4096x1024; MLP 3 x 4096x14336
+        awk -v B=$B -v T=$T -v L=$LAYERS -v dtype=$dtype '/^median_ms/ {
+            n = L * (2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336)
+            printf "7B slice, %s: %.1f ms/step, %.0f tokens/s, MFU %.1f%% (4 N tokens, N = %.0fM, 989 TFLOP/s)\n",
+                   dtype, $2, B * T / ($2 / 1000), 100 * 4 * n * B * T / ($2 / 1000) / 989e12, n / 1e6 }' \
+            "$OUT/step_7b_slice.tmp"
+        rm -f "$OUT/step_7b_slice.tmp"
+    done
 } 2>&1 | tee "$OUT/bench_step.txt"
 
 section "summary"

@@ -1,6 +1,7 @@
 /* Host emulation of the cuBLASLt calls kernels/cuda/gemm.c makes: column-major
  * D = alpha op(A) op(B) + beta C as cuBLASLt defines it, with its checks of the operands' shapes,
- * leading dimensions and (against the algorithm's alignment preferences) pointer alignment. C. */
+ * leading dimensions, types (fp32 or bf16 A/B, fp32 C/D, and the compute types cuBLASLt allows
+ * for them) and (against the algorithm's alignment preferences) pointer alignment. C. */
 #ifndef TGA_EMULATED_CUBLASLT_H
 #define TGA_EMULATED_CUBLASLT_H
 
@@ -15,7 +16,7 @@ extern "C" {
 
 typedef enum { CUBLAS_STATUS_SUCCESS = 0, CUBLAS_STATUS_INVALID_VALUE = 7, CUBLAS_STATUS_NOT_SUPPORTED = 15 } cublasStatus_t;
 typedef enum { CUBLAS_COMPUTE_32F = 68, CUBLAS_COMPUTE_32F_FAST_TF32 = 77 } cublasComputeType_t;
-typedef enum { CUDA_R_32F = 0 } cudaDataType;
+typedef enum { CUDA_R_32F = 0, CUDA_R_16BF = 14 } cudaDataType;
 typedef enum { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 } cublasOperation_t;
 typedef enum { CUBLASLT_MATMUL_DESC_TRANSA = 3, CUBLASLT_MATMUL_DESC_TRANSB = 4 } cublasLtMatmulDescAttributes_t;
 typedef enum {
