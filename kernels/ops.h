@@ -116,6 +116,13 @@ typedef struct tga_ops {
     /* ---- exact-erf GELU (nn.GELU()) ---- */
     void (*gelu_forward)(float *out, const float *in, size_t n);
     void (*gelu_backward)(float *din, const float *dout, const float *in, size_t n);
+    /* The projector's bias + GELU in one pass over [N, D] (the GEMM runs without bias first):
+     * pre += bias (row-broadcast), then act = gelu(pre); pre keeps the pre-activation for backward.
+     * Same arithmetic as linear_forward's bias followed by gelu_forward. */
+    void (*bias_gelu_forward)(float *pre, float *act, const float *bias, int N, int D);
+    /* dpre = dact * gelu'(pre) (overwritten) and, unless dbias is NULL, dbias[D] += column sums of
+     * dpre, summed as linear_backward's bias gradient. */
+    void (*gelu_bias_backward)(float *dpre, float *dbias, const float *dact, const float *pre, int N, int D);
 
     /* ---- LM head + cross-entropy, chunked over tokens (never all N*V logits).
      * hidden [N,D], weight [V,D], targets [N] (-100 = ignored). Returns the SUM of -log p(target)

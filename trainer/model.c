@@ -693,8 +693,8 @@ static void projector_forward(tga_model *m, const tga_batch *b) {
     if (rows == 0) return;
     OPS->upload(m->proj_in, b->image_features, (size_t)rows * Dv * sizeof(float));
     if (m->dims.projector == TGA_PROJ_MLP2X_GELU) {
-        linear_fwd(m->proj_h, m->proj_in, m->pw.w0, m->proj_w0_16, m->pw.b0, rows, Dv, D); /* (rows,D) */
-        OPS->gelu_forward(m->proj_g, m->proj_h, (size_t)rows * D);
+        linear_fwd(m->proj_h, m->proj_in, m->pw.w0, m->proj_w0_16, NULL, rows, Dv, D); /* (rows,D) */
+        OPS->bias_gelu_forward(m->proj_h, m->proj_g, m->pw.b0, rows, D);               /* + b0, GELU */
         linear_fwd(m->proj_out, m->proj_g, m->pw.w2, m->proj_w2_16, m->pw.b2, rows, D, D);
     } else {
         linear_fwd(m->proj_out, m->proj_in, m->pw.w0, m->proj_w0_16, m->pw.b0, rows, Dv, D);
@@ -826,8 +826,8 @@ static void projector_backward(tga_model *m, const tga_batch *b) {
     }
     if (m->dims.projector == TGA_PROJ_MLP2X_GELU) {
         linear_bwd(m->dproj_b, m->pg.w2, m->pg.b2, m->dproj_a, m->proj_g, m->pw.w2, m->proj_w2_16, rows, D, D, 0);
-        OPS->gelu_backward(m->dproj_a, m->dproj_b, m->proj_h, (size_t)rows * D);
-        linear_bwd(NULL, m->pg.w0, m->pg.b0, m->dproj_a, m->proj_in, m->pw.w0, m->proj_w0_16, rows, Dv, D, 0);
+        OPS->gelu_bias_backward(m->dproj_a, m->pg.b0, m->dproj_b, m->proj_h, rows, D); /* GELU and b0 */
+        linear_bwd(NULL, m->pg.w0, NULL, m->dproj_a, m->proj_in, m->pw.w0, m->proj_w0_16, rows, Dv, D, 0);
     } else {
         linear_bwd(NULL, m->pg.w0, m->pg.b0, m->dproj_a, m->proj_in, m->pw.w0, m->proj_w0_16, rows, Dv, D, 0);
     }

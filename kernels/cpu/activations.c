@@ -3,7 +3,8 @@
  *
  * SwiGLU runs over every MLP activation of the decoder, so it has an AVX-512 build of the same
  * loop with an exp the compiler can vectorise (libm's expf is a call and would leave it
- * scalar). GELU runs only in the projector and keeps libm's erff and expf. */
+ * scalar). GELU runs only in the projector and keeps libm's erff and expf; there the bias joins it
+ * (bias_gelu_forward) and the bias gradient joins its backward (gelu_bias_backward). */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -96,21 +97,37 @@ void tga_cpu_swiglu_backward(float *dgate, float *dup, const float *dout, const 
     run_in_chunks(tga_cpu_has_avx512() ? swiglu_backward_avx512 : swiglu_backward_portable, &a, n);
 }
 
+static inline float gelu(float x) { return x * 0.5f * (1.0f + erff(x * (float)SQRT1_2)); }
+
+/* d gelu / dx = Phi(x) + x * phi(x), the normal CDF and density. */
+static inline float gelu_grad(float x) {
+    float cdf = 0.5f * (1.0f + erff(x * (float)SQRT1_2));
+    float pdf = expf(-0.5f * x * x) * (float)INV_SQRT_2PI;
+    return cdf + x * pdf;
+}
+
 void tga_cpu_gelu_forward(float *out, const float *in, size_t n) {
 #pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
-    for (size_t i = 0; i < n; i++) {
-        float x = in[i];
-        out[i] = x * 0.5f * (1.0f + erff(x * (float)SQRT1_2));
+    for (size_t i = 0; i < n; i++) out[i] = gelu(in[i]);
+}
+
+void tga_cpu_gelu_backward(float *din, const float *dout, const float *in, size_t n) {
+#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
+    for (size_t i = 0; i < n; i++) din[i] = dout[i] * gelu_grad(in[i]);
+}
+
+void tga_cpu_bias_gelu_forward(float *pre, float *act, const float *bias, int N, int D) {
+#pragma omp parallel for schedule(static) if ((size_t)N * D >= PARALLEL_MIN)
+    for (int n = 0; n < N; n++) {
+        float *p = pre + (size_t)n * D, *a = act + (size_t)n * D;
+        for (int j = 0; j < D; j++) {
+            p[j] += bias[j];
+            a[j] = gelu(p[j]);
+        }
     }
 }
 
-/* d gelu / dx = Phi(x) + x * phi(x), the normal CDF and density. */
-void tga_cpu_gelu_backward(float *din, const float *dout, const float *in, size_t n) {
-#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
-    for (size_t i = 0; i < n; i++) {
-        float x = in[i];
-        float cdf = 0.5f * (1.0f + erff(x * (float)SQRT1_2));
-        float pdf = expf(-0.5f * x * x) * (float)INV_SQRT_2PI;
-        din[i] = dout[i] * (cdf + x * pdf);
-    }
+void tga_cpu_gelu_bias_backward(float *dpre, float *dbias, const float *dact, const float *pre, int N, int D) {
+    tga_cpu_gelu_backward(dpre, dact, pre, (size_t)N * D);
+    if (dbias) tga_cpu_bias_grad_accumulate(dbias, dpre, N, D);
 }

@@ -54,6 +54,10 @@ void tga_cpu_swiglu_forward(float *out, const float *gate, const float *up, size
 void tga_cpu_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                              size_t n);
 void tga_cpu_gelu_forward(float *out, const float *in, size_t n);
+void tga_cpu_bias_gelu_forward(float *pre, float *act, const float *bias, int N, int D);
+void tga_cpu_gelu_bias_backward(float *dpre, float *dbias, const float *dact, const float *pre, int N, int D);
+/* dbias[j] += sum over rows of dout[n, j] in double, row order (linear.c): shared bias gradient */
+void tga_cpu_bias_grad_accumulate(float *dbias, const float *dout, int N, int out_dim);
 void tga_cpu_gelu_backward(float *din, const float *dout, const float *in, size_t n);
 void tga_cpu_lm_head_ce(double *loss_sum, float *dhidden, float *dweight, const float *hidden,
                         const float *weight, const int *targets, int N, int D, int V, float grad_scale,

@@ -19,7 +19,7 @@ static void add_bias_rows(float *out, const float *bias, int N, int out_dim) {
 }
 
 /* dbias[j] += sum over rows n = 0..N-1 of dout[n, j], summed in double in row order. */
-static void accumulate_bias_grad(float *dbias, const float *dout, int N, int out_dim) {
+void tga_cpu_bias_grad_accumulate(float *dbias, const float *dout, int N, int out_dim) {
     int n_blocks = (out_dim + BIAS_GRAD_COLS - 1) / BIAS_GRAD_COLS;
 #pragma omp parallel for schedule(static)
     for (int blk = 0; blk < n_blocks; blk++) {
@@ -58,7 +58,7 @@ static void linear_backward_typed(float *din, float *dweight, float *dbias, cons
         tga_cpu_gemm_mixed(1, 0, out_dim, in_dim, N, 1.0f, dout, act_type, out_dim, in, act_type, in_dim, 1.0f,
                            dweight, in_dim);
     }
-    if (dbias) accumulate_bias_grad(dbias, dout, N, out_dim);
+    if (dbias) tga_cpu_bias_grad_accumulate(dbias, dout, N, out_dim);
 }
 
 void tga_cpu_linear_forward(float *out, const float *in, const float *weight, const float *bias, int N,

@@ -110,6 +110,41 @@ static void check_gelu(size_t n, uint64_t *rng) {
     free(in), free(G), free(out), free(din), free(ref), free(ref_din);
 }
 
+/* The projector's fused bias + GELU: bit for bit the bias add followed by gelu_forward, and its
+ * backward bit for bit gelu_backward, with the bias gradient (accumulated onto prior values)
+ * against column sums in double. */
+static void check_bias_gelu(int N, int D, uint64_t *rng) {
+    size_t n = (size_t)N * D;
+    float *gemm_out = tu_alloc_uniform(n, -4, 4, rng), *bias = tu_alloc_uniform((size_t)D, -1, 1, rng);
+    float *pre = tu_alloc_copy(gemm_out, n), *act = malloc(n * sizeof *act);
+    float *ref_pre = malloc(n * sizeof *ref_pre), *ref_act = malloc(n * sizeof *ref_act);
+    for (size_t i = 0; i < n; i++) ref_pre[i] = gemm_out[i] + bias[i % (size_t)D];
+    tga_cpu_gelu_forward(ref_act, ref_pre, n);
+    tga_cpu_bias_gelu_forward(pre, act, bias, N, D);
+    CHECK(memcmp(pre, ref_pre, n * sizeof *pre) == 0 && memcmp(act, ref_act, n * sizeof *act) == 0,
+          "bias_gelu_forward %dx%d differs from bias + gelu_forward", N, D);
+
+    float *dact = tu_alloc_uniform(n, -1, 1, rng), *dpre = tu_alloc_uniform(n, 5, 6, rng);
+    float *ref_dpre = malloc(n * sizeof *ref_dpre);
+    float *db0 = tu_alloc_uniform((size_t)D, -1, 1, rng), *db = tu_alloc_copy(db0, (size_t)D);
+    tga_cpu_gelu_backward(ref_dpre, dact, pre, n);
+    tga_cpu_gelu_bias_backward(dpre, db, dact, pre, N, D);
+    CHECK(memcmp(dpre, ref_dpre, n * sizeof *dpre) == 0, "gelu_bias_backward %dx%d: dpre differs from gelu_backward",
+          N, D);
+    double worst = 0;
+    for (int j = 0; j < D; j++) {
+        double sum = 0;
+        for (int r = 0; r < N; r++) sum += ref_dpre[(size_t)r * D + j];
+        double e = fabs((double)db[j] - db0[j] - sum) / (fabs(sum) + 1e-3);
+        worst = e > worst ? e : worst;
+    }
+    CHECK(worst <= 1e-5, "gelu_bias_backward %dx%d: dbias rel err %.3g", N, D, worst);
+    tga_cpu_gelu_bias_backward(dpre, NULL, dact, pre, N, D); /* a frozen bias: no gradient, dpre as before */
+    CHECK(memcmp(dpre, ref_dpre, n * sizeof *dpre) == 0, "gelu_bias_backward with NULL dbias: dpre differs");
+    free(gemm_out), free(bias), free(pre), free(act), free(ref_pre), free(ref_act), free(dact), free(dpre);
+    free(ref_dpre), free(db0), free(db);
+}
+
 /* Where exp(-x) overflows or erf saturates the outputs and gradients must stay finite and exact. */
 static void check_tails(void) {
     enum { N_TAIL = 8 };
@@ -139,6 +174,8 @@ int main(void) {
     check_swiglu(100003, &rng); /* above the parallel threshold */
     check_gelu(1000, &rng);
     check_gelu(100003, &rng);
+    check_bias_gelu(7, 13, &rng);
+    check_bias_gelu(300, 256, &rng); /* above the parallel threshold */
     check_tails();
     /* the checks again, limited to the portable SwiGLU loop */
     if (tga_cpu_has_avx512()) tu_rerun_with_simd("scalar", "SwiGLU");
