@@ -61,7 +61,7 @@ static int load_events(void) {
 typedef enum {
     OP_COPY, OP_GEMM, OP_LINEAR_FWD, OP_LINEAR_BWD, OP_LINEAR_FWD_BF16, OP_LINEAR_BWD_BF16, OP_EMBEDDING_FWD, OP_RMSNORM_FWD, OP_ADD_RMSNORM_FWD,
     OP_RMSNORM_BWD, OP_ROPE, OP_ATTENTION_FWD, OP_ATTENTION_BWD, OP_SWIGLU_FWD, OP_SWIGLU_BWD, OP_GELU_FWD,
-    OP_GELU_BWD, OP_LM_HEAD, OP_POOL_FWD, OP_POOL_BWD, OP_ALIGN, OP_ALIGN_FUSED_FWD, OP_ALIGN_FUSED_BWD, OP_ADD, OP_SCALE, OP_SUM_SQUARES, OP_ALL_FINITE,
+    OP_GELU_BWD, OP_BIAS_GELU_FWD, OP_GELU_BIAS_BWD, OP_LM_HEAD, OP_POOL_FWD, OP_POOL_BWD, OP_ALIGN, OP_ALIGN_FUSED_FWD, OP_ALIGN_FUSED_BWD, OP_ADD, OP_SCALE, OP_SUM_SQUARES, OP_ALL_FINITE,
     OP_ADAMW, OP_TOPK,
 } bench_op;
 
@@ -111,6 +111,8 @@ static void run_case(const bench_case *c) {
     case OP_SWIGLU_BWD: OPS->swiglu_backward(c->y, c->z, c->w, c->x, c->u, c->n); break;
     case OP_GELU_FWD: OPS->gelu_forward(c->y, c->x, c->n); break;
     case OP_GELU_BWD: OPS->gelu_backward(c->y, c->w, c->x, c->n); break;
+    case OP_BIAS_GELU_FWD: OPS->bias_gelu_forward(c->y, c->z, c->bias, c->M, c->N); break;
+    case OP_GELU_BIAS_BWD: OPS->gelu_bias_backward(c->y, c->v, c->w, c->x, c->M, c->N); break;
     case OP_LM_HEAD:
         OPS->lm_head_ce(&sink_d, c->y, NULL, c->x, c->w, c->ints, c->M, c->K, c->V, 1.0f, c->z, c->chunk);
         break;
@@ -419,6 +421,14 @@ static void bench_activations(bench_settings *s, int N, int image_rows) {
     snprintf(c.shape, sizeof c.shape, "projector rows=%d D=%d", image_rows, DIM);
     measure(&c, OP_GELU_FWD, "gelu_forward", 2.0 * m * 4, s);
     measure(&c, OP_GELU_BWD, "gelu_backward", 3.0 * m * 4, s);
+    /* the projector's fused ops: bias + GELU (pre read and written, act written); GELU backward with
+     * the bias gradient (dact and pre read, dpre written, column sums on the way) */
+    c.M = image_rows;
+    c.N = DIM;
+    c.bias = device_floats(DIM, 1);
+    c.v = device_floats(DIM, 0);
+    measure(&c, OP_BIAS_GELU_FWD, "bias_gelu_forward", 3.0 * m * 4, s);
+    measure(&c, OP_GELU_BIAS_BWD, "gelu_bias_backward", 3.0 * m * 4, s);
     free_buffers();
 }
 

@@ -1,7 +1,12 @@
 /* Pointwise activations: SwiGLU (silu(gate) * up) and exact-erf GELU (nn.GELU()), with the
  * formulas and operation order of torch's kernels (as kernels/cpu/activations.c). expf and erff
- * are CUDA's accurate versions (2 ulp; the library is not built with --use_fast_math). */
-#include "kernels/cuda/cuda_common.cuh"
+ * are CUDA's accurate versions (2 ulp; the library is not built with --use_fast_math).
+ *
+ * The projector's GELU with its bias: the forward adds the bias and applies GELU in one pass
+ * (cuBLASLt's GELU epilogues use the tanh approximation, not nn.GELU()'s erf); the backward
+ * computes the GELU gradient inside the bias gradient's column sums (column_sum.cuh visits each
+ * element once and stores it on the way), one pass instead of two. */
+#include "kernels/cuda/column_sum.cuh"
 
 namespace tga_cuda {
 
@@ -27,22 +32,45 @@ __global__ void swiglu_backward_kernel(float *dgate, float *dup, const float *do
     }
 }
 
+__device__ inline float gelu(float x) { return x * 0.5f * (1.0f + erff(x * kSqrt1_2)); }
+
+/* d gelu / dx = Phi(x) + x * phi(x) */
+__device__ inline float gelu_grad(float x) {
+    const float cdf = 0.5f * (1.0f + erff(x * kSqrt1_2));
+    const float pdf = expf(-0.5f * x * x) * kInvSqrt2Pi;
+    return cdf + x * pdf;
+}
+
 __global__ void gelu_forward_kernel(float *out, const float *in, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        out[i] = gelu(in[i]);
+}
+
+__global__ void gelu_backward_kernel(float *din, const float *dout, const float *in, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        din[i] = dout[i] * gelu_grad(in[i]);
+}
+
+__global__ void bias_gelu_forward_kernel(float *pre, float *act, const float *bias, size_t n, int D) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        const float x = in[i];
-        out[i] = x * 0.5f * (1.0f + erff(x * kSqrt1_2));
+        const float x = pre[i] + bias[i % (size_t)D];
+        pre[i] = x;
+        act[i] = gelu(x);
     }
 }
 
-/* d gelu / dx = Phi(x) + x * phi(x) */
-__global__ void gelu_backward_kernel(float *din, const float *dout, const float *in, size_t n) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        const float x = in[i];
-        const float cdf = 0.5f * (1.0f + erff(x * kSqrt1_2));
-        const float pdf = expf(-0.5f * x * x) * kInvSqrt2Pi;
-        din[i] = dout[i] * (cdf + x * pdf);
+/* The bias gradient's term: dpre(n, j), stored as it is summed (each element is visited once). */
+struct gelu_grad_term {
+    float *dpre;
+    const float *dact, *pre;
+    int D;
+    __device__ double operator()(int n, int j) const {
+        const size_t i = (size_t)n * D + j;
+        const float d = dact[i] * gelu_grad(pre[i]);
+        dpre[i] = d;
+        return d;
     }
-}
+};
 
 }  // namespace tga_cuda
 
@@ -72,4 +100,20 @@ extern "C" void tga_cuda_gelu_backward(float *din, const float *dout, const floa
     if (n == 0) return;
     gelu_backward_kernel<<<grid_stride_blocks(n), kElementwiseThreads, 0, tga_cuda_stream>>>(din, dout, in, n);
     TGA_CUDA_CHECK_LAUNCH("gelu_backward_kernel");
+}
+
+extern "C" void tga_cuda_bias_gelu_forward(float *pre, float *act, const float *bias, int N, int D) {
+    const size_t n = (size_t)N * D;
+    if (n == 0) return;
+    bias_gelu_forward_kernel<<<grid_stride_blocks(n), kElementwiseThreads, 0, tga_cuda_stream>>>(pre, act, bias, n, D);
+    TGA_CUDA_CHECK_LAUNCH("bias_gelu_forward_kernel");
+}
+
+extern "C" void tga_cuda_gelu_bias_backward(float *dpre, float *dbias, const float *dact, const float *pre, int N,
+                                            int D) {
+    if (dbias) {
+        column_sum_accumulate(dbias, N, D, gelu_grad_term{dpre, dact, pre, D});
+        return;
+    }
+    tga_cuda_gelu_backward(dpre, dact, pre, (size_t)N * D);
 }

@@ -97,6 +97,8 @@ void tga_cuda_swiglu_backward(float *dgate, float *dup, const float *dout, const
                               size_t n);
 void tga_cuda_gelu_forward(float *out, const float *in, size_t n);
 void tga_cuda_gelu_backward(float *din, const float *dout, const float *in, size_t n);
+void tga_cuda_bias_gelu_forward(float *pre, float *act, const float *bias, int N, int D);
+void tga_cuda_gelu_bias_backward(float *dpre, float *dbias, const float *dact, const float *pre, int N, int D);
 void tga_cuda_lm_head_ce(double *loss_sum, float *dhidden, float *dweight, const float *hidden,
                          const float *weight, const int *targets, int N, int D, int V, float grad_scale,
                          float *scratch, int chunk);

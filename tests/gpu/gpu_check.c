@@ -484,6 +484,32 @@ static void check_attention(void) {
 
 /* ---- activations ------------------------------------------------------------------------------ */
 
+/* The projector's bias + GELU and its backward with the bias gradient (accumulated onto prior
+ * values); pre is updated in place, so each side gets its own copy of the GEMM output. */
+static void bias_gelu_case(int N, int D) {
+    char shape[48];
+    snprintf(shape, sizeof shape, "N=%d D=%d", N, D);
+    const size_t n = (size_t)N * D;
+    float *gemm_out = gc_random(n, -4, 4), *bias = gc_random((size_t)D, -1, 1), *dact = gc_random(n, -1, 1);
+    float *db0 = gc_random((size_t)D, -1, 1), *pre = gc_copy(gemm_out, n), *act = gc_nan(n), *dpre = gc_nan(n);
+    float *db = gc_copy(db0, (size_t)D);
+    float *d_pre = gc_device(gemm_out, n * 4), *d_act = gc_device_nan(n), *d_dpre = gc_device_nan(n);
+    float *d_db = gc_device(db0, (size_t)D * 4), *d_dact = gc_device(dact, n * 4);
+    gc_cpu->bias_gelu_forward(pre, act, bias, N, D);
+    gc_gpu->bias_gelu_forward(d_pre, d_act, gc_device(bias, (size_t)D * 4), N, D);
+    gc_compare("bias_gelu_forward.pre", shape, d_pre, pre, n, 0);
+    gc_compare("bias_gelu_forward.act", shape, d_act, act, n, 1e-6);
+    gc_cpu->gelu_bias_backward(dpre, db, dact, pre, N, D);
+    gc_gpu->gelu_bias_backward(d_dpre, d_db, d_dact, d_pre, N, D);
+    gc_compare("gelu_bias_backward.dpre", shape, d_dpre, dpre, n, 1e-6);
+    gc_compare("gelu_bias_backward.dbias", shape, d_db, db, (size_t)D, 1e-6);
+    float *d_dpre2 = gc_device_nan(n);
+    gc_gpu->gelu_bias_backward(d_dpre2, NULL, d_dact, d_pre, N, D); /* a frozen bias */
+    gc_compare("gelu_bias_backward.dpre_without_dbias", shape, d_dpre2, dpre, n, 1e-6);
+    gc_free_host(gemm_out, bias, dact, db0, pre, act, dpre, db, NULL);
+    gc_free_device();
+}
+
 static void check_activations(void) {
     static const size_t sizes[] = {1, 1000, 1000003};
     for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
@@ -510,6 +536,9 @@ static void check_activations(void) {
         gc_free_host(gate, up, dout, ref, ref2, NULL);
         gc_free_device();
     }
+    bias_gelu_case(1, 1);
+    bias_gelu_case(37, 130);
+    bias_gelu_case(600, 1024); /* several row chunks of the bias gradient */
 }
 
 /* ---- LM head ---------------------------------------------------------------------------------- */
