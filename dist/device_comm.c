@@ -64,6 +64,11 @@ tga_status tga_dist_device_broadcast(float *buf, size_t n, int root, const char 
     return coll_result(tga_active_coll->broadcast(buf, n, root, err, sizeof err), "broadcast", what, err);
 }
 
+tga_status tga_dist_device_broadcast_bf16(uint16_t *buf, size_t n, int root, const char *what) {
+    char err[512] = "";
+    return coll_result(tga_active_coll->broadcast_bf16(buf, n, root, err, sizeof err), "broadcast", what, err);
+}
+
 tga_status tga_dist_device_wait(const char *what) {
     char err[512] = "";
     return coll_result(tga_active_coll->wait(wait_timeout, what, err, sizeof err), "wait", what, err);

@@ -8,6 +8,7 @@
 #define TGA_DIST_DEVICE_COMM_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "runtime/error.h"
 
@@ -23,6 +24,7 @@ tga_status tga_dist_device_reduce_scatter(const float *send, float *recv, size_t
 tga_status tga_dist_device_allgather(const float *send, float *recv, size_t n, const char *what);
 tga_status tga_dist_device_reduce(float *buf, size_t n, int root, const char *what);
 tga_status tga_dist_device_broadcast(float *buf, size_t n, int root, const char *what);
+tga_status tga_dist_device_broadcast_bf16(uint16_t *buf, size_t n, int root, const char *what); /* n bf16 values */
 tga_status tga_dist_device_wait(const char *what);
 
 #endif

@@ -63,6 +63,11 @@ static int mpi_broadcast(float *buf, size_t n, int root, char *err, size_t cap) 
     return result(tga_dist_bcast(buf, n * sizeof(float), root, "device broadcast (MPI)"), err, cap);
 }
 
+static int mpi_broadcast_bf16(uint16_t *buf, size_t n, int root, char *err, size_t cap) {
+    if (!started) return not_started("broadcast", err, cap);
+    return result(tga_dist_bcast(buf, n * sizeof *buf, root, "device broadcast (MPI)"), err, cap);
+}
+
 static int mpi_wait(double timeout_s, const char *what, char *err, size_t cap) {
     (void)timeout_s;
     return started ? 0 : not_started(what, err, cap);
@@ -78,6 +83,7 @@ static const tga_coll_ops mpi_ops = {.name = "mpi (host memory)",
                                      .allgather = mpi_allgather,
                                      .reduce_sum = mpi_reduce,
                                      .broadcast = mpi_broadcast,
+                                     .broadcast_bf16 = mpi_broadcast_bf16,
                                      .wait = mpi_wait,
                                      .destroy = mpi_destroy};
 

@@ -10,12 +10,13 @@
  * notice an asynchronous failure (a dead peer, a network error), which it reports after aborting
  * the communicator so that no rank blocks forever.
  *
- * Counts are in elements (floats), never bytes. Every function returns 0, or -1 with a message in
+ * Counts are in elements (floats, or bf16 values for broadcast_bf16), never bytes. Every function returns 0, or -1 with a message in
  * err[cap] naming the call and NCCL's reason. */
 #ifndef TGA_KERNELS_COLLECTIVES_H
 #define TGA_KERNELS_COLLECTIVES_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #define TGA_COLL_ID_BYTES 128 /* sizeof(ncclUniqueId) */
 
@@ -37,6 +38,9 @@ typedef struct tga_coll_ops {
     int (*reduce_sum)(float *buf, size_t n, int root, char *err, size_t cap);
     /* buf[n] (device) = rank root's buf on every rank. */
     int (*broadcast)(float *buf, size_t n, int root, char *err, size_t cap);
+    /* The same for bf16 values (uint16_t): ZeRO-1 with model.dtype bf16 broadcasts the owners'
+     * slices of the bf16 matrices, whose fp32 masters stay in the owners' shards. */
+    int (*broadcast_bf16)(uint16_t *buf, size_t n, int root, char *err, size_t cap);
     /* Waits for every enqueued collective, polling for asynchronous errors. After timeout_s
      * seconds (0 = no limit) or an asynchronous error it aborts the communicator and returns -1
      * naming `what`; the communicator is then unusable (the job ends). */

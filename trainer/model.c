@@ -123,21 +123,27 @@ static tga_status check_dims(const tga_model_dims *d, const tga_run_shape *s) {
 static int is_trainable_llm(tga_trainable_set t) { return t == TGA_TRAIN_LM || t == TGA_TRAIN_STAGE2; }
 static int is_trainable_projector(tga_trainable_set t) { return t == TGA_TRAIN_STAGE1 || t == TGA_TRAIN_STAGE2; }
 
+/* With model.dtype bf16 under ZeRO-1 the fp32 masters of the trainable matrices are sharded like
+ * the AdamW moments ("master.shard"); each rank keeps only the bf16 matrices whole. */
+static int masters_sharded(const tga_model_dims *d, const tga_run_shape *s) {
+    return d->bf16_weights && s->zero_world > 1;
+}
+
 /* Adds a parameter, and its gradient when trainable (the moments follow in plan_optimizer). A
- * bf16 matrix is one bf16 tensor when frozen, and an fp32 master plus its bf16 copy "<name>.bf16"
- * when trainable. */
-static void plan_param(tga_plan *p, const char *name, int trainable, int bf16, int ndim, long long d0,
-                       long long d1) {
+ * bf16 matrix is one bf16 tensor when frozen or when its master is sharded, and otherwise an fp32
+ * master plus its bf16 copy "<name>.bf16". */
+static void plan_param(tga_plan *p, const char *name, int trainable, int bf16, int sharded_master, int ndim,
+                       long long d0, long long d1) {
     long long shape[2] = {d0, d1};
     char full[128];
-    if (bf16 && !trainable) {
+    if (bf16 && (!trainable || sharded_master)) {
         tga_plan_add_typed(p, TGA_MEM_PARAMS, name, ndim, shape, (int)sizeof(tga_bf16));
-        return;
-    }
-    tga_plan_add(p, TGA_MEM_PARAMS, name, ndim, shape);
-    if (bf16) {
-        snprintf(full, sizeof full, "%s.bf16", name);
-        tga_plan_add_typed(p, TGA_MEM_PARAMS, full, ndim, shape, (int)sizeof(tga_bf16));
+    } else {
+        tga_plan_add(p, TGA_MEM_PARAMS, name, ndim, shape);
+        if (bf16) {
+            snprintf(full, sizeof full, "%s.bf16", name);
+            tga_plan_add_typed(p, TGA_MEM_PARAMS, full, ndim, shape, (int)sizeof(tga_bf16));
+        }
     }
     if (!trainable) return;
     snprintf(full, sizeof full, "grad.%s", name);
@@ -145,14 +151,16 @@ static void plan_param(tga_plan *p, const char *name, int trainable, int bf16, i
 }
 
 /* The AdamW moments, two flat buffers in the gradient layout (so that a ZeRO-1 shard of them is
- * one contiguous range): whole, or this rank's shard. */
-static void plan_optimizer(tga_plan *p, const tga_run_shape *s) {
+ * one contiguous range): whole, or this rank's shard; with sharded masters a third, the fp32
+ * masters of the shard (used for the bf16 matrices, whose only fp32 copy it is). */
+static void plan_optimizer(tga_plan *p, const tga_run_shape *s, int sharded_masters) {
     size_t n = p->kind_numel[TGA_MEM_GRADS], lo = 0, hi = n;
     if (s->zero_world > 1) tga_zero_shard(n, s->zero_world, s->zero_rank, &lo, &hi);
     if (hi == lo) return;
     long long shape[1] = {(long long)(hi - lo)};
     tga_plan_add(p, TGA_MEM_OPTIM, s->zero_world > 1 ? "adam_m.shard" : "adam_m", 1, shape);
     tga_plan_add(p, TGA_MEM_OPTIM, s->zero_world > 1 ? "adam_v.shard" : "adam_v", 1, shape);
+    if (sharded_masters) tga_plan_add(p, TGA_MEM_OPTIM, "master.shard", 1, shape);
 }
 
 static void plan_buf(tga_plan *p, tga_mem_kind kind, const char *name, long long d0, long long d1) {
@@ -170,26 +178,27 @@ tga_status tga_model_plan(const tga_model_dims *d, const tga_run_shape *s, tga_p
     const long long rows = (long long)s->max_images * s->image_tokens;
     const int llm = is_trainable_llm(s->trainable), proj = is_trainable_projector(s->trainable);
     const int bf16 = d->bf16_weights; /* for the matrices; norms and biases stay fp32 */
+    const int shm = masters_sharded(d, s);
     char name[96];
 
-    plan_param(p, "tok_embeddings", llm, bf16, 2, V, D);
+    plan_param(p, "tok_embeddings", llm, bf16, shm, 2, V, D);
     for (int l = 0; l < L; l++) {
         const long long rows_[N_LAYER_WEIGHTS] = {D, QD, KD, KD, D, D, F, F, D};
         const long long cols_[N_LAYER_WEIGHTS] = {0, D, D, D, QD, 0, D, D, F};
         for (int i = 0; i < N_LAYER_WEIGHTS; i++) {
             snprintf(name, sizeof name, "layers.%d.%s", l, layer_weight_names[i]);
-            plan_param(p, name, llm, bf16 && cols_[i], cols_[i] ? 2 : 1, rows_[i], cols_[i]);
+            plan_param(p, name, llm, bf16 && cols_[i], shm, cols_[i] ? 2 : 1, rows_[i], cols_[i]);
         }
     }
-    plan_param(p, "final_norm", llm, 0, 1, D, 0);
-    if (!d->tie_embeddings) plan_param(p, "lm_head", llm, bf16, 2, V, D);
-    plan_param(p, "projector.0.weight", proj, bf16, 2, D, Dv);
-    plan_param(p, "projector.0.bias", proj, 0, 1, D, 0);
+    plan_param(p, "final_norm", llm, 0, shm, 1, D, 0);
+    if (!d->tie_embeddings) plan_param(p, "lm_head", llm, bf16, shm, 2, V, D);
+    plan_param(p, "projector.0.weight", proj, bf16, shm, 2, D, Dv);
+    plan_param(p, "projector.0.bias", proj, 0, shm, 1, D, 0);
     if (d->projector == TGA_PROJ_MLP2X_GELU) {
-        plan_param(p, "projector.2.weight", proj, bf16, 2, D, D);
-        plan_param(p, "projector.2.bias", proj, 0, 1, D, 0);
+        plan_param(p, "projector.2.weight", proj, bf16, shm, 2, D, D);
+        plan_param(p, "projector.2.bias", proj, 0, shm, 1, D, 0);
     }
-    plan_optimizer(p, s);
+    plan_optimizer(p, s, shm);
 
     for (int l = 0; l <= L; l++) {
         snprintf(name, sizeof name, "residual.%d", l);
@@ -317,6 +326,8 @@ void tga_model_optim_state(tga_model *m, float **adam_m, float **adam_v, size_t 
 }
 
 int tga_model_optim_sharded(const tga_model *m) { return m->shape.zero_world > 1; }
+
+float *tga_model_master_shard(tga_model *m) { return planned(m, "master.shard"); }
 
 void tga_model_set_grad_ready(tga_model *m, tga_grad_ready_fn fn, void *ctx) {
     m->ready_fn = fn;
@@ -527,22 +538,30 @@ void tga_model_init_random(tga_model *m, uint64_t seed, float std) {
         } else {
             tga_rng_fill_normal(&s, host, p->numel, 0.0f, std);
         }
-        tga_model_param_upload(p, host);
+        tga_model_param_upload(m, p, host);
         free(host);
     }
 }
 
-tga_status tga_model_param_upload(tga_param *p, const float *host) {
+tga_status tga_model_param_upload(tga_model *m, tga_param *p, const float *host) {
     if (p->data) {
         OPS->upload(p->data, host, p->numel * sizeof(float));
         if (p->data_bf16) OPS->to_bf16(p->data_bf16, p->data, p->numel);
-        return TGA_OK;
+    } else {
+        tga_bf16 *h = malloc(p->numel * sizeof *h);
+        if (!h) return tga_error(TGA_ERR_NOMEM, "out of memory converting %s to bf16", p->name);
+        for (size_t i = 0; i < p->numel; i++) h[i] = tga_bf16_from_float(host[i]);
+        OPS->upload(p->data_bf16, h, p->numel * sizeof *h);
+        free(h);
     }
-    tga_bf16 *h = malloc(p->numel * sizeof *h);
-    if (!h) return tga_error(TGA_ERR_NOMEM, "out of memory converting %s to bf16", p->name);
-    for (size_t i = 0; i < p->numel; i++) h[i] = tga_bf16_from_float(host[i]);
-    OPS->upload(p->data_bf16, h, p->numel * sizeof *h);
-    free(h);
+    float *master = tga_model_master_shard(m);
+    if (!p->trainable || !master) return TGA_OK;
+    /* the part of this parameter in the rank's master shard, exactly */
+    size_t lo, hi, off = tga_model_grad_offset(m, p);
+    float *unused_m, *unused_v;
+    tga_model_optim_state(m, &unused_m, &unused_v, &lo, &hi);
+    size_t first = off > lo ? off : lo, end = off + p->numel < hi ? off + p->numel : hi;
+    if (first < end) OPS->upload(master + (first - lo), host + (first - off), (end - first) * sizeof(float));
     return TGA_OK;
 }
 
@@ -562,7 +581,7 @@ tga_status tga_model_param_download(const tga_param *p, float *host) {
 void tga_model_refresh_bf16(tga_model *m) {
     for (int i = 0; i < m->n_params; i++) {
         tga_param *p = &m->params[i];
-        if (p->trainable && p->data_bf16) OPS->to_bf16(p->data_bf16, p->data, p->numel);
+        if (p->trainable && p->data && p->data_bf16) OPS->to_bf16(p->data_bf16, p->data, p->numel);
     }
 }
 

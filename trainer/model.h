@@ -94,8 +94,9 @@ typedef struct tga_losses {
 } tga_losses;
 
 /* A parameter (device memory). With model.dtype bf16 a weight matrix has data_bf16, the copy the
- * products read; data is then its fp32 master when trainable and NULL when frozen. Read and write
- * parameters from the host with tga_model_param_upload/download, which handle both. */
+ * products read; data is then its fp32 master when trainable, and NULL when frozen or when ZeRO-1
+ * shards the masters (tga_model_master_shard). Read and write parameters from the host with
+ * tga_model_param_upload/download, which handle every case. */
 typedef struct tga_param {
     const char *name;
     int ndim;
@@ -120,12 +121,15 @@ tga_param *tga_model_param(tga_model *m, int i);
 tga_param *tga_model_find_param(tga_model *m, const char *name);
 size_t tga_model_numel(const tga_model *m, int trainable_only);
 
-/* host[numel] (fp32) into the parameter: the fp32 data, and the bf16 copy rounded from it. */
-tga_status tga_model_param_upload(tga_param *p, const float *host);
-/* The parameter into host[numel]: the fp32 data, or the bf16 copy widened when there is no fp32. */
+/* host[numel] (fp32) into the parameter: the fp32 data, the bf16 copy rounded from it, and the
+ * part in this rank's master shard. */
+tga_status tga_model_param_upload(tga_model *m, tga_param *p, const float *host);
+/* The parameter into host[numel]: the fp32 data, or the bf16 copy widened when there is no whole
+ * fp32 copy (frozen, or its master sharded). */
 tga_status tga_model_param_download(const tga_param *p, float *host);
-/* Rounds every trainable fp32 master into its bf16 copy (after the masters changed: an optimizer
- * step, a ZeRO-1 gather). No-op with fp32 weights. */
+/* Rounds every whole trainable fp32 master into its bf16 copy (after the masters changed: an
+ * optimizer step, a ZeRO-1 gather). No-op with fp32 weights; sharded masters write their copies'
+ * slices themselves (the optimizer step) and the all-gather carries them. */
 void tga_model_refresh_bf16(tga_model *m);
 
 /* Parameters from Philox keyed by (seed, init, parameter index): matrices N(0, std), norms 1,
@@ -143,6 +147,11 @@ size_t tga_model_grad_offset(const tga_model *m, const tga_param *p);
  * it, or with ZeRO-1 the rank's shard (tga_zero_shard in dist/grad_sync.h). */
 void tga_model_optim_state(tga_model *m, float **adam_m, float **adam_v, size_t *lo, size_t *hi);
 int tga_model_optim_sharded(const tga_model *m); /* 1 with ZeRO-1 over more than one rank */
+/* ZeRO-1 with model.dtype bf16: the fp32 masters over the rank's shard [lo, hi) of the gradient
+ * layout (as tga_model_optim_state's), of every trainable parameter: what AdamW updates. The
+ * bf16 matrices have no other fp32 copy (their data is NULL); the other trainable parameters keep
+ * whole fp32 data, which follows the masters. NULL otherwise. */
+float *tga_model_master_shard(tga_model *m);
 
 /* Called during a backward pass each time a group of gradients is final (the head, each decoder
  * layer from the last to the first, the embeddings, the projector): [lo, hi) is a range of the flat

@@ -82,14 +82,20 @@ tga_status tga_optim_step(tga_model *m, const tga_optim_config *c, long long ste
     /* torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), applied when < 1 */
     double coef = c->grad_clip > 0 ? c->grad_clip / (r->grad_norm + 1e-6) : 1.0;
     *adam_updates += 1;
+    float *masters = tga_model_master_shard(m);
     for (int i = 0; i < n; i++) {
         tga_param *p = tga_model_param(m, i);
         size_t first, count;
         if (!slice_of(m, p, lo, hi, &first, &count)) continue;
         if (coef < 1.0) OPS->scale_inplace(p->grad + first, (float)coef, count);
         size_t at = tga_model_grad_offset(m, p) + first - lo; /* in the moment buffers */
-        OPS->adamw(p->data + first, p->grad + first, adam_m + at, adam_v + at, count, (float)r->lr, (float)c->beta1,
+        /* with sharded masters (bf16 + ZeRO-1) AdamW updates the master; the parameter's slice
+         * (fp32 data, or the bf16 copy of a matrix) follows it */
+        float *master = masters ? masters + at : p->data + first;
+        OPS->adamw(master, p->grad + first, adam_m + at, adam_v + at, count, (float)r->lr, (float)c->beta1,
                    (float)c->beta2, (float)c->eps, (float)c->weight_decay, (int)*adam_updates);
+        if (masters && p->data) OPS->copy(p->data + first, master, count * sizeof(float));
+        if (masters && !p->data) OPS->to_bf16(p->data_bf16 + first, master, count);
     }
     if (!sharded) tga_model_refresh_bf16(m); /* ZeRO-1: after the parameter all-gather */
     tga_model_zero_grads(m);

@@ -35,20 +35,42 @@ static size_t layout_length(tga_model *m) {
     return n;
 }
 
-/* Copies the parameters in flat [lo, hi) between the model and host[hi - lo] (zero padding). */
-static void params_to_host(tga_model *m, size_t lo, size_t hi, float *host) {
+/* Elements [first, first + count) of p to or from host floats: its fp32 data, or, for a bf16
+ * matrix whose master is sharded, its bf16 copy (widened; narrowed back exactly) through conv,
+ * which holds count values. */
+static void slice_to_host(const tga_param *p, size_t first, size_t count, float *host, tga_bf16 *conv) {
+    if (p->data) {
+        OPS->download(host, p->data + first, count * sizeof(float));
+        return;
+    }
+    OPS->download(conv, p->data_bf16 + first, count * sizeof *conv);
+    for (size_t i = 0; i < count; i++) host[i] = tga_bf16_to_float(conv[i]);
+}
+
+static void slice_from_host(tga_param *p, size_t first, size_t count, const float *host, tga_bf16 *conv) {
+    if (p->data) {
+        OPS->upload(p->data + first, host, count * sizeof(float));
+        return;
+    }
+    for (size_t i = 0; i < count; i++) conv[i] = tga_bf16_from_float(host[i]);
+    OPS->upload(p->data_bf16 + first, conv, count * sizeof *conv);
+}
+
+/* Copies the parameters in flat [lo, hi) between the model and host[hi - lo] (zero padding);
+ * conv holds hi - lo bf16 values. */
+static void params_to_host(tga_model *m, size_t lo, size_t hi, float *host, tga_bf16 *conv) {
     memset(host, 0, (hi - lo) * sizeof(float));
     size_t first, count, at;
     int c = 0;
     for (tga_param *p; (p = next_slice(m, &c, lo, hi, &first, &count, &at));)
-        OPS->download(host + (at - lo), p->data + first, count * sizeof(float));
+        slice_to_host(p, first, count, host + (at - lo), conv);
 }
 
-static void params_from_host(tga_model *m, size_t lo, size_t hi, const float *host) {
+static void params_from_host(tga_model *m, size_t lo, size_t hi, const float *host, tga_bf16 *conv) {
     size_t first, count, at;
     int c = 0;
     for (tga_param *p; (p = next_slice(m, &c, lo, hi, &first, &count, &at));)
-        OPS->upload(p->data + first, host + (at - lo), count * sizeof(float));
+        slice_from_host(p, first, count, host + (at - lo), conv);
 }
 
 tga_status tga_optim_gather_params(tga_model *m) {
@@ -59,24 +81,27 @@ tga_status tga_optim_gather_params(tga_model *m) {
     const size_t per = hi0 - lo0, cap = ((size_t)1 << 26) / (size_t)world; /* <= 256 MiB of floats */
     const size_t piece = per < cap ? (per ? per : 1) : cap;
     float *send = malloc(piece * sizeof(float)), *recv = malloc(piece * (size_t)world * sizeof(float));
-    tga_status st = send && recv ? TGA_OK : tga_error(TGA_ERR_NOMEM, "ZeRO-1: out of memory for the parameter all-gather");
+    tga_bf16 *conv = malloc(piece * sizeof *conv); /* bf16 matrices with sharded masters travel widened */
+    tga_status st = send && recv && conv ? TGA_OK
+                                         : tga_error(TGA_ERR_NOMEM, "ZeRO-1: out of memory for the parameter all-gather");
     for (size_t off = 0; st == TGA_OK && off < per; off += piece) {
         size_t k = per - off < piece ? per - off : piece, lo, hi;
         tga_zero_shard(n, world, rank, &lo, &hi);
         size_t a = lo + off < hi ? lo + off : hi, b = a + k < hi ? a + k : hi;
         memset(send, 0, piece * sizeof(float));
-        params_to_host(m, a, b, send);
+        params_to_host(m, a, b, send, conv);
         st = tga_dist_allgather(send, recv, piece * sizeof(float), "ZeRO-1 parameter all-gather");
         for (int q = 0; st == TGA_OK && q < world; q++) {
             if (q == rank) continue;
             tga_zero_shard(n, world, q, &lo, &hi);
             a = lo + off < hi ? lo + off : hi;
             b = a + k < hi ? a + k : hi;
-            params_from_host(m, a, b, recv + (size_t)q * piece);
+            params_from_host(m, a, b, recv + (size_t)q * piece, conv);
         }
     }
     free(send);
     free(recv);
+    free(conv);
     if (st == TGA_OK) tga_model_refresh_bf16(m);
     return st;
 }
@@ -99,7 +124,9 @@ tga_status tga_optim_device_broadcast_params(tga_model *m) {
         tga_zero_shard(n, tga_dist_world(), q, &lo, &hi);
         int c = 0;
         for (tga_param *p; (p = next_slice(m, &c, lo, hi, &first, &count, &at));)
-            TGA_TRY(tga_dist_device_broadcast(p->data + first, count, q, "ZeRO-1 parameter broadcast"));
+            TGA_TRY(p->data ? tga_dist_device_broadcast(p->data + first, count, q, "ZeRO-1 parameter broadcast")
+                            : tga_dist_device_broadcast_bf16(p->data_bf16 + first, count, q,
+                                                             "ZeRO-1 parameter broadcast"));
     }
     TGA_TRY(tga_dist_device_wait("ZeRO-1 parameter broadcast"));
     tga_model_refresh_bf16(m);
@@ -108,14 +135,17 @@ tga_status tga_optim_device_broadcast_params(tga_model *m) {
 
 /* ---- checkpoints -------------------------------------------------------------------------------- */
 
-static const char *const moment_names[2] = {"adam_m", "adam_v"};
+/* The flat state of a shard: the two moments, and the fp32 masters when they are sharded too. */
+static const char *const moment_names[3] = {"adam_m", "adam_v", "master"};
 
 static void shard_file(char *name, size_t cap, int rank) { snprintf(name, cap, "optim.rank-%05d.tgat", rank); }
 
 static tga_status save_sharded(tga_model *m, tga_ckpt_writer *w, int rank) {
-    float *state[2];
+    float *state[3];
     size_t lo, hi;
     tga_model_optim_state(m, &state[0], &state[1], &lo, &hi);
+    state[2] = tga_model_master_shard(m);
+    const int n_state = state[2] ? 3 : 2;
     if (hi == lo) return TGA_OK; /* an empty shard writes no file */
     char file[64];
     shard_file(file, sizeof file, rank);
@@ -123,7 +153,7 @@ static tga_status save_sharded(tga_model *m, tga_ckpt_writer *w, int rank) {
     float *host = malloc((hi - lo) * sizeof(float));
     if (!host) return tga_error(TGA_ERR_NOMEM, "out of memory saving the optimizer shard");
     tga_status st = TGA_OK;
-    for (int k = 0; k < 2 && st == TGA_OK; k++) {
+    for (int k = 0; k < n_state && st == TGA_OK; k++) {
         OPS->download(host, state[k], (hi - lo) * sizeof(float));
         tga_ckpt_tensor t = {.name = moment_names[k], .dtype = TGA_CKPT_F32, .ndim = 1,
                              .shape = {(int64_t)(hi - lo)}, .data = host};
@@ -174,14 +204,16 @@ json_t *tga_optim_state_describe(tga_model *m, int world) {
         shard_file(file, sizeof file, r);
         json_array_append_new(pieces, json_pack("{s:s,s:I}", "file", file, "first", (json_int_t)lo));
     }
-    return json_pack("{s:s,s:I,s:o}", "layout", "sharded", "numel", (json_int_t)n, "pieces", pieces);
+    return json_pack("{s:s,s:I,s:o,s:b}", "layout", "sharded", "numel", (json_int_t)n, "pieces", pieces, "masters",
+                     tga_model_master_shard(m) != NULL);
 }
 
-/* Where the moments come from: one replicated file, or the pieces of a sharded layout. */
+/* Where the moments come from: one replicated file, or the pieces of a sharded layout (with the
+ * fp32 masters, n_state 3, when the run that wrote them sharded those too). */
 typedef struct source {
     tga_ckpt_reader *file;                  /* replicated */
-    tga_ckpt_piece *pieces[2];              /* sharded: per moment */
-    int n_pieces;
+    tga_ckpt_piece *pieces[3];              /* sharded: per moment, then the masters */
+    int n_pieces, n_state;
     const char *ckpt;
 } source;
 
@@ -203,6 +235,7 @@ static tga_status read_moment(source *s, tga_model *m, tga_param *p, int k, size
 static tga_status open_source(source *s, tga_model *m, const char *ckpt, const json_t *optim) {
     const char *layout = json_string_value(json_object_get(optim, "layout"));
     s->ckpt = ckpt;
+    s->n_state = 2;
     if (!optim || (layout && strcmp(layout, "replicated") == 0)) {
         char path[900];
         snprintf(path, sizeof path, "%s/optim.tgat", ckpt);
@@ -216,7 +249,11 @@ static tga_status open_source(source *s, tga_model *m, const char *ckpt, const j
         return tga_error(TGA_ERR_CONFIG, "%s holds optimizer state for %zu gradient elements; this model has %zu "
                                          "(the model or train.trainable changed)", ckpt, n, layout_length(m));
     s->n_pieces = (int)json_array_size(pieces);
-    for (int k = 0; k < 2; k++) {
+    const json_t *masters = json_object_get(optim, "masters");
+    if (masters && !json_is_boolean(masters))
+        return tga_error(TGA_ERR_FORMAT, "%s/state.json: optim \"masters\" must be true or false", ckpt);
+    s->n_state = json_is_true(masters) ? 3 : 2;
+    for (int k = 0; k < s->n_state; k++) {
         s->pieces[k] = calloc((size_t)s->n_pieces, sizeof(tga_ckpt_piece));
         if (!s->pieces[k]) return tga_error(TGA_ERR_NOMEM, "out of memory");
         json_int_t previous = -1;
@@ -237,8 +274,35 @@ static tga_status open_source(source *s, tga_model *m, const char *ckpt, const j
 
 static void close_source(source *s) {
     tga_ckpt_reader_close(s->file);
-    free(s->pieces[0]);
-    free(s->pieces[1]);
+    for (int k = 0; k < 3; k++) free(s->pieces[k]);
+}
+
+/* The exact fp32 masters of a checkpoint that sharded them (its params.tgat holds only the bf16
+ * values of the matrices): a parameter with whole fp32 data gets all of it (and its bf16 copy
+ * again), and this run's master shard, if it has one, its part [lo, hi). */
+static tga_status load_masters(source *s, tga_model *m, size_t lo, size_t hi) {
+    float *shard = tga_model_master_shard(m);
+    const size_t n = layout_length(m);
+    size_t first, count, at;
+    int c = 0;
+    tga_status st = TGA_OK;
+    for (tga_param *p; st == TGA_OK && (p = next_slice(m, &c, 0, n, &first, &count, &at));) {
+        size_t a = at > lo ? at : lo, b = at + count < hi ? at + count : hi; /* the part in the shard */
+        int in_shard = shard && a < b;
+        if (!p->data && !in_shard) continue;
+        if (!p->data) /* only the shard's part is needed */
+            first += a - at, count = b - a, at = a;
+        float *host = malloc(count * sizeof(float));
+        st = host ? read_moment(s, m, p, 2, first, count, host)
+                  : tga_error(TGA_ERR_NOMEM, "out of memory loading the master of %s", p->name);
+        if (st == TGA_OK && p->data) {
+            OPS->upload(p->data + first, host, count * sizeof(float));
+            if (p->data_bf16) OPS->to_bf16(p->data_bf16 + first, p->data + first, count);
+        }
+        if (st == TGA_OK && in_shard) OPS->upload(shard + (a - lo), host + (a - at), (b - a) * sizeof(float));
+        free(host);
+    }
+    return st;
 }
 
 tga_status tga_optim_state_load(tga_model *m, const char *ckpt, const json_t *optim) {
@@ -258,6 +322,7 @@ tga_status tga_optim_state_load(tga_model *m, const char *ckpt, const json_t *op
         }
         free(host);
     }
+    if (st == TGA_OK && s.n_state == 3) st = load_masters(&s, m, lo, hi);
     close_source(&s);
     return st;
 }

@@ -4,9 +4,12 @@
  *   replicated: optim.tgat (rank 0) holds adam_m.<param> and adam_v.<param> per trainable tensor;
  *   sharded (ZeRO-1): optim.rank-NNNNN.tgat of each rank holds its shard of the flat moments
  *     ("adam_m", "adam_v": the gradient layout's elements [first, first + count)), with every
- *     piece's first element and the layout's length listed in state.json.
+ *     piece's first element and the layout's length listed in state.json; with model.dtype bf16
+ *     also the shard's fp32 masters ("master"; state.json "masters": true), since params.tgat
+ *     then holds only the bf16 values of the matrices.
  * Either layout loads into either kind of run and any world size (re-sharding reads only the
- * frames a rank needs), as long as the model's gradient layout is the same length. */
+ * frames a rank needs), as long as the model's gradient layout is the same length; masters read
+ * from the pieces replace what params.tgat gave (whole fp32 data, or this run's master shard). */
 #ifndef TGA_TRAINER_OPTIM_STATE_H
 #define TGA_TRAINER_OPTIM_STATE_H
 

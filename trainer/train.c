@@ -264,7 +264,7 @@ static tga_status read_params(run *r, const char *ckpt) {
         int64_t shape[2] = {p->shape[0], p->shape[1]};
         st = host ? tga_ckpt_read_tensor(rd, p->name, TGA_CKPT_F32, p->ndim, shape, host)
                   : tga_error(TGA_ERR_NOMEM, "out of memory");
-        if (st == TGA_OK) st = tga_model_param_upload(p, host);
+        if (st == TGA_OK) st = tga_model_param_upload(r->model, p, host);
         free(host);
     }
     tga_ckpt_reader_close(rd);
@@ -796,9 +796,12 @@ static tga_status dry_run(run *r) {
         shape.recompute = recompute;
         tga_plan plan;
         TGA_TRY(tga_model_plan(&dims, &shape, &plan));
-        printf("memory plan per rank (%s recompute; micro-batch %lld x %lld tokens, one image per sample; fp32%s):\n",
+        const int bf16 = dims.bf16_weights, zero = shape.zero_world > 1;
+        printf("memory plan per rank (%s recompute; micro-batch %lld x %lld tokens, one image per sample; %s%s):\n",
                recompute ? "with" : "without", (long long)r->cfg.train.micro_batch, (long long)r->cfg.data.max_len,
-               shape.zero_world > 1 ? "; ZeRO-1: AdamW moments of one shard" : "");
+               bf16 ? "bf16 weight matrices, fp32 activations" : "fp32",
+               !zero ? "" : bf16 ? "; ZeRO-1: AdamW moments and fp32 masters of one shard"
+                                 : "; ZeRO-1: AdamW moments of one shard");
         tga_plan_print(&plan, stdout, 0);
         tga_plan_free(&plan);
     }

@@ -24,7 +24,7 @@ static tga_status load_params_file(tga_model *m, const char *path) {
         }
         int64_t shape[2] = {p->shape[0], p->shape[1]};
         st = tga_ckpt_read_tensor(rd, p->name, TGA_CKPT_F32, p->ndim, shape, host);
-        if (st == TGA_OK) st = tga_model_param_upload(p, host);
+        if (st == TGA_OK) st = tga_model_param_upload(m, p, host);
         free(host);
         loaded++;
     }

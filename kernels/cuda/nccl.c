@@ -283,6 +283,12 @@ static int nccl_broadcast(float *buf, size_t n, int root, char *err, size_t cap)
                           err, cap);
 }
 
+static int nccl_broadcast_bf16(uint16_t *buf, size_t n, int root, char *err, size_t cap) {
+    if (begin_collective("ncclBroadcast", buf, buf, n, err, cap) != 0) return -1;
+    return end_collective(nccl.broadcast(buf, buf, n, ncclBfloat16, root, coll.comm, coll.stream), "ncclBroadcast",
+                          err, cap);
+}
+
 /* ---- wait ------------------------------------------------------------------------------------- */
 
 static double monotonic_seconds(void) {
@@ -330,6 +336,7 @@ static const tga_coll_ops nccl_ops = {
     .allgather = nccl_allgather,
     .reduce_sum = nccl_reduce_sum,
     .broadcast = nccl_broadcast,
+    .broadcast_bf16 = nccl_broadcast_bf16,
     .wait = nccl_wait,
     .destroy = nccl_destroy,
 };

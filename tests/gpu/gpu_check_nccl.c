@@ -121,6 +121,38 @@ static void check_in_place(const char *check, in_place_collective collective, co
     gpu->free(buf);
 }
 
+/* broadcast_bf16 with one rank: the bf16 values stay; they are written by to_bf16 just before the
+ * collective and read by from_bf16 just after it (both on the compute stream), into a buffer
+ * poisoned with NaN. */
+static void check_broadcast_bf16(const float *x) {
+    const char *check = "broadcast_bf16 (1 rank, root 0, in place, ordered)";
+    float *poison = xmalloc(N_ELEMENTS * sizeof *poison), *want = xmalloc(N_ELEMENTS * sizeof *want);
+    for (size_t i = 0; i < N_ELEMENTS; i++) {
+        poison[i] = NAN;
+        want[i] = tga_bf16_round(x[i]);
+    }
+    float *src = device_from_host(x, N_ELEMENTS), *back = device_from_host(poison, N_ELEMENTS);
+    uint16_t *buf = gpu->alloc(N_ELEMENTS * sizeof *buf);
+    char err[512] = "";
+    if (!buf) {
+        report(0, check, "cannot allocate the bf16 buffer");
+    } else {
+        gpu->to_bf16(buf, src, N_ELEMENTS);
+        if (coll->broadcast_bf16(buf, N_ELEMENTS, 0, err, sizeof err) != 0) {
+            report(0, check, err);
+        } else {
+            gpu->from_bf16(back, buf, N_ELEMENTS);
+            report_mismatches(check, "result", mismatches_on_device(back, want, N_ELEMENTS));
+            check_wait(check);
+        }
+        gpu->free(buf);
+    }
+    gpu->free(src);
+    gpu->free(back);
+    free(poison);
+    free(want);
+}
+
 typedef int (*copying_collective)(const float *send, float *recv, size_t count, char *err, size_t cap);
 
 /* reduce_scatter_sum and allgather with one rank: recv = send, into a NaN-poisoned buffer; send
@@ -206,6 +238,7 @@ int main(void) {
         check_in_place("allreduce_sum (1 rank, in place, ordered)", coll->allreduce_sum, x);
         check_in_place("reduce_sum (1 rank, root 0, in place, ordered)", reduce_to_root, x);
         check_in_place("broadcast (1 rank, root 0, in place, ordered)", broadcast_from_root, x);
+        check_broadcast_bf16(x);
         check_copying("reduce_scatter_sum (1 rank, ordered)", coll->reduce_scatter_sum, x);
         check_copying("allgather (1 rank, ordered)", coll->allgather, x);
         free(x);

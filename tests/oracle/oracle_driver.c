@@ -87,7 +87,7 @@ static tga_status load_params(tga_model *m, const char *dir) {
             free(data);
             return tga_error(TGA_ERR_FORMAT, "%s: %lld values, expected %zu", path, (long long)h.count, p->numel);
         }
-        tga_status st = tga_model_param_upload(p, data);
+        tga_status st = tga_model_param_upload(m, p, data);
         free(data);
         TGA_TRY(st);
     }
