@@ -142,7 +142,7 @@ static tga_status bench_step(int argc, char **argv) {
     tga_setup_optim(&cfg, &optim);
     tga_model *m;
     TGA_TRY(tga_model_create(&m, &dims, &shape));
-    tga_model_init_random(m, (uint64_t)cfg.train.seed, (float)cfg.model.init_std);
+    TGA_TRY(tga_model_init_random(m, (uint64_t)cfg.train.seed, (float)cfg.model.init_std));
 
     int supervised = 0;
     for (int i = 0; i < sb.batch.B * sb.batch.T; i++)

@@ -168,11 +168,13 @@ static tga_status create_out_dir(const char *dir) {
 }
 
 /* Built for the smallest run shape: export never runs a forward, and only the projector gets
- * gradient memory (a stage-1 shape). */
+ * gradient memory (a stage-1 shape). Always with fp32 weights: the run's model.dtype bf16 would
+ * round every matrix this shape freezes, and --dtype decides the rounding when writing. */
 static tga_status load_model(const tga_config *cfg, const char *run, tga_model **m, char *weights,
                              size_t size) {
     tga_model_dims dims;
     tga_setup_dims(cfg, &dims);
+    dims.bf16_weights = 0;
     tga_run_shape shape = {.trainable = TGA_TRAIN_STAGE1,
                            .micro_batch = 1,
                            .max_len = 1,
@@ -181,7 +183,7 @@ static tga_status load_model(const tga_config *cfg, const char *run, tga_model *
                            .recompute = 1,
                            .ce_chunk = 1};
     TGA_TRY(tga_model_create(m, &dims, &shape));
-    tga_model_init_random(*m, (uint64_t)cfg->train.seed, (float)cfg->model.init_std);
+    TGA_TRY(tga_model_init_random(*m, (uint64_t)cfg->train.seed, (float)cfg->model.init_std));
     return tga_weights_load(*m, run, weights, size);
 }
 

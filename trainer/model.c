@@ -520,12 +520,12 @@ size_t tga_model_numel(const tga_model *m, int trainable_only) {
     return n;
 }
 
-void tga_model_init_random(tga_model *m, uint64_t seed, float std) {
+tga_status tga_model_init_random(tga_model *m, uint64_t seed, float std) {
     for (int i = 0; i < m->n_params; i++) {
         tga_param *p = &m->params[i];
         tga_rng_stream s = tga_rng_stream_make(seed, TGA_RNG_INIT, (uint64_t)i);
         float *host = malloc(p->numel * sizeof(float));
-        if (!host) continue;
+        if (!host) return tga_error(TGA_ERR_NOMEM, "out of host memory initialising %s", p->name);
         int is_projector = strncmp(p->name, "projector.", 10) == 0;
         if (strstr(p->name, "norm")) {
             for (size_t j = 0; j < p->numel; j++) host[j] = 1.0f;
@@ -538,9 +538,11 @@ void tga_model_init_random(tga_model *m, uint64_t seed, float std) {
         } else {
             tga_rng_fill_normal(&s, host, p->numel, 0.0f, std);
         }
-        tga_model_param_upload(m, p, host);
+        tga_status st = tga_model_param_upload(m, p, host);
         free(host);
+        TGA_TRY(st);
     }
+    return TGA_OK;
 }
 
 tga_status tga_model_param_upload(tga_model *m, tga_param *p, const float *host) {

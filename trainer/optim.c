@@ -97,7 +97,7 @@ tga_status tga_optim_step(tga_model *m, const tga_optim_config *c, long long ste
         if (masters && p->data) OPS->copy(p->data + first, master, count * sizeof(float));
         if (masters && !p->data) OPS->to_bf16(p->data_bf16 + first, master, count);
     }
-    if (!sharded) tga_model_refresh_bf16(m); /* ZeRO-1: after the parameter all-gather */
+    if (!sharded) tga_model_refresh_bf16(m); /* ZeRO-1 has no whole masters: the step wrote the copies */
     tga_model_zero_grads(m);
     return TGA_OK;
 }

@@ -102,7 +102,6 @@ tga_status tga_optim_gather_params(tga_model *m) {
     free(send);
     free(recv);
     free(conv);
-    if (st == TGA_OK) tga_model_refresh_bf16(m);
     return st;
 }
 
@@ -128,24 +127,45 @@ tga_status tga_optim_device_broadcast_params(tga_model *m) {
                             : tga_dist_device_broadcast_bf16(p->data_bf16 + first, count, q,
                                                              "ZeRO-1 parameter broadcast"));
     }
-    TGA_TRY(tga_dist_device_wait("ZeRO-1 parameter broadcast"));
-    tga_model_refresh_bf16(m);
-    return TGA_OK;
+    return tga_dist_device_wait("ZeRO-1 parameter broadcast");
 }
 
 /* ---- checkpoints -------------------------------------------------------------------------------- */
 
-/* The flat state of a shard: the two moments, and the fp32 masters when they are sharded too. */
-static const char *const moment_names[3] = {"adam_m", "adam_v", "master"};
+tga_status tga_optim_gather_master(tga_model *m, const tga_param *p, float *host) {
+    float *shard = tga_model_master_shard(m);
+    const int world = tga_dist_world();
+    const size_t n = layout_length(m), off = tga_model_grad_offset(m, p);
+    size_t *counts = malloc((size_t)world * sizeof *counts), mine = 0, lo_mine = 0;
+    for (int q = 0; counts && q < world; q++) { /* the bytes of p in rank q's shard; shards rise with q */
+        size_t lo, hi;
+        tga_zero_shard(n, world, q, &lo, &hi);
+        size_t a = off > lo ? off : lo, b = off + p->numel < hi ? off + p->numel : hi;
+        counts[q] = a < b ? (b - a) * sizeof(float) : 0;
+        if (q == tga_dist_rank()) mine = counts[q] / sizeof(float), lo_mine = a - lo;
+    }
+    float *part = malloc(mine ? mine * sizeof(float) : 1);
+    tga_status st = counts && part && host
+                        ? TGA_OK
+                        : tga_error(TGA_ERR_NOMEM, "out of memory gathering the master of %s", p->name);
+    if (st == TGA_OK && mine) OPS->download(part, shard + lo_mine, mine * sizeof(float));
+    int failed; /* every rank learns of a failure before the gather, so none is left in it */
+    tga_status agreed = tga_dist_any_failed(st, &failed, "ZeRO-1 master gather");
+    if (agreed == TGA_OK && !failed) st = tga_dist_allgatherv(part, host, counts, "ZeRO-1 master gather");
+    else if (st == TGA_OK) st = agreed != TGA_OK ? agreed : tga_error(TGA_ERR_NOMEM, "another rank ran out of memory");
+    free(part);
+    free(counts);
+    return st;
+}
+
+static const char *const moment_names[2] = {"adam_m", "adam_v"};
 
 static void shard_file(char *name, size_t cap, int rank) { snprintf(name, cap, "optim.rank-%05d.tgat", rank); }
 
 static tga_status save_sharded(tga_model *m, tga_ckpt_writer *w, int rank) {
-    float *state[3];
+    float *state[2];
     size_t lo, hi;
     tga_model_optim_state(m, &state[0], &state[1], &lo, &hi);
-    state[2] = tga_model_master_shard(m);
-    const int n_state = state[2] ? 3 : 2;
     if (hi == lo) return TGA_OK; /* an empty shard writes no file */
     char file[64];
     shard_file(file, sizeof file, rank);
@@ -153,7 +173,7 @@ static tga_status save_sharded(tga_model *m, tga_ckpt_writer *w, int rank) {
     float *host = malloc((hi - lo) * sizeof(float));
     if (!host) return tga_error(TGA_ERR_NOMEM, "out of memory saving the optimizer shard");
     tga_status st = TGA_OK;
-    for (int k = 0; k < n_state && st == TGA_OK; k++) {
+    for (int k = 0; k < 2 && st == TGA_OK; k++) {
         OPS->download(host, state[k], (hi - lo) * sizeof(float));
         tga_ckpt_tensor t = {.name = moment_names[k], .dtype = TGA_CKPT_F32, .ndim = 1,
                              .shape = {(int64_t)(hi - lo)}, .data = host};
@@ -204,16 +224,14 @@ json_t *tga_optim_state_describe(tga_model *m, int world) {
         shard_file(file, sizeof file, r);
         json_array_append_new(pieces, json_pack("{s:s,s:I}", "file", file, "first", (json_int_t)lo));
     }
-    return json_pack("{s:s,s:I,s:o,s:b}", "layout", "sharded", "numel", (json_int_t)n, "pieces", pieces, "masters",
-                     tga_model_master_shard(m) != NULL);
+    return json_pack("{s:s,s:I,s:o}", "layout", "sharded", "numel", (json_int_t)n, "pieces", pieces);
 }
 
-/* Where the moments come from: one replicated file, or the pieces of a sharded layout (with the
- * fp32 masters, n_state 3, when the run that wrote them sharded those too). */
+/* Where the moments come from: one replicated file, or the pieces of a sharded layout. */
 typedef struct source {
     tga_ckpt_reader *file;                  /* replicated */
-    tga_ckpt_piece *pieces[3];              /* sharded: per moment, then the masters */
-    int n_pieces, n_state;
+    tga_ckpt_piece *pieces[2];              /* sharded: per moment */
+    int n_pieces;
     const char *ckpt;
 } source;
 
@@ -235,7 +253,6 @@ static tga_status read_moment(source *s, tga_model *m, tga_param *p, int k, size
 static tga_status open_source(source *s, tga_model *m, const char *ckpt, const json_t *optim) {
     const char *layout = json_string_value(json_object_get(optim, "layout"));
     s->ckpt = ckpt;
-    s->n_state = 2;
     if (!optim || (layout && strcmp(layout, "replicated") == 0)) {
         char path[900];
         snprintf(path, sizeof path, "%s/optim.tgat", ckpt);
@@ -249,11 +266,7 @@ static tga_status open_source(source *s, tga_model *m, const char *ckpt, const j
         return tga_error(TGA_ERR_CONFIG, "%s holds optimizer state for %zu gradient elements; this model has %zu "
                                          "(the model or train.trainable changed)", ckpt, n, layout_length(m));
     s->n_pieces = (int)json_array_size(pieces);
-    const json_t *masters = json_object_get(optim, "masters");
-    if (masters && !json_is_boolean(masters))
-        return tga_error(TGA_ERR_FORMAT, "%s/state.json: optim \"masters\" must be true or false", ckpt);
-    s->n_state = json_is_true(masters) ? 3 : 2;
-    for (int k = 0; k < s->n_state; k++) {
+    for (int k = 0; k < 2; k++) {
         s->pieces[k] = calloc((size_t)s->n_pieces, sizeof(tga_ckpt_piece));
         if (!s->pieces[k]) return tga_error(TGA_ERR_NOMEM, "out of memory");
         json_int_t previous = -1;
@@ -274,35 +287,8 @@ static tga_status open_source(source *s, tga_model *m, const char *ckpt, const j
 
 static void close_source(source *s) {
     tga_ckpt_reader_close(s->file);
-    for (int k = 0; k < 3; k++) free(s->pieces[k]);
-}
-
-/* The exact fp32 masters of a checkpoint that sharded them (its params.tgat holds only the bf16
- * values of the matrices): a parameter with whole fp32 data gets all of it (and its bf16 copy
- * again), and this run's master shard, if it has one, its part [lo, hi). */
-static tga_status load_masters(source *s, tga_model *m, size_t lo, size_t hi) {
-    float *shard = tga_model_master_shard(m);
-    const size_t n = layout_length(m);
-    size_t first, count, at;
-    int c = 0;
-    tga_status st = TGA_OK;
-    for (tga_param *p; st == TGA_OK && (p = next_slice(m, &c, 0, n, &first, &count, &at));) {
-        size_t a = at > lo ? at : lo, b = at + count < hi ? at + count : hi; /* the part in the shard */
-        int in_shard = shard && a < b;
-        if (!p->data && !in_shard) continue;
-        if (!p->data) /* only the shard's part is needed */
-            first += a - at, count = b - a, at = a;
-        float *host = malloc(count * sizeof(float));
-        st = host ? read_moment(s, m, p, 2, first, count, host)
-                  : tga_error(TGA_ERR_NOMEM, "out of memory loading the master of %s", p->name);
-        if (st == TGA_OK && p->data) {
-            OPS->upload(p->data + first, host, count * sizeof(float));
-            if (p->data_bf16) OPS->to_bf16(p->data_bf16 + first, p->data + first, count);
-        }
-        if (st == TGA_OK && in_shard) OPS->upload(shard + (a - lo), host + (a - at), (b - a) * sizeof(float));
-        free(host);
-    }
-    return st;
+    free(s->pieces[0]);
+    free(s->pieces[1]);
 }
 
 tga_status tga_optim_state_load(tga_model *m, const char *ckpt, const json_t *optim) {
@@ -322,7 +308,6 @@ tga_status tga_optim_state_load(tga_model *m, const char *ckpt, const json_t *op
         }
         free(host);
     }
-    if (st == TGA_OK && s.n_state == 3) st = load_masters(&s, m, lo, hi);
     close_source(&s);
     return st;
 }

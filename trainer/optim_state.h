@@ -4,12 +4,11 @@
  *   replicated: optim.tgat (rank 0) holds adam_m.<param> and adam_v.<param> per trainable tensor;
  *   sharded (ZeRO-1): optim.rank-NNNNN.tgat of each rank holds its shard of the flat moments
  *     ("adam_m", "adam_v": the gradient layout's elements [first, first + count)), with every
- *     piece's first element and the layout's length listed in state.json; with model.dtype bf16
- *     also the shard's fp32 masters ("master"; state.json "masters": true), since params.tgat
- *     then holds only the bf16 values of the matrices.
+ *     piece's first element and the layout's length listed in state.json.
  * Either layout loads into either kind of run and any world size (re-sharding reads only the
- * frames a rank needs), as long as the model's gradient layout is the same length; masters read
- * from the pieces replace what params.tgat gave (whole fp32 data, or this run's master shard). */
+ * frames a rank needs), as long as the model's gradient layout is the same length. The fp32
+ * masters of model.dtype bf16 under ZeRO-1 are sharded in memory, but params.tgat holds them whole
+ * (tga_optim_gather_master), so every reader of params.tgat gets exact fp32 weights. */
 #ifndef TGA_TRAINER_OPTIM_STATE_H
 #define TGA_TRAINER_OPTIM_STATE_H
 
@@ -18,6 +17,11 @@
 #include "runtime/ckpt.h"
 #include "runtime/error.h"
 #include "trainer/model.h"
+
+/* ZeRO-1 with model.dtype bf16: the fp32 master of p, sharded over the ranks, whole into
+ * host[numel] on every rank (collective: every rank calls it for the same p; a rank whose host is
+ * NULL, out of memory, makes every rank return an error instead of gathering). */
+tga_status tga_optim_gather_master(tga_model *m, const tga_param *p, float *host);
 
 /* ZeRO-1 after the local AdamW step: every rank's updated shard of the trainable parameters goes
  * to every rank (an all-gather in pieces of bounded size). */

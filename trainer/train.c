@@ -196,23 +196,36 @@ static tga_status write_config_blob(run *r, tga_ckpt_writer *w) {
     return st;
 }
 
+/* One trainable parameter's exact fp32 values into host: its fp32 data, or (model.dtype bf16
+ * under ZeRO-1) its master gathered from the shards, a collective every rank joins (also with
+ * host NULL, an allocation that failed: the ranks then agree to fail). */
+static tga_status trainable_values(run *r, tga_param *p, float *host) {
+    if (!p->data) return tga_optim_gather_master(r->model, p, host);
+    return host ? tga_model_param_download(p, host) : tga_error(TGA_ERR_NOMEM, "out of memory saving %s", p->name);
+}
+
 /* Trainable parameters: every rank holds the same values (the sync makes the gradients
- * identical, ZeRO-1 all-gathers them), so rank 0 writes them. */
+ * identical, ZeRO-1 all-gathers them), so rank 0 writes them (w; NULL on the other ranks). With
+ * sharded masters every rank takes part in gathering them, whatever happened to its writer, so
+ * that no rank is left waiting; rank 0 stops writing at its first error. */
 static tga_status write_params(run *r, tga_ckpt_writer *w) {
-    TGA_TRY(tga_ckpt_tensors_begin(w, "params.tgat", tga_ckpt_default_codec()));
+    tga_status st = w ? tga_ckpt_tensors_begin(w, "params.tgat", tga_ckpt_default_codec()) : TGA_OK;
+    const int gathered = tga_model_master_shard(r->model) != NULL;
     for (int i = 0; i < tga_model_param_count(r->model); i++) {
         tga_param *p = tga_model_param(r->model, i);
-        if (!p->trainable) continue;
+        if (!p->trainable || (!w && (!gathered || p->data))) continue;
         float *host = malloc(p->numel * sizeof(float));
-        if (!host) return tga_error(TGA_ERR_NOMEM, "out of memory saving %s", p->name);
-        tga_model_param_download(p, host); /* trainable: the fp32 master, also with model.dtype bf16 */
-        tga_ckpt_tensor t = {.name = p->name, .dtype = TGA_CKPT_F32, .ndim = p->ndim,
-                             .shape = {p->shape[0], p->shape[1]}, .data = host};
-        tga_status st = tga_ckpt_tensors_add(w, &t);
+        tga_status got = trainable_values(r, p, host);
+        if (st == TGA_OK) st = got;
+        if (st == TGA_OK && w) {
+            tga_ckpt_tensor t = {.name = p->name, .dtype = TGA_CKPT_F32, .ndim = p->ndim,
+                                 .shape = {p->shape[0], p->shape[1]}, .data = host};
+            st = tga_ckpt_tensors_add(w, &t);
+        }
         free(host);
-        TGA_TRY(st);
+        if (st != TGA_OK && !gathered) return st;
     }
-    return tga_ckpt_tensors_end(w);
+    return st == TGA_OK && w ? tga_ckpt_tensors_end(w) : st;
 }
 
 static tga_status save_checkpoint(run *r) {
@@ -226,7 +239,12 @@ static tga_status save_checkpoint(run *r) {
         tga_ckpt_writer *w = NULL;
         int lead = r->rank == 0;
         st = tga_ckpt_writer_open(&w, dir, r->step, r->rank);
-        if (st == TGA_OK && lead) st = write_params(r, w);
+        if (tga_model_master_shard(r->model)) { /* every rank joins the gathers of the masters */
+            tga_status written = write_params(r, st == TGA_OK && lead ? w : NULL);
+            if (st == TGA_OK) st = written;
+        } else if (st == TGA_OK && lead) {
+            st = write_params(r, w);
+        }
         if (st == TGA_OK) st = tga_optim_state_save(r->model, w, r->rank);
         if (st == TGA_OK && lead) st = write_state_blob(r, w);
         if (st == TGA_OK && lead) st = write_config_blob(r, w);
@@ -544,7 +562,7 @@ static tga_status create_model(run *r) {
     TGA_TRY(tga_setup_align(&r->cfg, &r->align));
     tga_setup_optim(&r->cfg, &r->optim);
     TGA_TRY(tga_model_create(&r->model, &dims, &shape));
-    tga_model_init_random(r->model, (uint64_t)r->cfg.train.seed, (float)r->cfg.model.init_std);
+    TGA_TRY(tga_model_init_random(r->model, (uint64_t)r->cfg.train.seed, (float)r->cfg.model.init_std));
     if (r->cfg.train.init_from[0])
         TGA_TRY(tga_weights_load(r->model, r->cfg.train.init_from, r->base_params, sizeof r->base_params));
     r->n_llm = (double)tga_model_numel(r->model, 0);

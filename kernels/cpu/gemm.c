@@ -155,54 +155,64 @@ __attribute__((target("avx"))) static void pack_panel_transposing_avx(const gemm
     }
 }
 
-/* Rows [first, first + n) x [p0, p0 + kc) of a bf16 operand widened, or of an fp32 operand rounded
- * to bf16 (kernels/bf16.h's nearest-even, NaN kept quiet), into float lines[n][kc]. */
-__attribute__((target("avx2"))) static void convert_rows_avx2(const gemm_operand *src, int first, int n, int p0,
-                                                             int kc, float *lines) {
+/* count consecutive elements of a bf16 operand widened, or of an fp32 operand rounded to bf16
+ * (kernels/bf16.h's nearest-even, NaN kept quiet), from element `at` of its data into out. */
+__attribute__((target("avx2"))) static void convert_span_avx2(const gemm_operand *src, size_t at, int count,
+                                                             float *out) {
+    int p = 0;
+    if (src->type == TGA_CPU_BF16) {
+        const tga_bf16 *from = (const tga_bf16 *)src->data + at;
+        for (; p + 8 <= count; p += 8) {
+            __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(from + p)));
+            _mm256_storeu_ps(out + p, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+        }
+        for (; p < count; p++) out[p] = tga_bf16_to_float(from[p]);
+        return;
+    }
     const __m256i lsb = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(0x7fff);
     const __m256i high = _mm256_set1_epi32((int)0xffff0000u), quiet = _mm256_set1_epi32(0x00400000);
     const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000);
-    for (int r = 0; r < n; r++) {
-        float *line = lines + (size_t)r * kc;
-        size_t row = (size_t)(first + r) * src->ld + (size_t)p0;
-        int p = 0;
-        if (src->type == TGA_CPU_BF16) {
-            const tga_bf16 *from = (const tga_bf16 *)src->data + row;
-            for (; p + 8 <= kc; p += 8) {
-                __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(from + p)));
-                _mm256_storeu_ps(line + p, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
-            }
-            for (; p < kc; p++) line[p] = tga_bf16_to_float(from[p]);
-        } else {
-            const float *from = (const float *)src->data + row;
-            for (; p + 8 <= kc; p += 8) {
-                __m256i u = _mm256_castps_si256(_mm256_loadu_ps(from + p));
-                __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), lsb);
-                __m256i rounded = _mm256_and_si256(_mm256_add_epi32(u, _mm256_add_epi32(bias, odd)), high);
-                __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, abs_mask), inf);
-                __m256i kept = _mm256_and_si256(_mm256_or_si256(u, quiet), high);
-                _mm256_storeu_ps(line + p, _mm256_castsi256_ps(_mm256_blendv_epi8(rounded, kept, nan)));
-            }
-            for (; p < kc; p++) line[p] = tga_bf16_round(from[p]);
-        }
+    const float *from = (const float *)src->data + at;
+    for (; p + 8 <= count; p += 8) {
+        __m256i u = _mm256_castps_si256(_mm256_loadu_ps(from + p));
+        __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), lsb);
+        __m256i rounded = _mm256_and_si256(_mm256_add_epi32(u, _mm256_add_epi32(bias, odd)), high);
+        __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, abs_mask), inf);
+        __m256i kept = _mm256_and_si256(_mm256_or_si256(u, quiet), high);
+        _mm256_storeu_ps(out + p, _mm256_castsi256_ps(_mm256_blendv_epi8(rounded, kept, nan)));
     }
+    for (; p < count; p++) out[p] = tga_bf16_round(from[p]);
 }
 
-/* A bf16 or rounded operand: a K-contiguous one is converted a panel's rows at a time into float
- * lines and packed by the transposing pack; otherwise element by element (those sources are
- * activations read along rows already). */
+/* A bf16 or rounded operand. K-contiguous: a panel's rows are converted into float lines, then
+ * packed by the transposing pack. Otherwise each K step's row segment of a panel is contiguous
+ * in the source and is converted straight into its panel slots. */
 #define CONVERT_ROWS_MAX 32 /* the widest panel step (AVX-512's nr) */
 __attribute__((target("avx2"))) static void pack_panels_converting_avx(const gemm_operand *src,
                                                                       const panel_layout *lay, float *panels) {
-    if (!src->k_contiguous || lay->step > CONVERT_ROWS_MAX) {
+    int n_panels = ceil_div(lay->count, lay->step);
+    if (!src->k_contiguous) {
+        for (int p = 0; p < lay->kc; p++) {
+            size_t row = (size_t)(lay->p0 + p) * src->ld + (size_t)lay->x0;
+            for (int q = 0; q < n_panels; q++) {
+                float *dst = panels + ((size_t)q * lay->kc + p) * lay->width;
+                int n = min_int(lay->step, lay->count - q * lay->step);
+                convert_span_avx2(src, row + (size_t)q * lay->step, n, dst);
+                for (int x = n; x < lay->width; x++) dst[x] = 0.0f;
+            }
+        }
+        return;
+    }
+    if (lay->step > CONVERT_ROWS_MAX) {
         pack_panels_portable(src, lay, panels);
         return;
     }
     float lines[CONVERT_ROWS_MAX * KC_MAX];
     const gemm_operand converted = {.data = lines, .ld = (size_t)lay->kc, .k_contiguous = 1, .type = TGA_CPU_F32};
-    for (int q = 0; q * lay->step < lay->count; q++) {
-        int n = min_int(lay->step, lay->count - q * lay->step);
-        convert_rows_avx2(src, lay->x0 + q * lay->step, n, lay->p0, lay->kc, lines);
+    for (int q = 0; q < n_panels; q++) {
+        int first = lay->x0 + q * lay->step, n = min_int(lay->step, lay->count - q * lay->step);
+        for (int r = 0; r < n; r++)
+            convert_span_avx2(src, (size_t)(first + r) * src->ld + (size_t)lay->p0, lay->kc, lines + (size_t)r * lay->kc);
         pack_panel_transposing_avx(&converted, 0, n, lay->width, 0, lay->kc, panels + (size_t)q * lay->kc * lay->width);
     }
 }

@@ -208,9 +208,8 @@ static tga_status make_run(const tga_config *cfg, const char *run_dir, const cha
     tga_model *m;
     TGA_TRY(tga_model_create(&m, &dims, &shape));
     char base_params[1200] = "";
-    tga_model_init_random(m, (uint64_t)cfg->train.seed, (float)cfg->model.init_std);
-    tga_status st = TGA_OK;
-    if (cfg->train.init_from[0])
+    tga_status st = tga_model_init_random(m, (uint64_t)cfg->train.seed, (float)cfg->model.init_std);
+    if (st == TGA_OK && cfg->train.init_from[0])
         st = tga_weights_load(m, cfg->train.init_from, base_params, sizeof base_params);
     if (st == TGA_OK) perturb_trainable(m, (uint64_t)cfg->train.seed + 1);
     if (st == TGA_OK) st = save_run(m, cfg, run_dir, base_params);

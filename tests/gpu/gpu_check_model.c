@@ -98,7 +98,10 @@ static int build(model_run *run, const tga_ops *ops, const tga_config *cfg) {
         printf("FAIL model.create %s: %s\n", ops->name, tga_error_message());
         return 0;
     }
-    tga_model_init_random(run->model, 7, 0.02f);
+    if (tga_model_init_random(run->model, 7, 0.02f) != TGA_OK) {
+        printf("FAIL model.init %s: %s\n", ops->name, tga_error_message());
+        return 0;
+    }
     return 1;
 }
 

@@ -151,6 +151,47 @@ static void check_linear(int N, int in_dim, int out_dim, uint64_t *rng) {
     free(w_rt), free(G_rt), free(in_rt), free(din0);
 }
 
+/* A float whose bf16 rounding is a corner case: a tie (low half 0x8000, bf16 mantissa even or
+ * odd), one below or above it, exact, or the largest low half; normal or subnormal, either sign,
+ * never so large that it rounds to infinity. */
+static float corner_value(uint64_t *rng) {
+    static const uint32_t low_halves[] = {0x8000, 0x7fff, 0x8001, 0x0000, 0xffff};
+    uint64_t r = tu_next(rng);
+    uint32_t exponent = r % 7 == 0 ? 0 : 100 + (uint32_t)(r >> 8) % 154; /* 0 = subnormal, else up to 253 */
+    uint32_t bits = (uint32_t)(r >> 20 & 1) << 31 | exponent << 23 | (uint32_t)(r >> 24 & 0x7f) << 16 |
+                    low_halves[(r >> 32) % 5];
+    float x;
+    memcpy(&x, &bits, sizeof x);
+    return x;
+}
+
+/* The roundings inside the products, on corner values: with an identity matrix on the other side
+ * each product returns one operand rounded (forward: bf16(in), packed K-contiguous; weight
+ * gradient: bf16(in) again, packed along rows) or widened (input gradient: the bf16 weight). */
+static void check_rounding_in_products(uint64_t *rng) {
+    enum { S = 24 }; /* K = 24: three vectors of the AVX2 conversion per row; packed, not the plain loop */
+    float in[S * S], eye[S * S], out[S * S], dw[S * S] = {0}, din[S * S], w[S * S];
+    tga_bf16 eye16[S * S], w16[S * S];
+    for (int i = 0; i < S * S; i++) {
+        in[i] = corner_value(rng);
+        w[i] = corner_value(rng);
+        eye[i] = i / S == i % S ? 1.0f : 0.0f;
+        eye16[i] = tga_bf16_from_float(eye[i]);
+        w16[i] = tga_bf16_from_float(w[i]);
+    }
+    tga_cpu_linear_forward_bf16(out, in, eye16, NULL, S, S, S);
+    tga_cpu_linear_backward_bf16(din, dw, NULL, eye, in, w16, S, S, S, 0);
+    int bad_out = 0, bad_dw = 0, bad_din = 0;
+    for (int i = 0; i < S * S; i++) {
+        bad_out += out[i] != reference_round(in[i]);
+        bad_dw += dw[i] != reference_round(in[i]);
+        bad_din += din[i] != tga_bf16_to_float(w16[i]);
+    }
+    CHECK(bad_out == 0 && bad_dw == 0 && bad_din == 0,
+          "corner values through the products: %d forward, %d weight-gradient, %d input-gradient values wrong", bad_out,
+          bad_dw, bad_din);
+}
+
 static void check_embedding(uint64_t *rng) {
     const int V = 50, D = 24, N = 40;
     float *table = tu_alloc_uniform((size_t)V * D, -2, 2, rng), *out = tu_alloc_uniform((size_t)N * D, 5, 6, rng);
@@ -170,8 +211,11 @@ static void check_embedding(uint64_t *rng) {
 
 /* The LM head in double over rounded rows and weight; dlogits rounded to bf16 before the two
  * gradient products, as ops.h says. A dlogit that lies within fp32 rounding of a bf16 midpoint
- * (about one in 10^4) rounds the other way here than in the op and moves its row's gradient by a
- * bf16 step times the weights: hence 1e-3 on the gradients, while the loss must agree to 1e-6. */
+ * (about one in 10^4) rounds the other way here than in the op and moves the gradient rows it
+ * feeds by a bf16 step times the weights, so the gradients are judged row by row: nearly every
+ * row within 1e-5 (measured ~3e-7), at most a tenth of the rows (one such dlogit each) up to 1e-2
+ * (one bf16 step of a row's largest term). A missing rounding of the dlogits moves every row by
+ * ~1e-3. */
 static double reference_lm_head(float *dhidden, float *dweight, const float *hidden, const float *w_r,
                                 const int *targets, int N, int D, int V, float scale) {
     double loss = 0;
@@ -204,6 +248,32 @@ static double reference_lm_head(float *dhidden, float *dweight, const float *hid
     return loss;
 }
 
+static int supervised_rows(const int *targets, int N) {
+    int rows = 0;
+    for (int n = 0; n < N; n++) rows += targets[n] >= 0;
+    return rows;
+}
+
+/* The largest relative error of a row of got[rows, D] against ref (rows of ref that are zero
+ * are skipped), and in *off how many rows are off by more than 1e-5. */
+static double row_errors(const float *got, const float *ref, int rows, int D, int *off) {
+    double worst = 0;
+    *off = 0;
+    for (int r = 0; r < rows; r++) {
+        double diff = 0, norm = 0;
+        for (int d = 0; d < D; d++) {
+            double e = (double)got[(size_t)r * D + d] - ref[(size_t)r * D + d];
+            diff += e * e;
+            norm += (double)ref[(size_t)r * D + d] * ref[(size_t)r * D + d];
+        }
+        if (norm == 0) continue;
+        double err = sqrt(diff / norm);
+        worst = err > worst ? err : worst;
+        *off += err > 1e-5;
+    }
+    return worst;
+}
+
 static void check_lm_head(int N, int D, int V, int chunk, uint64_t *rng) {
     float *hidden = tu_alloc_uniform((size_t)N * D, -1, 1, rng), *w = tu_alloc_uniform((size_t)V * D, -1, 1, rng);
     float *w_r = rounded_copy(w, (size_t)V * D);
@@ -218,10 +288,13 @@ static void check_lm_head(int N, int D, int V, int chunk, uint64_t *rng) {
     tga_cpu_lm_head_ce_bf16(&loss, dh, dw, hidden, w16, targets, N, D, V, scale, scratch, chunk);
     double ref = reference_lm_head(ref_dh, ref_dw, hidden, w_r, targets, N, D, V, scale);
     CHECK(fabs(loss - ref) <= 1e-6 * fabs(ref), "lm_head_ce_bf16 %dx%dx%d: loss %.9g vs %.9g", N, D, V, loss, ref);
-    double err = tu_rel_error(dh, ref_dh, (size_t)N * D);
-    CHECK(err <= 1e-3, "lm_head_ce_bf16 dhidden %dx%dx%d chunk %d: rel err %.3g", N, D, V, chunk, err);
-    err = tu_rel_error(dw, ref_dw, (size_t)V * D);
-    CHECK(err <= 1e-3, "lm_head_ce_bf16 dweight %dx%dx%d chunk %d: rel err %.3g", N, D, V, chunk, err);
+    int off_rows, rows = supervised_rows(targets, N);
+    double worst = row_errors(dh, ref_dh, N, D, &off_rows);
+    CHECK(worst <= 1e-2 && off_rows <= 1 + rows / 10, "lm_head_ce_bf16 dhidden %dx%dx%d chunk %d: %d of %d rows off "
+          "by more than 1e-5, worst %.3g", N, D, V, chunk, off_rows, rows, worst);
+    worst = row_errors(dw, ref_dw, V, D, &off_rows);
+    CHECK(worst <= 1e-2 && off_rows <= 1 + V / 10, "lm_head_ce_bf16 dweight %dx%dx%d chunk %d: %d of %d rows off by "
+          "more than 1e-5, worst %.3g", N, D, V, chunk, off_rows, V, worst);
     free(hidden), free(w), free(w_r), free(w16), free(targets), free(dh), free(dw), free(ref_dh), free(ref_dw);
     free(scratch);
 }
@@ -233,6 +306,7 @@ int main(void) {
     check_linear(37, 96, 130, &rng);   /* packed, edge tiles */
     check_linear(150, 200, 70, &rng);  /* several threads */
     check_linear(20, 700, 33, &rng);   /* K over one packing block */
+    check_rounding_in_products(&rng);
     check_embedding(&rng);
     check_lm_head(23, 40, 97, 6, &rng);
     check_lm_head(9, 64, 300, 64, &rng);

@@ -187,7 +187,7 @@ static void test_model(int tie, const prompt_data *prompts) {
     CHECK(tga_model_create(&m, &d, &test_shape) == TGA_OK, "create: %s", tga_error_message());
     if (!m) return;
     /* a wide init gives logits far apart, so argmax is not decided by rounding */
-    tga_model_init_random(m, 11 + (uint64_t)tie, 0.5f);
+    CHECK(tga_model_init_random(m, 11 + (uint64_t)tie, 0.5f) == TGA_OK, "init: %s", tga_error_message());
     int32_t seen[97] = {0};
     const int all4[] = {0, 1, 2, 3};
     check_batch(m, &d, prompts, all4, 4, NULL, 0, 0, tie ? "tied, batch of 4" : "batch of 4", seen);

@@ -17,7 +17,7 @@ static tga_model *tiny_model(void) {
                        .image_tokens = 2, .ce_chunk = 4};
     tga_model *m = NULL;
     CHECK(tga_model_create(&m, &d, &s) == TGA_OK, "create: %s", tga_error_message());
-    tga_model_init_random(m, 7, 0.1f);
+    CHECK(tga_model_init_random(m, 7, 0.1f) == TGA_OK, "init: %s", tga_error_message());
     return m;
 }
 
