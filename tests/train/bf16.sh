@@ -24,16 +24,6 @@ bf16=(--set model.dtype=bf16)
 
 final_loss() { grep -o "step $STEPS/$STEPS | loss [0-9.]*" "$1.log" | grep -o '[0-9.]*$'; } # RUN_DIR
 
-compare() { # FILE_A FILE_B TOLERANCE WHAT
-    "$compare_checkpoints" "$1" "$2" "$3" >"$work/compare.txt"
-    local rc=$?
-    note "$4: $(tail -n 1 "$work/compare.txt")"
-    [ "$rc" -eq 0 ] || {
-        cat "$work/compare.txt"
-        fail "$4: outside $3"
-    }
-}
-
 one=$work/bf16-1
 train 1 "$one" "${bf16[@]}" || fail "the 1-rank bf16 run failed (log: $one.log)"
 expect_log "$one.log" "(bf16 matrices, fp32 masters)" "1 rank"

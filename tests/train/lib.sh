@@ -190,6 +190,18 @@ expect_final_equal() { # RUN_DIR REFERENCE_DIR WHAT
     note "$3: final params.tgat and optim.tgat bitwise equal to the uninterrupted run"
 }
 
+# Two checkpoint files agree within TOLERANCE (compare_checkpoints: max|a - b| / max|a| per tensor);
+# the verdict is noted, and the whole comparison printed before failing.
+compare() { # FILE_A FILE_B TOLERANCE WHAT
+    "$compare_checkpoints" "$1" "$2" "$3" >"$work/compare.txt"
+    local rc=$?
+    note "$4: $(tail -n 1 "$work/compare.txt")"
+    [ "$rc" -eq 0 ] || {
+        cat "$work/compare.txt"
+        fail "$4: outside $3"
+    }
+}
+
 expect_log() { # LOG_FILE FIXED_STRING WHAT
     grep -qF -- "$2" "$1" 2>/dev/null || {
         tail -n 20 "$1"

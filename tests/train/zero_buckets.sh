@@ -18,16 +18,6 @@ source "$(dirname "$0")/lib.sh"
 ensure_common
 ref=$common/reference-1
 
-compare() { # FILE_A FILE_B TOLERANCE WHAT
-    "$compare_checkpoints" "$1" "$2" "$3" >"$work/compare.txt"
-    local rc=$?
-    note "$4: $(tail -n 1 "$work/compare.txt")"
-    [ "$rc" -eq 0 ] || {
-        cat "$work/compare.txt"
-        fail "$4: outside $3"
-    }
-}
-
 # RUN_DIR's step-12 parameters and optimizer shards are bitwise those of the 2-rank ZeRO-1 run
 expect_zero2_final() { # RUN_DIR WHAT
     local file
