@@ -201,6 +201,10 @@ typedef struct tga_ops {
      * step is the 1-based step count after this update. ---- */
     void (*adamw)(float *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1,
                   float beta2, float eps, float weight_decay, int step);
+    /* adamw, and in the same pass param_bf16[i] = bf16(param[i]): the fp32 master's bf16 copy of
+     * model.dtype bf16 (param the same bits as adamw's) */
+    void (*adamw_bf16)(float *param, tga_bf16 *param_bf16, const float *grad, float *m, float *v, size_t n,
+                       float lr, float beta1, float beta2, float eps, float weight_decay, int step);
 
     /* ---- top-k selection (retrieval): merges each row of a score block into that row's running
      * top-k list. scores is [n_rows, n_cols] with row stride ld; its column c is item

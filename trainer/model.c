@@ -580,13 +580,6 @@ tga_status tga_model_param_download(const tga_param *p, float *host) {
     return TGA_OK;
 }
 
-void tga_model_refresh_bf16(tga_model *m) {
-    for (int i = 0; i < m->n_params; i++) {
-        tga_param *p = &m->params[i];
-        if (p->trainable && p->data && p->data_bf16) OPS->to_bf16(p->data_bf16, p->data, p->numel);
-    }
-}
-
 void tga_model_zero_grads(tga_model *m) {
     size_t bytes = tga_plan_bytes(&m->plan, TGA_MEM_GRADS);
     if (bytes) OPS->zero(m->buf[TGA_MEM_GRADS], bytes);

@@ -127,10 +127,6 @@ tga_status tga_model_param_upload(tga_model *m, tga_param *p, const float *host)
 /* The parameter into host[numel]: the fp32 data, or the bf16 copy widened when there is no whole
  * fp32 copy (frozen, or its master sharded). */
 tga_status tga_model_param_download(const tga_param *p, float *host);
-/* Rounds every whole trainable fp32 master into its bf16 copy (after an optimizer step without
- * ZeRO-1). No-op with fp32 weights; sharded masters write their copies' slices themselves (the
- * optimizer step) and the all-gather or broadcast carries them. */
-void tga_model_refresh_bf16(tga_model *m);
 
 /* Parameters from Philox keyed by (seed, init, parameter index): matrices N(0, std), norms 1,
  * projector as torch's nn.Linear default (uniform +-1/sqrt(fan_in)). */

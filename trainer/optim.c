@@ -89,15 +89,20 @@ tga_status tga_optim_step(tga_model *m, const tga_optim_config *c, long long ste
         if (!slice_of(m, p, lo, hi, &first, &count)) continue;
         if (coef < 1.0) OPS->scale_inplace(p->grad + first, (float)coef, count);
         size_t at = tga_model_grad_offset(m, p) + first - lo; /* in the moment buffers */
-        /* with sharded masters (bf16 + ZeRO-1) AdamW updates the master; the parameter's slice
-         * (fp32 data, or the bf16 copy of a matrix) follows it */
+        /* AdamW updates the master (the fp32 data, or with sharded masters, bf16 + ZeRO-1, the
+         * shard's); a bf16 matrix's copy is written in the same pass, fp32 data follows a sharded
+         * master by a copy */
         float *master = masters ? masters + at : p->data + first;
-        OPS->adamw(master, p->grad + first, adam_m + at, adam_v + at, count, (float)r->lr, (float)c->beta1,
-                   (float)c->beta2, (float)c->eps, (float)c->weight_decay, (int)*adam_updates);
+        const float lr = (float)r->lr, b1 = (float)c->beta1, b2 = (float)c->beta2, eps = (float)c->eps;
+        const float wd = (float)c->weight_decay;
+        if (p->data_bf16)
+            OPS->adamw_bf16(master, p->data_bf16 + first, p->grad + first, adam_m + at, adam_v + at, count, lr, b1, b2,
+                            eps, wd, (int)*adam_updates);
+        else
+            OPS->adamw(master, p->grad + first, adam_m + at, adam_v + at, count, lr, b1, b2, eps, wd,
+                       (int)*adam_updates);
         if (masters && p->data) OPS->copy(p->data + first, master, count * sizeof(float));
-        if (masters && !p->data) OPS->to_bf16(p->data_bf16 + first, master, count);
     }
-    if (!sharded) tga_model_refresh_bf16(m); /* ZeRO-1 has no whole masters: the step wrote the copies */
     tga_model_zero_grads(m);
     return TGA_OK;
 }

@@ -5,7 +5,8 @@
  * torch's vectorised add_(alpha=) and addcmul_ kernels fuse their final multiply-add (its x86
  * builds use FMA), so the moment updates are written as explicit fused multiply-adds. Every
  * step is then a correctly rounded IEEE operation, and the portable loop and the AVX-512 loop
- * give the same bits. */
+ * give the same bits. adamw_bf16 also writes the bf16 copy of the updated parameters (model.dtype
+ * bf16) in the same pass over each chunk. */
 #include <immintrin.h>
 #include <math.h>
 
@@ -78,8 +79,9 @@ __attribute__((target("avx512f"))) static void update_range_avx512(float *param,
     }
 }
 
-void tga_cpu_adamw(float *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1,
-                   float beta2, float eps, float weight_decay, int step) {
+/* The update, and with param_bf16 the bf16 copy of each chunk while it is still in cache. */
+static void adamw_with_copy(float *param, tga_bf16 *param_bf16, const float *grad, float *m, float *v, size_t n,
+                            float lr, float beta1, float beta2, float eps, float weight_decay, int step) {
     const double bias_correction1 = 1.0 - pow(beta1, step);
     const double bias_correction2 = 1.0 - pow(beta2, step);
     const adamw_coefs c = {
@@ -101,5 +103,17 @@ void tga_cpu_adamw(float *param, const float *grad, float *m, float *v, size_t n
             update_range_avx512(param, grad, m, v, begin, end, &c);
         else
             update_range_portable(param, grad, m, v, begin, end, &c);
+        if (param_bf16)
+            for (size_t i = begin; i < end; i++) param_bf16[i] = tga_bf16_from_float(param[i]);
     }
+}
+
+void tga_cpu_adamw(float *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1,
+                   float beta2, float eps, float weight_decay, int step) {
+    adamw_with_copy(param, NULL, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, step);
+}
+
+void tga_cpu_adamw_bf16(float *param, tga_bf16 *param_bf16, const float *grad, float *m, float *v, size_t n,
+                        float lr, float beta1, float beta2, float eps, float weight_decay, int step) {
+    adamw_with_copy(param, param_bf16, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, step);
 }

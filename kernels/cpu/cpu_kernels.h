@@ -75,6 +75,8 @@ void tga_cpu_add_inplace(float *y, const float *x, size_t n);
 void tga_cpu_scale_inplace(float *x, float alpha, size_t n);
 double tga_cpu_sum_squares(const float *x, size_t n);
 int tga_cpu_all_finite(const float *x, size_t n);
+void tga_cpu_adamw_bf16(float *param, tga_bf16 *param_bf16, const float *grad, float *m, float *v, size_t n,
+                        float lr, float beta1, float beta2, float eps, float weight_decay, int step);
 void tga_cpu_adamw(float *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1,
                    float beta2, float eps, float weight_decay, int step);
 void tga_cpu_topk_merge(float *best_score, int32_t *best_index, const float *scores, int n_rows, int n_cols,

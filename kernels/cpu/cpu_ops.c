@@ -43,6 +43,7 @@ static const tga_ops cpu_ops = {
     .sum_squares = tga_cpu_sum_squares,
     .all_finite = tga_cpu_all_finite,
     .adamw = tga_cpu_adamw,
+    .adamw_bf16 = tga_cpu_adamw_bf16,
     .topk_merge = tga_cpu_topk_merge,
 };
 

@@ -63,6 +63,7 @@ static const tga_ops cuda_ops = {
     .sum_squares = tga_cuda_sum_squares,
     .all_finite = tga_cuda_all_finite,
     .adamw = tga_cuda_adamw,
+    .adamw_bf16 = tga_cuda_adamw_bf16,
     .topk_merge = tga_cuda_topk_merge,
 };
 

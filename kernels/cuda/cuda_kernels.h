@@ -115,6 +115,8 @@ void tga_cuda_add_inplace(float *y, const float *x, size_t n);
 void tga_cuda_scale_inplace(float *x, float alpha, size_t n);
 double tga_cuda_sum_squares(const float *x, size_t n);
 int tga_cuda_all_finite(const float *x, size_t n);
+void tga_cuda_adamw_bf16(float *param, tga_bf16 *param_bf16, const float *grad, float *m, float *v, size_t n,
+                         float lr, float beta1, float beta2, float eps, float weight_decay, int step);
 void tga_cuda_adamw(float *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1,
                     float beta2, float eps, float weight_decay, int step);
 void tga_cuda_linear_forward_bf16(float *out, const float *in, const tga_bf16 *weight, const float *bias, int N,

@@ -873,7 +873,18 @@ static void adamw_case(size_t n) {
     gc_compare("adamw.param", shape, d_p, p_ref, n, 0);
     gc_compare("adamw.m", shape, d_m, m_ref, n, 0);
     gc_compare("adamw.v", shape, d_v, v_ref, n, 0);
-    gc_free_host(p, g, m, v, p_ref, m_ref, v_ref, NULL);
+    /* adamw_bf16 from the same start: the same parameters, and their bf16 copies (widened here) */
+    float *d_p2 = gc_device(p, n * 4), *d_m2 = gc_device(m, n * 4), *d_v2 = gc_device(v, n * 4);
+    float *copy_ref = gc_nan(n), *d_copy = gc_device_nan(n);
+    tga_bf16 *d_copy16 = gc_device(copy_ref, n * sizeof(tga_bf16)); /* NaN bits: every element must be written */
+    for (int step = 1; step <= 3; step++)
+        gc_gpu->adamw_bf16(d_p2, d_copy16, d_g, d_m2, d_v2, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
+    for (size_t i = 0; i < n; i++) copy_ref[i] = tga_bf16_round(p_ref[i]);
+    gc_gpu->from_bf16(d_copy, d_copy16, n);
+    gc_compare("adamw_bf16.param", shape, d_p2, p_ref, n, 0);
+    gc_compare("adamw_bf16.m", shape, d_m2, m_ref, n, 0);
+    gc_compare("adamw_bf16.copy", shape, d_copy, copy_ref, n, 0);
+    gc_free_host(p, g, m, v, p_ref, m_ref, v_ref, copy_ref, NULL);
     gc_free_device();
 }
 

@@ -159,6 +159,27 @@ static void check_against_torch(size_t n, const adamw_hparams *h, uint64_t *rng)
     state_free(&s), free(grads), free(torch_out);
 }
 
+/* adamw_bf16: the parameters, moments bit for bit those of adamw, and the copy each updated
+ * parameter rounded to bf16 (a copy poisoned beforehand, so that every element must be written). */
+static void check_bf16_copy(size_t n, const adamw_hparams *h, uint64_t *rng) {
+    adamw_state a = state_new(n, rng);
+    adamw_state b = {n, tu_alloc_copy(a.param, n), tu_alloc_copy(a.m, n), tu_alloc_copy(a.v, n)};
+    float *g = tu_alloc_uniform(n, -1, 1, rng);
+    tga_bf16 *copy = malloc(n * sizeof *copy);
+    for (size_t i = 0; i < n; i++) copy[i] = 0x7fc1; /* a NaN */
+    for (int step = 1; step <= 2; step++) {
+        tga_cpu_adamw(a.param, g, a.m, a.v, n, h->lr, h->beta1, h->beta2, h->eps, h->weight_decay, step);
+        tga_cpu_adamw_bf16(b.param, copy, g, b.m, b.v, n, h->lr, h->beta1, h->beta2, h->eps, h->weight_decay, step);
+    }
+    CHECK(memcmp(a.param, b.param, n * sizeof *a.param) == 0 && memcmp(a.m, b.m, n * sizeof *a.m) == 0 &&
+              memcmp(a.v, b.v, n * sizeof *a.v) == 0,
+          "adamw_bf16 n %zu: parameters or moments differ from adamw's", n);
+    size_t wrong = 0;
+    for (size_t i = 0; i < n; i++) wrong += copy[i] != tga_bf16_from_float(b.param[i]);
+    CHECK(wrong == 0, "adamw_bf16 n %zu: %zu bf16 copies are not the rounded parameters", n, wrong);
+    state_free(&a), state_free(&b), free(g), free(copy);
+}
+
 int main(void) {
     uint64_t rng = 0xADA3;
     const adamw_hparams decayed = {5e-2f, 0.9f, 0.999f, 1e-8f, 0.1f};
@@ -167,6 +188,8 @@ int main(void) {
     check_against_double(1000, &decayed, &rng);
     check_against_double(100003, &plain, &rng); /* above the parallel threshold */
     check_against_torch(301, &small_lr, &rng);  /* one run: starting python takes seconds */
+    check_bf16_copy(1000, &decayed, &rng);
+    check_bf16_copy(100003, &plain, &rng);
     /* the portable loop must give the same bits as the AVX-512 one that ran above */
     if (tga_cpu_has_avx512()) tu_rerun_with_simd("scalar", "AdamW");
     return tu_finish(tga_cpu_has_avx512() ? "test_adamw (avx512 and portable)" : "test_adamw (portable)");

@@ -30,9 +30,20 @@ static float reference_round(float x) {
 }
 
 static void check_rounding(uint64_t *rng) {
-    float specials[] = {0.0f, -0.0f, 1.0f, -1.0f, 1.00390625f /* tie, even below */, 1.01171875f /* tie, odd below */,
-                        3.4028235e38f, -3.4028235e38f, 1e-40f /* subnormal */, -1.5e-45f, 65504.0f, INFINITY,
-                        -INFINITY, 3.3895314e38f};
+    float specials[] = {0.0f,
+                        -0.0f,
+                        1.0f,
+                        -1.0f,
+                        1.00390625f /* tie, even below */,
+                        1.01171875f /* tie, odd below */,
+                        3.4028235e38f,
+                        -3.4028235e38f,
+                        1e-40f /* subnormal */,
+                        -1.5e-45f,
+                        65504.0f,
+                        INFINITY,
+                        -INFINITY,
+                        3.3895314e38f};
     int bad = 0;
     for (size_t i = 0; i < sizeof specials / sizeof *specials; i++) {
         float got = tga_bf16_round(specials[i]), want = reference_round(specials[i]);
@@ -72,13 +83,15 @@ static void check_rounding(uint64_t *rng) {
 
 static tga_bf16 *to_bf16_copy(const float *x, size_t n) {
     tga_bf16 *h = malloc(n * sizeof *h);
-    for (size_t i = 0; i < n; i++) h[i] = tga_bf16_from_float(x[i]);
+    for (size_t i = 0; i < n; i++)
+        h[i] = tga_bf16_from_float(x[i]);
     return h;
 }
 
 static float *rounded_copy(const float *x, size_t n) {
     float *r = malloc(n * sizeof *r);
-    for (size_t i = 0; i < n; i++) r[i] = reference_round(x[i]);
+    for (size_t i = 0; i < n; i++)
+        r[i] = reference_round(x[i]);
     return r;
 }
 
@@ -87,7 +100,8 @@ static void reference_nt(float *C, const float *A, const float *B, int M, int N,
     for (int i = 0; i < M; i++)
         for (int j = 0; j < N; j++) {
             double acc = add ? add[(size_t)i * N + j] : 0.0;
-            for (int p = 0; p < K; p++) acc += (double)A[(size_t)i * K + p] * B[(size_t)j * K + p];
+            for (int p = 0; p < K; p++)
+                acc += (double)A[(size_t)i * K + p] * B[(size_t)j * K + p];
             C[(size_t)i * N + j] = (float)acc;
         }
 }
@@ -95,7 +109,8 @@ static void reference_nt(float *C, const float *A, const float *B, int M, int N,
 static float *transposed(const float *x, int rows, int cols) {
     float *t = malloc((size_t)rows * cols * sizeof *t);
     for (int r = 0; r < rows; r++)
-        for (int c = 0; c < cols; c++) t[(size_t)c * rows + r] = x[(size_t)r * cols + c];
+        for (int c = 0; c < cols; c++)
+            t[(size_t)c * rows + r] = x[(size_t)r * cols + c];
     return t;
 }
 
@@ -105,9 +120,11 @@ static void check_linear(int N, int in_dim, int out_dim, uint64_t *rng) {
     float *bias = tu_alloc_uniform((size_t)out_dim, -1, 1, rng), *G = tu_alloc_uniform(n_out, -1, 1, rng);
     tga_bf16 *w16 = to_bf16_copy(w, n_w);
     float *in_r = rounded_copy(in, n_in), *w_r = rounded_copy(w, n_w), *G_r = rounded_copy(G, n_out);
-    float *out = calloc(n_out, sizeof *out), *ref = calloc(n_out, sizeof *ref), *plain = calloc(n_out, sizeof *plain);
+    float *out = calloc(n_out, sizeof *out), *ref = calloc(n_out, sizeof *ref),
+          *plain = calloc(n_out, sizeof *plain);
     float *bias_rows = malloc(n_out * sizeof *bias_rows);
-    for (size_t i = 0; i < n_out; i++) bias_rows[i] = bias[i % (size_t)out_dim];
+    for (size_t i = 0; i < n_out; i++)
+        bias_rows[i] = bias[i % (size_t)out_dim];
 
     tga_cpu_linear_forward_bf16(out, in, w16, bias, N, in_dim, out_dim);
     reference_nt(ref, in_r, w_r, N, out_dim, in_dim, bias_rows);
@@ -122,12 +139,14 @@ static void check_linear(int N, int in_dim, int out_dim, uint64_t *rng) {
 
     /* backward: din overwritten from garbage, then accumulated; dweight and dbias accumulate */
     float *din = tu_alloc_uniform(n_in, 1e3f, 2e3f, rng), *ref_din = calloc(n_in, sizeof *ref_din);
-    float *dw0 = tu_alloc_uniform(n_w, -1, 1, rng), *dw = tu_alloc_copy(dw0, n_w), *ref_dw = calloc(n_w, sizeof *ref_dw);
+    float *dw0 = tu_alloc_uniform(n_w, -1, 1, rng), *dw = tu_alloc_copy(dw0, n_w),
+          *ref_dw = calloc(n_w, sizeof *ref_dw);
     float *db0 = tu_alloc_uniform((size_t)out_dim, -1, 1, rng), *db = tu_alloc_copy(db0, (size_t)out_dim);
     tga_cpu_linear_backward_bf16(din, dw, db, G, in, w16, N, in_dim, out_dim, 0);
-    float *w_rt = transposed(w_r, out_dim, in_dim), *G_rt = transposed(G_r, N, out_dim), *in_rt = transposed(in_r, N, in_dim);
-    reference_nt(ref_din, G_r, w_rt, N, in_dim, out_dim, NULL);      /* din = G W */
-    reference_nt(ref_dw, G_rt, in_rt, out_dim, in_dim, N, NULL);     /* dW = G^T in */
+    float *w_rt = transposed(w_r, out_dim, in_dim), *G_rt = transposed(G_r, N, out_dim),
+          *in_rt = transposed(in_r, N, in_dim);
+    reference_nt(ref_din, G_r, w_rt, N, in_dim, out_dim, NULL);  /* din = G W */
+    reference_nt(ref_dw, G_rt, in_rt, out_dim, in_dim, N, NULL); /* dW = G^T in */
     err = tu_rel_error(din, ref_din, n_in);
     CHECK(err <= 1e-5, "linear_backward_bf16 din %dx%dx%d: rel err %.3g", N, in_dim, out_dim, err);
     err = tu_added_error(dw, dw0, ref_dw, n_w);
@@ -135,7 +154,8 @@ static void check_linear(int N, int in_dim, int out_dim, uint64_t *rng) {
     double worst = 0;
     for (int o = 0; o < out_dim; o++) {
         double acc = 0; /* the bias gradient sums the exact fp32 dout */
-        for (int n = 0; n < N; n++) acc += G[(size_t)n * out_dim + o];
+        for (int n = 0; n < N; n++)
+            acc += G[(size_t)n * out_dim + o];
         double e = fabs((double)(db[o] - db0[o]) - acc) / (fabs(acc) + 1e-3);
         if (e > worst) worst = e;
     }
@@ -147,7 +167,8 @@ static void check_linear(int N, int in_dim, int out_dim, uint64_t *rng) {
     CHECK(err <= 1e-5, "linear_backward_bf16 din accumulate, frozen weight: rel err %.3g", err);
 
     free(in), free(w), free(bias), free(G), free(w16), free(in_r), free(w_r), free(G_r), free(out), free(ref);
-    free(plain), free(bias_rows), free(din), free(ref_din), free(dw0), free(dw), free(ref_dw), free(db0), free(db);
+    free(plain), free(bias_rows), free(din), free(ref_din), free(dw0), free(dw), free(ref_dw), free(db0),
+        free(db);
     free(w_rt), free(G_rt), free(in_rt), free(din0);
 }
 
@@ -187,17 +208,20 @@ static void check_rounding_in_products(uint64_t *rng) {
         bad_dw += dw[i] != reference_round(in[i]);
         bad_din += din[i] != tga_bf16_to_float(w16[i]);
     }
-    CHECK(bad_out == 0 && bad_dw == 0 && bad_din == 0,
-          "corner values through the products: %d forward, %d weight-gradient, %d input-gradient values wrong", bad_out,
-          bad_dw, bad_din);
+    CHECK(
+        bad_out == 0 && bad_dw == 0 && bad_din == 0,
+        "corner values through the products: %d forward, %d weight-gradient, %d input-gradient values wrong",
+        bad_out, bad_dw, bad_din);
 }
 
 static void check_embedding(uint64_t *rng) {
     const int V = 50, D = 24, N = 40;
-    float *table = tu_alloc_uniform((size_t)V * D, -2, 2, rng), *out = tu_alloc_uniform((size_t)N * D, 5, 6, rng);
+    float *table = tu_alloc_uniform((size_t)V * D, -2, 2, rng),
+          *out = tu_alloc_uniform((size_t)N * D, 5, 6, rng);
     tga_bf16 *t16 = to_bf16_copy(table, (size_t)V * D);
     int ids[40];
-    for (int n = 0; n < N; n++) ids[n] = n % 7 == 3 ? -200 : (int)(tu_next(rng) % V);
+    for (int n = 0; n < N; n++)
+        ids[n] = n % 7 == 3 ? -200 : (int)(tu_next(rng) % V);
     tga_cpu_embedding_forward_bf16(out, ids, t16, N, D);
     int bad = 0;
     for (int n = 0; n < N; n++)
@@ -227,17 +251,20 @@ static double reference_lm_head(float *dhidden, float *dweight, const float *hid
         double mx = -INFINITY, sum = 0;
         for (int v = 0; v < V; v++) {
             double acc = 0;
-            for (int d = 0; d < D; d++) acc += (double)reference_round(hidden[(size_t)n * D + d]) * w_r[(size_t)v * D + d];
+            for (int d = 0; d < D; d++)
+                acc += (double)reference_round(hidden[(size_t)n * D + d]) * w_r[(size_t)v * D + d];
             logits[v] = (float)acc; /* the product lands in fp32 */
             if (logits[v] > mx) mx = logits[v];
         }
-        for (int v = 0; v < V; v++) sum += exp(logits[v] - mx);
+        for (int v = 0; v < V; v++)
+            sum += exp(logits[v] - mx);
         loss += log(sum) - (logits[targets[n]] - mx);
         for (int v = 0; v < V; v++)
             dl[v] = reference_round((float)(scale * (exp(logits[v] - mx) / sum - (v == targets[n]))));
         for (int d = 0; d < D; d++) {
             double acc = 0;
-            for (int v = 0; v < V; v++) acc += (double)dl[v] * w_r[(size_t)v * D + d];
+            for (int v = 0; v < V; v++)
+                acc += (double)dl[v] * w_r[(size_t)v * D + d];
             dhidden[(size_t)n * D + d] = (float)acc;
         }
         for (int v = 0; v < V; v++)
@@ -250,7 +277,8 @@ static double reference_lm_head(float *dhidden, float *dweight, const float *hid
 
 static int supervised_rows(const int *targets, int N) {
     int rows = 0;
-    for (int n = 0; n < N; n++) rows += targets[n] >= 0;
+    for (int n = 0; n < N; n++)
+        rows += targets[n] >= 0;
     return rows;
 }
 
@@ -275,11 +303,13 @@ static double row_errors(const float *got, const float *ref, int rows, int D, in
 }
 
 static void check_lm_head(int N, int D, int V, int chunk, uint64_t *rng) {
-    float *hidden = tu_alloc_uniform((size_t)N * D, -1, 1, rng), *w = tu_alloc_uniform((size_t)V * D, -1, 1, rng);
+    float *hidden = tu_alloc_uniform((size_t)N * D, -1, 1, rng),
+          *w = tu_alloc_uniform((size_t)V * D, -1, 1, rng);
     float *w_r = rounded_copy(w, (size_t)V * D);
     tga_bf16 *w16 = to_bf16_copy(w, (size_t)V * D);
     int *targets = malloc((size_t)N * sizeof *targets);
-    for (int n = 0; n < N; n++) targets[n] = n % 5 == 2 ? -100 : (int)(tu_next(rng) % V);
+    for (int n = 0; n < N; n++)
+        targets[n] = n % 5 == 2 ? -100 : (int)(tu_next(rng) % V);
     float *dh = tu_alloc_uniform((size_t)N * D, 9, 10, rng), *dw = calloc((size_t)V * D, sizeof *dw);
     float *ref_dh = malloc((size_t)N * D * sizeof *ref_dh), *ref_dw = calloc((size_t)V * D, sizeof *ref_dw);
     float *scratch = malloc((size_t)chunk * (V + D) * sizeof *scratch);
@@ -287,25 +317,31 @@ static void check_lm_head(int N, int D, int V, int chunk, uint64_t *rng) {
     const float scale = 0.25f;
     tga_cpu_lm_head_ce_bf16(&loss, dh, dw, hidden, w16, targets, N, D, V, scale, scratch, chunk);
     double ref = reference_lm_head(ref_dh, ref_dw, hidden, w_r, targets, N, D, V, scale);
-    CHECK(fabs(loss - ref) <= 1e-6 * fabs(ref), "lm_head_ce_bf16 %dx%dx%d: loss %.9g vs %.9g", N, D, V, loss, ref);
+    CHECK(fabs(loss - ref) <= 1e-6 * fabs(ref), "lm_head_ce_bf16 %dx%dx%d: loss %.9g vs %.9g", N, D, V, loss,
+          ref);
     int off_rows, rows = supervised_rows(targets, N);
     double worst = row_errors(dh, ref_dh, N, D, &off_rows);
-    CHECK(worst <= 1e-2 && off_rows <= 1 + rows / 10, "lm_head_ce_bf16 dhidden %dx%dx%d chunk %d: %d of %d rows off "
-          "by more than 1e-5, worst %.3g", N, D, V, chunk, off_rows, rows, worst);
+    CHECK(worst <= 1e-2 && off_rows <= 1 + rows / 10,
+          "lm_head_ce_bf16 dhidden %dx%dx%d chunk %d: %d of %d rows off "
+          "by more than 1e-5, worst %.3g",
+          N, D, V, chunk, off_rows, rows, worst);
     worst = row_errors(dw, ref_dw, V, D, &off_rows);
-    CHECK(worst <= 1e-2 && off_rows <= 1 + V / 10, "lm_head_ce_bf16 dweight %dx%dx%d chunk %d: %d of %d rows off by "
-          "more than 1e-5, worst %.3g", N, D, V, chunk, off_rows, V, worst);
-    free(hidden), free(w), free(w_r), free(w16), free(targets), free(dh), free(dw), free(ref_dh), free(ref_dw);
+    CHECK(worst <= 1e-2 && off_rows <= 1 + V / 10,
+          "lm_head_ce_bf16 dweight %dx%dx%d chunk %d: %d of %d rows off by "
+          "more than 1e-5, worst %.3g",
+          N, D, V, chunk, off_rows, V, worst);
+    free(hidden), free(w), free(w_r), free(w16), free(targets), free(dh), free(dw), free(ref_dh),
+        free(ref_dw);
     free(scratch);
 }
 
 int main(void) {
     uint64_t rng = 0xBF16;
     check_rounding(&rng);
-    check_linear(3, 5, 4, &rng);       /* unpacked path */
-    check_linear(37, 96, 130, &rng);   /* packed, edge tiles */
-    check_linear(150, 200, 70, &rng);  /* several threads */
-    check_linear(20, 700, 33, &rng);   /* K over one packing block */
+    check_linear(3, 5, 4, &rng);      /* unpacked path */
+    check_linear(37, 96, 130, &rng);  /* packed, edge tiles */
+    check_linear(150, 200, 70, &rng); /* several threads */
+    check_linear(20, 700, 33, &rng);  /* K over one packing block */
     check_rounding_in_products(&rng);
     check_embedding(&rng);
     check_lm_head(23, 40, 97, 6, &rng);
