@@ -1,4 +1,4 @@
-/* bfloat16 storage: the top 16 bits of an IEEE float32 (8-bit exponent, 7-bit mantissa). Weights
+/* 16-bit floats. bfloat16 storage: the top 16 bits of an IEEE float32 (8-bit exponent, 7-bit mantissa). Weights
  * stored this way (model.dtype: bf16) take half the memory and feed bf16 tensor-core GEMMs.
  *
  * Rounding is to nearest, ties to even, as torch's .to(torch.bfloat16), CUDA's
@@ -30,5 +30,23 @@ static inline float tga_bf16_to_float(tga_bf16 h) {
 
 /* x rounded to the nearest bf16 value, as a float. */
 static inline float tga_bf16_round(float x) { return tga_bf16_to_float(tga_bf16_from_float(x)); }
+
+/* IEEE half (float16, as .npy files and Vicuna's weights store it) widened, exactly: subnormals,
+ * infinities and NaN payloads included. */
+static inline float tga_f16_to_float(uint16_t half) {
+    uint32_t exponent = (half >> 10) & 0x1fu, mantissa = half & 0x3ffu, bits;
+    if (exponent == 0) { /* zero and subnormals: mantissa * 2^-24, exact in float */
+        float magnitude = (float)mantissa * 0x1p-24f;
+        return (half & 0x8000u) ? -magnitude : magnitude;
+    }
+    if (exponent == 31)
+        bits = 0x7f800000u | mantissa << 13; /* inf and NaN, payload kept */
+    else
+        bits = (exponent + 112) << 23 | mantissa << 13; /* rebias 15 -> 127 */
+    bits |= (uint32_t)(half & 0x8000u) << 16;
+    float value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
 
 #endif

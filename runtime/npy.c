@@ -13,6 +13,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include "kernels/bf16.h"
 #include "runtime/fileio.h"
 
 /* Stored values are little-endian and are copied with memcpy; a big-endian port needs byte swaps. */
@@ -331,27 +332,11 @@ tga_status tga_npy_open(const char *path, FILE **f, tga_npy_header *h) {
 
 /* ---- conversion ----------------------------------------------------------------------------- */
 
-static float half_to_float(uint16_t half) {
-    uint32_t exponent = (half >> 10) & 0x1fu, mantissa = half & 0x3ffu, bits;
-    if (exponent == 0) { /* zero and subnormals: mantissa * 2^-24 */
-        float magnitude = ldexpf((float)mantissa, -24);
-        return (half & 0x8000u) ? -magnitude : magnitude;
-    }
-    if (exponent == 31)
-        bits = 0x7f800000u | mantissa << 13; /* inf and NaN, payload kept */
-    else
-        bits = (exponent + 112) << 23 | mantissa << 13; /* rebias 15 -> 127 */
-    bits |= (uint32_t)(half & 0x8000u) << 16;
-    float value;
-    memcpy(&value, &bits, sizeof value);
-    return value;
-}
-
 static double stored_float(tga_npy_dtype src, const unsigned char *in, size_t i) {
     if (src == TGA_NPY_F16) {
         uint16_t half;
         memcpy(&half, in + 2 * i, 2);
-        return half_to_float(half);
+        return tga_f16_to_float(half);
     }
     if (src == TGA_NPY_F32) {
         float value;

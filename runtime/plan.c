@@ -20,6 +20,7 @@ int tga_plan_add_typed(tga_plan *plan, tga_mem_kind kind, const char *name, int 
         int cap = plan->capacity ? plan->capacity * 2 : 64;
         tga_plan_entry *e = realloc(plan->entries, (size_t)cap * sizeof *e);
         if (!e) {
+            plan->failed = 1;
             tga_error(TGA_ERR_NOMEM, "memory plan: cannot grow the tensor table to %d entries", cap);
             return -1;
         }

@@ -33,6 +33,7 @@ typedef struct tga_plan {
     tga_plan_entry *entries;
     int count, capacity;
     size_t kind_numel[TGA_MEM_KINDS]; /* floats per kind, including alignment padding */
+    int failed; /* an add ran out of memory (its error is set); checked once the plan is complete */
 } tga_plan;
 
 void tga_plan_init(tga_plan *plan);

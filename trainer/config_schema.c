@@ -84,7 +84,9 @@ static const tga_cfg_key schema[] = {
     INT(train, log_every, "1", 1, 1e9, "Log every this many steps."),
     INT(train, eval_every, "0", 0, 1e9, "Evaluate on data.eval every this many steps; 0 = never."),
     STRING(train, out_dir, "runs/tiny", "Directory for checkpoints and logs."),
-    STRING(train, init_from, "", "Checkpoint or model file to start from; empty = random init."),
+    STRING(train, init_from, "",
+           "Weights to start from: a tga run or checkpoint directory, or a Hugging Face model directory "
+           "(config.json + safetensors, e.g. Mistral-7B-Instruct-v0.2); empty = random init."),
     INT(train, ce_chunk, "64", 1, 1 << 20,
         "Rows per LM-head chunk in the cross-entropy (bounds logits memory)."),
     ENUM(train, grad_sync, tga_grad_sync_choice, "ordered", "ordered|allreduce|bucketed",

@@ -9,6 +9,7 @@
 
 #include "kernels/ops.h"
 #include "runtime/fileio.h"
+#include "trainer/hf_names.h"
 #include "trainer/setup.h"
 
 /* What save_pretrained writes; transformers' load_state_dict refuses a file whose metadata names
@@ -137,37 +138,24 @@ tga_status tga_export_projector(tga_model *m, const tga_model_dims *dims, const 
 
 /* ---- the language model ------------------------------------------------------------------------- */
 
-/* In the order of LlamaDecoderLayer's state_dict (modeling_llama.py registers self_attn, mlp, then
- * the two norms), so a diff against a save_pretrained index lines up. */
-static const struct {
-    const char *ours, *hf;
-} layer_names[] = {
-    {"wq", "self_attn.q_proj.weight"},
-    {"wk", "self_attn.k_proj.weight"},
-    {"wv", "self_attn.v_proj.weight"},
-    {"wo", "self_attn.o_proj.weight"},
-    {"w_gate", "mlp.gate_proj.weight"},
-    {"w_up", "mlp.up_proj.weight"},
-    {"w_down", "mlp.down_proj.weight"},
-    {"attn_norm", "input_layernorm.weight"},
-    {"ffn_norm", "post_attention_layernorm.weight"},
-};
-#define N_LAYER_NAMES ((int)(sizeof layer_names / sizeof layer_names[0]))
-
 /* A tied head is the embedding itself; save_pretrained leaves lm_head.weight out of the file then
  * and from_pretrained re-ties it (tie_word_embeddings in config.json). */
 static tga_status collect_language_model(tga_model *m, const tga_model_dims *d, tga_st_dtype dtype,
                                          tensor_set *s) {
-    TGA_TRY(tensor_set_add(s, m, "tok_embeddings", "model.embed_tokens.weight", dtype));
+    char hf[128];
+    tga_hf_name("tok_embeddings", hf, sizeof hf);
+    TGA_TRY(tensor_set_add(s, m, "tok_embeddings", hf, dtype));
     for (int l = 0; l < d->n_layers; l++)
-        for (int i = 0; i < N_LAYER_NAMES; i++) {
-            char ours[64], hf[96];
-            snprintf(ours, sizeof ours, "layers.%d.%s", l, layer_names[i].ours);
-            snprintf(hf, sizeof hf, "model.layers.%d.%s", l, layer_names[i].hf);
+        for (int i = 0; i < tga_hf_n_layer_names; i++) {
+            char ours[64];
+            snprintf(ours, sizeof ours, "layers.%d.%s", l, tga_hf_layer_names[i].ours);
+            tga_hf_name(ours, hf, sizeof hf);
             TGA_TRY(tensor_set_add(s, m, ours, hf, dtype));
         }
-    TGA_TRY(tensor_set_add(s, m, "final_norm", "model.norm.weight", dtype));
-    if (!d->tie_embeddings) TGA_TRY(tensor_set_add(s, m, "lm_head", "lm_head.weight", dtype));
+    tga_hf_name("final_norm", hf, sizeof hf);
+    TGA_TRY(tensor_set_add(s, m, "final_norm", hf, dtype));
+    tga_hf_name("lm_head", hf, sizeof hf);
+    if (!d->tie_embeddings) TGA_TRY(tensor_set_add(s, m, "lm_head", hf, dtype));
     return TGA_OK;
 }
 

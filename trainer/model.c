@@ -242,9 +242,9 @@ tga_status tga_model_plan(const tga_model_dims *d, const tga_run_shape *s, tga_p
     plan_buf(p, TGA_MEM_SCRATCH, "align.cos_retrieved", A * B, 0);
     plan_buf(p, TGA_MEM_SCRATCH, "batch.int_data", n_int_scratch(s), 0);
     plan_buf(p, TGA_MEM_SCRATCH, "rope.cos_sin", (long long)d->max_seq_len * hd, 0);
-    if (tga_error_code() != TGA_OK) {
+    if (p->failed) { /* not tga_error_code(): an earlier, unrelated error may still be pending */
         tga_plan_free(p);
-        return tga_error_code();
+        return TGA_ERR_NOMEM;
     }
     return TGA_OK;
 }
@@ -504,6 +504,7 @@ void tga_model_free(tga_model *m) {
 }
 
 const tga_plan *tga_model_get_plan(const tga_model *m) { return &m->plan; }
+const tga_model_dims *tga_model_get_dims(const tga_model *m) { return &m->dims; }
 int tga_model_param_count(const tga_model *m) { return m->n_params; }
 tga_param *tga_model_param(tga_model *m, int i) { return &m->params[i]; }
 

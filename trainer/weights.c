@@ -2,12 +2,17 @@
 #include "trainer/weights.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
+#include "kernels/bf16.h"
 #include "kernels/ops.h"
 #include "runtime/ckpt.h"
+#include "runtime/safetensors.h"
+#include "trainer/hf_names.h"
 
 static tga_status load_params_file(tga_model *m, const char *path) {
     tga_ckpt_reader *rd;
@@ -69,6 +74,189 @@ static tga_status load_chain(tga_model *m, const char *path, int depth, char *pa
     return TGA_OK;
 }
 
+/* ---- Hugging Face model directories --------------------------------------------------------------- */
+
+static int file_exists(const char *dir, const char *name) {
+    char path[1200];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return access(path, F_OK) == 0;
+}
+
+static int is_hf_dir(const char *dir) {
+    return file_exists(dir, "config.json") &&
+           (file_exists(dir, "model.safetensors") || file_exists(dir, "model.safetensors.index.json"));
+}
+
+/* config.json's key (an integer, or `fallback` when absent) must equal ours, named by its tga key. */
+static tga_status check_hf_int(const char *dir, const json_t *cfg, const char *key, json_int_t fallback, long long ours,
+                               const char *tga_key) {
+    const json_t *v = json_object_get(cfg, key);
+    if (v && !json_is_integer(v))
+        return tga_error(TGA_ERR_FORMAT, "%s/config.json: %s must be an integer", dir, key);
+    json_int_t theirs = v ? json_integer_value(v) : fallback;
+    if (theirs != ours)
+        return tga_error(TGA_ERR_CONFIG, "%s/config.json has %s %lld; this run's %s is %lld", dir, key,
+                         (long long)theirs, tga_key, ours);
+    return TGA_OK;
+}
+
+static tga_status check_hf_real(const char *dir, const json_t *cfg, const char *key, double fallback, double ours,
+                                const char *tga_key) {
+    const json_t *v = json_object_get(cfg, key);
+    if (v && !json_is_number(v)) return tga_error(TGA_ERR_FORMAT, "%s/config.json: %s must be a number", dir, key);
+    double theirs = v ? json_number_value(v) : fallback;
+    if (fabs(theirs - ours) > 1e-6 * fabs(theirs))
+        return tga_error(TGA_ERR_CONFIG, "%s/config.json has %s %g; this run's %s is %g", dir, key, theirs, tga_key,
+                         ours);
+    return TGA_OK;
+}
+
+/* The decoder config.json describes must be this run's model (transformers' defaults where a key
+ * is absent), or the weights would load into the wrong shapes or compute something else. */
+static tga_status check_hf_config(const char *dir, const tga_model_dims *d) {
+    char path[1200];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    json_error_t err;
+    json_t *cfg = json_load_file(path, 0, &err);
+    if (!cfg || !json_is_object(cfg)) {
+        json_decref(cfg);
+        return tga_error(TGA_ERR_FORMAT, "%s: %s (line %d)", path, cfg ? "not a JSON object" : err.text, err.line);
+    }
+    const int hd = d->head_dim ? d->head_dim : d->dim / d->n_heads;
+    const json_t *heads = json_object_get(cfg, "num_attention_heads");
+    json_int_t n_heads = json_is_integer(heads) ? json_integer_value(heads) : 0;
+    const json_t *tie = json_object_get(cfg, "tie_word_embeddings");
+    tga_status st = check_hf_int(dir, cfg, "hidden_size", 0, d->dim, "model.dim");
+    if (st == TGA_OK) st = check_hf_int(dir, cfg, "num_hidden_layers", 0, d->n_layers, "model.n_layers");
+    if (st == TGA_OK) st = check_hf_int(dir, cfg, "num_attention_heads", 0, d->n_heads, "model.n_heads");
+    if (st == TGA_OK) st = check_hf_int(dir, cfg, "num_key_value_heads", n_heads, d->n_kv_heads, "model.n_kv_heads");
+    if (st == TGA_OK && json_is_integer(json_object_get(cfg, "head_dim")))
+        st = check_hf_int(dir, cfg, "head_dim", 0, hd, "model.head_dim");
+    if (st == TGA_OK) st = check_hf_int(dir, cfg, "intermediate_size", 0, d->ffn_dim, "model.ffn_dim");
+    if (st == TGA_OK) st = check_hf_int(dir, cfg, "vocab_size", 0, d->vocab_size, "model.vocab_size");
+    if (st == TGA_OK) st = check_hf_real(dir, cfg, "rope_theta", 10000.0, d->rope_theta, "model.rope_theta");
+    if (st == TGA_OK) st = check_hf_real(dir, cfg, "rms_norm_eps", 1e-6, d->norm_eps, "model.norm_eps");
+    if (st == TGA_OK && (tie && json_is_true(tie)) != (d->tie_embeddings != 0))
+        st = tga_error(TGA_ERR_CONFIG, "%s/config.json has tie_word_embeddings %s; this run's model.tie_embeddings is "
+                                       "%s", dir, tie && json_is_true(tie) ? "true" : "false",
+                       d->tie_embeddings ? "true" : "false");
+    json_decref(cfg);
+    return st;
+}
+
+/* Which file of the directory holds each tensor: the index's weight_map, or the single file. */
+typedef struct {
+    const char *dir;
+    json_t *weight_map; /* NULL: everything is in model.safetensors */
+    tga_st_file *open[64];
+    char *open_names[64];
+    int n_open;
+} hf_files;
+
+static tga_status hf_files_open(hf_files *h, const char *dir) {
+    memset(h, 0, sizeof *h);
+    h->dir = dir;
+    if (!file_exists(dir, "model.safetensors.index.json")) return TGA_OK;
+    char path[1200];
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    json_error_t err;
+    json_t *index = json_load_file(path, 0, &err);
+    json_t *map = index ? json_object_get(index, "weight_map") : NULL;
+    if (!json_is_object(map)) {
+        json_decref(index);
+        return tga_error(TGA_ERR_FORMAT, "%s: %s", path, index ? "no \"weight_map\" object" : err.text);
+    }
+    h->weight_map = json_incref(map);
+    json_decref(index);
+    return TGA_OK;
+}
+
+static void hf_files_close(hf_files *h) {
+    for (int i = 0; i < h->n_open; i++) {
+        tga_st_close(h->open[i]);
+        free(h->open_names[i]);
+    }
+    json_decref(h->weight_map);
+}
+
+/* The open file holding tensor `name` (NULL with an error set when the directory lacks it). */
+static tga_st_file *hf_file_for(hf_files *h, const char *name) {
+    const char *file = "model.safetensors";
+    if (h->weight_map) {
+        file = json_string_value(json_object_get(h->weight_map, name));
+        if (!file || strchr(file, '/')) {
+            tga_error(TGA_ERR_FORMAT, "%s/model.safetensors.index.json: no file for %s", h->dir, name);
+            return NULL;
+        }
+    }
+    for (int i = 0; i < h->n_open; i++)
+        if (strcmp(h->open_names[i], file) == 0) return h->open[i];
+    if (h->n_open == (int)(sizeof h->open / sizeof h->open[0])) {
+        tga_error(TGA_ERR_FORMAT, "%s: more than %d safetensors shards", h->dir, h->n_open);
+        return NULL;
+    }
+    char path[1200];
+    snprintf(path, sizeof path, "%s/%s", h->dir, file);
+    tga_st_file *f;
+    if (tga_st_open(&f, path) != TGA_OK) return NULL;
+    h->open[h->n_open] = f;
+    h->open_names[h->n_open++] = strdup(file);
+    return f;
+}
+
+/* One tensor of the directory, of p's shape, widened to float (F32, BF16 or F16 on file). */
+static tga_status read_hf_tensor(hf_files *h, const char *name, const tga_param *p, float *out) {
+    tga_st_file *f = hf_file_for(h, name);
+    if (!f) return tga_error_code();
+    const tga_st_info *info = tga_st_find(f, name);
+    if (!info) return tga_error(TGA_ERR_FORMAT, "%s: the model directory has no tensor %s (tga's %s)", h->dir, name,
+                                p->name);
+    int64_t want[2] = {p->shape[0], p->ndim > 1 ? p->shape[1] : 0};
+    if (info->ndim != p->ndim || info->shape[0] != want[0] || (p->ndim > 1 && info->shape[1] != want[1]))
+        return tga_error(TGA_ERR_CONFIG, "%s: %s has shape [%lld%s%lld], this run's %s is [%lld%s%lld]", h->dir, name,
+                         (long long)info->shape[0], info->ndim > 1 ? ", " : "", info->ndim > 1 ? (long long)info->shape[1] : 0LL,
+                         p->name, (long long)want[0], p->ndim > 1 ? ", " : "", p->ndim > 1 ? (long long)want[1] : 0LL);
+    if (info->dtype == TGA_ST_F32) return tga_st_read(f, name, TGA_ST_F32, out, p->numel * sizeof(float));
+    if (info->dtype != TGA_ST_BF16 && info->dtype != TGA_ST_F16)
+        return tga_error(TGA_ERR_FORMAT, "%s: %s is %s; expected F32, BF16 or F16", h->dir, name,
+                         tga_st_dtype_name(info->dtype));
+    /* 16-bit values into the second half of out, widened front to back (never overtaking them) */
+    uint16_t *half = (uint16_t *)(out + p->numel) - p->numel;
+    TGA_TRY(tga_st_read(f, name, info->dtype, half, p->numel * sizeof *half));
+    for (size_t i = 0; i < p->numel; i++)
+        out[i] = info->dtype == TGA_ST_BF16 ? tga_bf16_to_float(half[i]) : tga_f16_to_float(half[i]);
+    return TGA_OK;
+}
+
+/* A transformers model directory (config.json + model.safetensors or a sharded set with its
+ * index): every language-model parameter, by its HF name; the projector keeps its values. */
+static tga_status load_hf_dir(tga_model *m, const tga_model_dims *d, const char *dir) {
+    TGA_TRY(check_hf_config(dir, d));
+    hf_files h;
+    TGA_TRY(hf_files_open(&h, dir));
+    tga_status st = TGA_OK;
+    for (int i = 0; i < tga_model_param_count(m) && st == TGA_OK; i++) {
+        tga_param *p = tga_model_param(m, i);
+        char hf[160];
+        if (!tga_hf_name(p->name, hf, sizeof hf)) continue;
+        float *host = malloc(p->numel * sizeof(float));
+        st = host ? read_hf_tensor(&h, hf, p, host) : tga_error(TGA_ERR_NOMEM, "out of memory loading %s", hf);
+        if (st == TGA_OK) st = tga_model_param_upload(m, p, host);
+        free(host);
+    }
+    hf_files_close(&h);
+    return st;
+}
+
 tga_status tga_weights_load(tga_model *m, const char *path, char *params_path, size_t size) {
+    if (is_hf_dir(path)) {
+        TGA_TRY(load_hf_dir(m, tga_model_get_dims(m), path));
+        /* the run's base identity: the index of a sharded set (it names every shard), or the file */
+        if (params_path)
+            snprintf(params_path, size, "%s/%s", path,
+                     file_exists(path, "model.safetensors.index.json") ? "model.safetensors.index.json"
+                                                                       : "model.safetensors");
+        return TGA_OK;
+    }
     return load_chain(m, path, 0, params_path, size);
 }

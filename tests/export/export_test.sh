@@ -60,6 +60,20 @@ check "$work/s1" "$work/s1.dump" "$work/s1.projector" --parts projector
 step "export s1 model" "$tga" export --run "$work/s1/checkpoints/step-00000007" --what model --out "$work/s1.model"
 check "$work/s1" "$work/s1.dump" "$work/s1.model" --parts model,projector
 
+# stage 1 from the lm run's export, a Hugging Face directory (sharded, with its index): train.init_from
+# reads the decoder by HF names, and it must be the lm run's decoder exactly.
+step "make_run s1hf" "$make_run" "$work/s1hf" "$work/s1hf.dump" "${tiny[@]}" --set train.trainable=stage1 \
+    --set train.seed=15 --set train.init_from="$work/lm.model"
+step "s1hf decoder from the HF directory" "$python" - "$work/lm.dump" "$work/s1hf.dump" <<'PY'
+import glob, os, sys
+import numpy as np
+lm, hf = sys.argv[1], sys.argv[2]
+names = [os.path.basename(p) for p in glob.glob(lm + "/param.*.npy") if "projector" not in p]
+same = [n for n in names if np.array_equal(np.load(f"{lm}/{n}"), np.load(f"{hf}/{n}"))]
+print(f"  decoder loaded from the HF export: {len(same)} of {len(names)} tensors equal the lm run's")
+sys.exit(0 if names and len(same) == len(names) else 1)
+PY
+
 # stage 1 on a random-init base (reproduced from train.seed), GQA, a linear projector, bos/eos from
 # a tokenizer.
 printf '<unk>\nhello\n<s>\nworld\n</s>\n' >"$work/words.txt"

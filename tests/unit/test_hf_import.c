@@ -1,0 +1,210 @@
+/* train.init_from on a Hugging Face model directory (trainer/weights.c): a directory written the
+ * way save_pretrained writes one (config.json, sharded safetensors with their index, or one file;
+ * tensors in F32, BF16 and F16) loads every language-model parameter by its HF name, bit for bit
+ * the file's values widened, and leaves the projector alone; into bf16 weights too. A config.json
+ * that describes another model, a missing tensor, a wrong shape or dtype are errors naming the
+ * key or tensor. */
+#define _POSIX_C_SOURCE 200809L /* mkdtemp */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "kernels/bf16.h"
+#include "kernels/ops.h"
+#include "runtime/backend.h"
+#include "runtime/safetensors.h"
+#include "tests/testutil.h"
+#include "trainer/hf_names.h"
+#include "trainer/model.h"
+#include "trainer/weights.h"
+
+static char tmp_dir[] = "/tmp/tga_test_hf_import_XXXXXX";
+
+static const tga_model_dims dims = {.dim = 32, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2, .ffn_dim = 40,
+                                    .vocab_size = 50, .max_seq_len = 16, .rope_theta = 1e6, .norm_eps = 1e-5f,
+                                    .projector = TGA_PROJ_MLP2X_GELU, .vision_dim = 12};
+
+static tga_model *new_model(uint64_t seed, int bf16) {
+    tga_model_dims d = dims;
+    d.bf16_weights = bf16;
+    tga_run_shape s = {.trainable = TGA_TRAIN_STAGE1, .micro_batch = 1, .max_len = 16, .max_images = 1,
+                       .image_tokens = 2, .ce_chunk = 4};
+    tga_model *m = NULL;
+    CHECK(tga_model_create(&m, &d, &s) == TGA_OK, "create: %s", tga_error_message());
+    CHECK(tga_model_init_random(m, seed, 0.5f) == TGA_OK, "init: %s", tga_error_message());
+    return m;
+}
+
+static float *values_of(tga_param *p) {
+    float *host = malloc(p->numel * sizeof *host);
+    tga_model_param_download(p, host);
+    return host;
+}
+
+/* What a file holds: each tensor's bytes in its dtype, and those values widened (the expected load). */
+typedef struct {
+    tga_st_tensor tensors[64];
+    void *bytes[64];
+    float *expected[64];
+    char names[64][160];
+    int n;
+} hf_set;
+
+static float f16_round_trip_value(float x, uint16_t *h) {
+    /* small magnitudes: exact in f16 as sign, 10 mantissa bits and a normal exponent */
+    int e;
+    float f = frexpf(x, &e);
+    if (x == 0 || e < -13) {
+        *h = 0;
+        return 0.0f;
+    }
+    int mant = (int)lrintf(fabsf(f) * 2048.0f); /* 11 significant bits, 1024 <= mant <= 2048 */
+    if (mant == 2048) mant = 1024, e++;
+    *h = (uint16_t)((x < 0 ? 0x8000 : 0) | (uint16_t)((e - 1 + 15) << 10) | (uint16_t)(mant - 1024));
+    return tga_f16_to_float(*h);
+}
+
+/* The model's language-model parameters under their HF names, in dtype_of(i)'s type. */
+static void build_set(hf_set *s, tga_model *m, const char *skip, int wrong_shape) {
+    memset(s, 0, sizeof *s);
+    for (int i = 0; i < tga_model_param_count(m); i++) {
+        tga_param *p = tga_model_param(m, i);
+        char hf[160];
+        if (!tga_hf_name(p->name, hf, sizeof hf) || (skip && strcmp(hf, skip) == 0)) continue;
+        int k = s->n++;
+        snprintf(s->names[k], sizeof s->names[k], "%s", hf);
+        float *v = values_of(p);
+        tga_st_dtype dtype = k % 3 == 0 ? TGA_ST_F32 : k % 3 == 1 ? TGA_ST_BF16 : TGA_ST_F16;
+        s->expected[k] = malloc(p->numel * sizeof(float));
+        if (dtype == TGA_ST_F32) {
+            s->bytes[k] = v;
+            memcpy(s->expected[k], v, p->numel * sizeof(float));
+        } else {
+            uint16_t *h = malloc(p->numel * sizeof *h);
+            for (size_t j = 0; j < p->numel; j++) {
+                if (dtype == TGA_ST_BF16) {
+                    h[j] = tga_bf16_from_float(v[j]);
+                    s->expected[k][j] = tga_bf16_to_float(h[j]);
+                } else {
+                    s->expected[k][j] = f16_round_trip_value(v[j], &h[j]);
+                }
+            }
+            free(v);
+            s->bytes[k] = h;
+        }
+        s->tensors[k] = (tga_st_tensor){.name = s->names[k], .dtype = dtype, .ndim = p->ndim,
+                                        .shape = {p->shape[0], p->ndim > 1 ? p->shape[1] : 0}, .data = s->bytes[k]};
+        if (wrong_shape && k == 0) s->tensors[k].shape[0] -= 1; /* its bytes then fit the smaller shape */
+    }
+}
+
+static void free_set(hf_set *s) {
+    for (int k = 0; k < s->n; k++) free(s->bytes[k]), free(s->expected[k]);
+}
+
+static void write_config(const char *dir, int hidden_size) {
+    char path[600];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL, "cannot write %s", path);
+    if (!f) return;
+    fprintf(f, "{\"architectures\": [\"MistralForCausalLM\"], \"hidden_size\": %d, \"intermediate_size\": 40,\n"
+               " \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"num_key_value_heads\": 2,\n"
+               " \"vocab_size\": 50, \"rope_theta\": 1000000.0, \"rms_norm_eps\": 1e-05,\n"
+               " \"tie_word_embeddings\": false, \"torch_dtype\": \"bfloat16\"}\n",
+            hidden_size);
+    fclose(f);
+}
+
+/* A model directory named `name` with the set, sharded at shard_bytes (0: one file). */
+static const char *write_dir(const char *name, hf_set *s, uint64_t shard_bytes, int hidden_size) {
+    const char *dir = tu_in_dir(tmp_dir, name);
+    mkdir(dir, 0755);
+    const tga_st_meta meta[1] = {{"format", "pt"}};
+    int shards = 0;
+    CHECK(tga_st_write_sharded(dir, "model", s->tensors, s->n, meta, 1, shard_bytes ? shard_bytes : (1u << 30),
+                               &shards) == TGA_OK,
+          "writing %s: %s", dir, tga_error_message());
+    CHECK(shard_bytes == 0 || shards > 2, "%s: expected several shards, got %d", name, shards);
+    write_config(dir, hidden_size);
+    return dir;
+}
+
+static void check_loads(const char *name, uint64_t shard_bytes, int bf16) {
+    tga_model *src = new_model(1, 0), *dst = new_model(2, bf16);
+    hf_set s;
+    build_set(&s, src, NULL, 0);
+    const char *dir = write_dir(name, &s, shard_bytes, 32);
+    tga_param *proj = tga_model_find_param(dst, "projector.0.weight");
+    float *proj_before = values_of(proj);
+    char identity[700] = "";
+    CHECK(tga_weights_load(dst, dir, identity, sizeof identity) == TGA_OK, "%s: %s", name, tga_error_message());
+    int wrong = 0;
+    for (int k = 0; k < s.n; k++) {
+        for (int i = 0; i < tga_model_param_count(dst); i++) {
+            tga_param *p = tga_model_param(dst, i);
+            char hf[160];
+            if (!tga_hf_name(p->name, hf, sizeof hf) || strcmp(hf, s.names[k]) != 0) continue;
+            float *got = values_of(p);
+            for (size_t j = 0; j < p->numel; j++) {
+                /* bf16 weights hold the matrices rounded once more; norms stay as loaded */
+                float want = bf16 && p->ndim == 2 ? tga_bf16_round(s.expected[k][j]) : s.expected[k][j];
+                wrong += memcmp(&got[j], &want, sizeof want) != 0;
+            }
+            free(got);
+        }
+    }
+    CHECK(wrong == 0, "%s: %d loaded values differ from the files'", name, wrong);
+    float *proj_after = values_of(proj);
+    CHECK(memcmp(proj_before, proj_after, proj->numel * sizeof(float)) == 0, "%s: the projector changed", name);
+    const char *want_id = shard_bytes ? "model.safetensors.index.json" : "model.safetensors";
+    size_t n = strlen(identity), w = strlen(want_id);
+    CHECK(n >= w && strcmp(identity + n - w, want_id) == 0, "%s: base identity %s", name, identity);
+    free(proj_before), free(proj_after);
+    free_set(&s);
+    tga_model_free(src), tga_model_free(dst);
+}
+
+static void expect_error(const char *name, const char *dir, const char *message) {
+    tga_model *m = new_model(3, 0);
+    tga_status st = tga_weights_load(m, dir, NULL, 0);
+    CHECK(st != TGA_OK && strstr(tga_error_message(), message), "%s: expected an error with '%s', got %d: %s", name,
+          message, st, st != TGA_OK ? tga_error_message() : "");
+    tga_error_clear();
+    tga_model_free(m);
+}
+
+static void check_errors(void) {
+    tga_model *src = new_model(1, 0);
+    hf_set s;
+    build_set(&s, src, NULL, 0);
+    expect_error("config.json of another model", write_dir("other_config", &s, 0, 64),
+                 "hidden_size 64; this run's model.dim is 32");
+    free_set(&s);
+    build_set(&s, src, "model.layers.1.mlp.up_proj.weight", 0);
+    expect_error("a missing tensor", write_dir("missing", &s, 4096, 32), "model.layers.1.mlp.up_proj.weight");
+    free_set(&s);
+    build_set(&s, src, NULL, 1);
+    expect_error("a wrong shape", write_dir("shape", &s, 0, 32), "model.embed_tokens.weight has shape [49, 32]");
+    free_set(&s);
+    tga_model_free(src);
+}
+
+int main(void) {
+    if (tga_backend_select("cpu", 1) != TGA_OK) return 1;
+    if (!mkdtemp(tmp_dir)) {
+        fprintf(stderr, "mkdtemp: %s\n", strerror(errno));
+        return 1;
+    }
+    check_loads("sharded", 4096, 0);
+    check_loads("single", 0, 0);
+    check_loads("into_bf16", 4096, 1);
+    check_errors();
+    char command[600];
+    snprintf(command, sizeof command, "rm -rf '%s'", tmp_dir);
+    if (system(command) != 0) fprintf(stderr, "could not remove %s\n", tmp_dir);
+    return tu_finish("test_hf_import");
+}
