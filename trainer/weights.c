@@ -220,12 +220,13 @@ static tga_status read_hf_tensor(hf_files *h, const char *name, const tga_param 
     if (info->dtype != TGA_ST_BF16 && info->dtype != TGA_ST_F16)
         return tga_error(TGA_ERR_FORMAT, "%s: %s is %s; expected F32, BF16 or F16", h->dir, name,
                          tga_st_dtype_name(info->dtype));
-    /* 16-bit values into the second half of out, widened front to back (never overtaking them) */
-    uint16_t *half = (uint16_t *)(out + p->numel) - p->numel;
-    TGA_TRY(tga_st_read(f, name, info->dtype, half, p->numel * sizeof *half));
-    for (size_t i = 0; i < p->numel; i++)
+    uint16_t *half = malloc(p->numel * sizeof *half);
+    if (!half) return tga_error(TGA_ERR_NOMEM, "out of memory reading %s", name);
+    tga_status st = tga_st_read(f, name, info->dtype, half, p->numel * sizeof *half);
+    for (size_t i = 0; st == TGA_OK && i < p->numel; i++)
         out[i] = info->dtype == TGA_ST_BF16 ? tga_bf16_to_float(half[i]) : tga_f16_to_float(half[i]);
-    return TGA_OK;
+    free(half);
+    return st;
 }
 
 /* A transformers model directory (config.json + model.safetensors or a sharded set with its
