@@ -4,10 +4,14 @@
 #include <string.h>
 
 const tga_hf_layer_name tga_hf_layer_names[] = {
-    {"wq", "self_attn.q_proj.weight"},     {"wk", "self_attn.k_proj.weight"},
-    {"wv", "self_attn.v_proj.weight"},     {"wo", "self_attn.o_proj.weight"},
-    {"w_gate", "mlp.gate_proj.weight"},    {"w_up", "mlp.up_proj.weight"},
-    {"w_down", "mlp.down_proj.weight"},    {"attn_norm", "input_layernorm.weight"},
+    {"wq", "self_attn.q_proj.weight"},
+    {"wk", "self_attn.k_proj.weight"},
+    {"wv", "self_attn.v_proj.weight"},
+    {"wo", "self_attn.o_proj.weight"},
+    {"w_gate", "mlp.gate_proj.weight"},
+    {"w_up", "mlp.up_proj.weight"},
+    {"w_down", "mlp.down_proj.weight"},
+    {"attn_norm", "input_layernorm.weight"},
     {"ffn_norm", "post_attention_layernorm.weight"},
 };
 const int tga_hf_n_layer_names = (int)(sizeof tga_hf_layer_names / sizeof tga_hf_layer_names[0]);

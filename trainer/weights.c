@@ -88,8 +88,8 @@ static int is_hf_dir(const char *dir) {
 }
 
 /* config.json's key (an integer, or `fallback` when absent) must equal ours, named by its tga key. */
-static tga_status check_hf_int(const char *dir, const json_t *cfg, const char *key, json_int_t fallback, long long ours,
-                               const char *tga_key) {
+static tga_status check_hf_int(const char *dir, const json_t *cfg, const char *key, json_int_t fallback,
+                               long long ours, const char *tga_key) {
     const json_t *v = json_object_get(cfg, key);
     if (v && !json_is_integer(v))
         return tga_error(TGA_ERR_FORMAT, "%s/config.json: %s must be an integer", dir, key);
@@ -100,14 +100,15 @@ static tga_status check_hf_int(const char *dir, const json_t *cfg, const char *k
     return TGA_OK;
 }
 
-static tga_status check_hf_real(const char *dir, const json_t *cfg, const char *key, double fallback, double ours,
-                                const char *tga_key) {
+static tga_status check_hf_real(const char *dir, const json_t *cfg, const char *key, double fallback,
+                                double ours, const char *tga_key) {
     const json_t *v = json_object_get(cfg, key);
-    if (v && !json_is_number(v)) return tga_error(TGA_ERR_FORMAT, "%s/config.json: %s must be a number", dir, key);
+    if (v && !json_is_number(v))
+        return tga_error(TGA_ERR_FORMAT, "%s/config.json: %s must be a number", dir, key);
     double theirs = v ? json_number_value(v) : fallback;
     if (fabs(theirs - ours) > 1e-6 * fabs(theirs))
-        return tga_error(TGA_ERR_CONFIG, "%s/config.json has %s %g; this run's %s is %g", dir, key, theirs, tga_key,
-                         ours);
+        return tga_error(TGA_ERR_CONFIG, "%s/config.json has %s %g; this run's %s is %g", dir, key, theirs,
+                         tga_key, ours);
     return TGA_OK;
 }
 
@@ -120,7 +121,8 @@ static tga_status check_hf_config(const char *dir, const tga_model_dims *d) {
     json_t *cfg = json_load_file(path, 0, &err);
     if (!cfg || !json_is_object(cfg)) {
         json_decref(cfg);
-        return tga_error(TGA_ERR_FORMAT, "%s: %s (line %d)", path, cfg ? "not a JSON object" : err.text, err.line);
+        return tga_error(TGA_ERR_FORMAT, "%s: %s (line %d)", path, cfg ? "not a JSON object" : err.text,
+                         err.line);
     }
     const int hd = d->head_dim ? d->head_dim : d->dim / d->n_heads;
     const json_t *heads = json_object_get(cfg, "num_attention_heads");
@@ -129,7 +131,8 @@ static tga_status check_hf_config(const char *dir, const tga_model_dims *d) {
     tga_status st = check_hf_int(dir, cfg, "hidden_size", 0, d->dim, "model.dim");
     if (st == TGA_OK) st = check_hf_int(dir, cfg, "num_hidden_layers", 0, d->n_layers, "model.n_layers");
     if (st == TGA_OK) st = check_hf_int(dir, cfg, "num_attention_heads", 0, d->n_heads, "model.n_heads");
-    if (st == TGA_OK) st = check_hf_int(dir, cfg, "num_key_value_heads", n_heads, d->n_kv_heads, "model.n_kv_heads");
+    if (st == TGA_OK)
+        st = check_hf_int(dir, cfg, "num_key_value_heads", n_heads, d->n_kv_heads, "model.n_kv_heads");
     if (st == TGA_OK && json_is_integer(json_object_get(cfg, "head_dim")))
         st = check_hf_int(dir, cfg, "head_dim", 0, hd, "model.head_dim");
     if (st == TGA_OK) st = check_hf_int(dir, cfg, "intermediate_size", 0, d->ffn_dim, "model.ffn_dim");
@@ -137,9 +140,11 @@ static tga_status check_hf_config(const char *dir, const tga_model_dims *d) {
     if (st == TGA_OK) st = check_hf_real(dir, cfg, "rope_theta", 10000.0, d->rope_theta, "model.rope_theta");
     if (st == TGA_OK) st = check_hf_real(dir, cfg, "rms_norm_eps", 1e-6, d->norm_eps, "model.norm_eps");
     if (st == TGA_OK && (tie && json_is_true(tie)) != (d->tie_embeddings != 0))
-        st = tga_error(TGA_ERR_CONFIG, "%s/config.json has tie_word_embeddings %s; this run's model.tie_embeddings is "
-                                       "%s", dir, tie && json_is_true(tie) ? "true" : "false",
-                       d->tie_embeddings ? "true" : "false");
+        st =
+            tga_error(TGA_ERR_CONFIG,
+                      "%s/config.json has tie_word_embeddings %s; this run's model.tie_embeddings is "
+                      "%s",
+                      dir, tie && json_is_true(tie) ? "true" : "false", d->tie_embeddings ? "true" : "false");
     json_decref(cfg);
     return st;
 }
@@ -209,13 +214,15 @@ static tga_status read_hf_tensor(hf_files *h, const char *name, const tga_param 
     tga_st_file *f = hf_file_for(h, name);
     if (!f) return tga_error_code();
     const tga_st_info *info = tga_st_find(f, name);
-    if (!info) return tga_error(TGA_ERR_FORMAT, "%s: the model directory has no tensor %s (tga's %s)", h->dir, name,
-                                p->name);
+    if (!info)
+        return tga_error(TGA_ERR_FORMAT, "%s: the model directory has no tensor %s (tga's %s)", h->dir, name,
+                         p->name);
     int64_t want[2] = {p->shape[0], p->ndim > 1 ? p->shape[1] : 0};
     if (info->ndim != p->ndim || info->shape[0] != want[0] || (p->ndim > 1 && info->shape[1] != want[1]))
-        return tga_error(TGA_ERR_CONFIG, "%s: %s has shape [%lld%s%lld], this run's %s is [%lld%s%lld]", h->dir, name,
-                         (long long)info->shape[0], info->ndim > 1 ? ", " : "", info->ndim > 1 ? (long long)info->shape[1] : 0LL,
-                         p->name, (long long)want[0], p->ndim > 1 ? ", " : "", p->ndim > 1 ? (long long)want[1] : 0LL);
+        return tga_error(TGA_ERR_CONFIG, "%s: %s has shape [%lld%s%lld], this run's %s is [%lld%s%lld]",
+                         h->dir, name, (long long)info->shape[0], info->ndim > 1 ? ", " : "",
+                         info->ndim > 1 ? (long long)info->shape[1] : 0LL, p->name, (long long)want[0],
+                         p->ndim > 1 ? ", " : "", p->ndim > 1 ? (long long)want[1] : 0LL);
     if (info->dtype == TGA_ST_F32) return tga_st_read(f, name, TGA_ST_F32, out, p->numel * sizeof(float));
     if (info->dtype != TGA_ST_BF16 && info->dtype != TGA_ST_F16)
         return tga_error(TGA_ERR_FORMAT, "%s: %s is %s; expected F32, BF16 or F16", h->dir, name,
@@ -241,7 +248,8 @@ static tga_status load_hf_dir(tga_model *m, const tga_model_dims *d, const char 
         char hf[160];
         if (!tga_hf_name(p->name, hf, sizeof hf)) continue;
         float *host = malloc(p->numel * sizeof(float));
-        st = host ? read_hf_tensor(&h, hf, p, host) : tga_error(TGA_ERR_NOMEM, "out of memory loading %s", hf);
+        st =
+            host ? read_hf_tensor(&h, hf, p, host) : tga_error(TGA_ERR_NOMEM, "out of memory loading %s", hf);
         if (st == TGA_OK) st = tga_model_param_upload(m, p, host);
         free(host);
     }

@@ -23,15 +23,27 @@
 
 static char tmp_dir[] = "/tmp/tga_test_hf_import_XXXXXX";
 
-static const tga_model_dims dims = {.dim = 32, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2, .ffn_dim = 40,
-                                    .vocab_size = 50, .max_seq_len = 16, .rope_theta = 1e6, .norm_eps = 1e-5f,
-                                    .projector = TGA_PROJ_MLP2X_GELU, .vision_dim = 12};
+static const tga_model_dims dims = {.dim = 32,
+                                    .n_layers = 2,
+                                    .n_heads = 4,
+                                    .n_kv_heads = 2,
+                                    .ffn_dim = 40,
+                                    .vocab_size = 50,
+                                    .max_seq_len = 16,
+                                    .rope_theta = 1e6,
+                                    .norm_eps = 1e-5f,
+                                    .projector = TGA_PROJ_MLP2X_GELU,
+                                    .vision_dim = 12};
 
 static tga_model *new_model(uint64_t seed, int bf16) {
     tga_model_dims d = dims;
     d.bf16_weights = bf16;
-    tga_run_shape s = {.trainable = TGA_TRAIN_STAGE1, .micro_batch = 1, .max_len = 16, .max_images = 1,
-                       .image_tokens = 2, .ce_chunk = 4};
+    tga_run_shape s = {.trainable = TGA_TRAIN_STAGE1,
+                       .micro_batch = 1,
+                       .max_len = 16,
+                       .max_images = 1,
+                       .image_tokens = 2,
+                       .ce_chunk = 4};
     tga_model *m = NULL;
     CHECK(tga_model_create(&m, &d, &s) == TGA_OK, "create: %s", tga_error_message());
     CHECK(tga_model_init_random(m, seed, 0.5f) == TGA_OK, "init: %s", tga_error_message());
@@ -95,14 +107,18 @@ static void build_set(hf_set *s, tga_model *m, const char *skip, int wrong_shape
             free(v);
             s->bytes[k] = h;
         }
-        s->tensors[k] = (tga_st_tensor){.name = s->names[k], .dtype = dtype, .ndim = p->ndim,
-                                        .shape = {p->shape[0], p->ndim > 1 ? p->shape[1] : 0}, .data = s->bytes[k]};
+        s->tensors[k] = (tga_st_tensor){.name = s->names[k],
+                                        .dtype = dtype,
+                                        .ndim = p->ndim,
+                                        .shape = {p->shape[0], p->ndim > 1 ? p->shape[1] : 0},
+                                        .data = s->bytes[k]};
         if (wrong_shape && k == 0) s->tensors[k].shape[0] -= 1; /* its bytes then fit the smaller shape */
     }
 }
 
 static void free_set(hf_set *s) {
-    for (int k = 0; k < s->n; k++) free(s->bytes[k]), free(s->expected[k]);
+    for (int k = 0; k < s->n; k++)
+        free(s->bytes[k]), free(s->expected[k]);
 }
 
 static void write_config(const char *dir, int hidden_size) {
@@ -111,10 +127,11 @@ static void write_config(const char *dir, int hidden_size) {
     FILE *f = fopen(path, "w");
     CHECK(f != NULL, "cannot write %s", path);
     if (!f) return;
-    fprintf(f, "{\"architectures\": [\"MistralForCausalLM\"], \"hidden_size\": %d, \"intermediate_size\": 40,\n"
-               " \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"num_key_value_heads\": 2,\n"
-               " \"vocab_size\": 50, \"rope_theta\": 1000000.0, \"rms_norm_eps\": 1e-05,\n"
-               " \"tie_word_embeddings\": false, \"torch_dtype\": \"bfloat16\"}\n",
+    fprintf(f,
+            "{\"architectures\": [\"MistralForCausalLM\"], \"hidden_size\": %d, \"intermediate_size\": 40,\n"
+            " \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"num_key_value_heads\": 2,\n"
+            " \"vocab_size\": 50, \"rope_theta\": 1000000.0, \"rms_norm_eps\": 1e-05,\n"
+            " \"tie_word_embeddings\": false, \"torch_dtype\": \"bfloat16\"}\n",
             hidden_size);
     fclose(f);
 }
@@ -125,8 +142,8 @@ static const char *write_dir(const char *name, hf_set *s, uint64_t shard_bytes, 
     mkdir(dir, 0755);
     const tga_st_meta meta[1] = {{"format", "pt"}};
     int shards = 0;
-    CHECK(tga_st_write_sharded(dir, "model", s->tensors, s->n, meta, 1, shard_bytes ? shard_bytes : (1u << 30),
-                               &shards) == TGA_OK,
+    CHECK(tga_st_write_sharded(dir, "model", s->tensors, s->n, meta, 1,
+                               shard_bytes ? shard_bytes : (1u << 30), &shards) == TGA_OK,
           "writing %s: %s", dir, tga_error_message());
     CHECK(shard_bytes == 0 || shards > 2, "%s: expected several shards, got %d", name, shards);
     write_config(dir, hidden_size);
@@ -141,7 +158,8 @@ static void check_loads(const char *name, uint64_t shard_bytes, int bf16) {
     tga_param *proj = tga_model_find_param(dst, "projector.0.weight");
     float *proj_before = values_of(proj);
     char identity[700] = "";
-    CHECK(tga_weights_load(dst, dir, identity, sizeof identity) == TGA_OK, "%s: %s", name, tga_error_message());
+    CHECK(tga_weights_load(dst, dir, identity, sizeof identity) == TGA_OK, "%s: %s", name,
+          tga_error_message());
     int wrong = 0;
     for (int k = 0; k < s.n; k++) {
         for (int i = 0; i < tga_model_param_count(dst); i++) {
@@ -159,7 +177,8 @@ static void check_loads(const char *name, uint64_t shard_bytes, int bf16) {
     }
     CHECK(wrong == 0, "%s: %d loaded values differ from the files'", name, wrong);
     float *proj_after = values_of(proj);
-    CHECK(memcmp(proj_before, proj_after, proj->numel * sizeof(float)) == 0, "%s: the projector changed", name);
+    CHECK(memcmp(proj_before, proj_after, proj->numel * sizeof(float)) == 0, "%s: the projector changed",
+          name);
     const char *want_id = shard_bytes ? "model.safetensors.index.json" : "model.safetensors";
     size_t n = strlen(identity), w = strlen(want_id);
     CHECK(n >= w && strcmp(identity + n - w, want_id) == 0, "%s: base identity %s", name, identity);
@@ -171,8 +190,8 @@ static void check_loads(const char *name, uint64_t shard_bytes, int bf16) {
 static void expect_error(const char *name, const char *dir, const char *message) {
     tga_model *m = new_model(3, 0);
     tga_status st = tga_weights_load(m, dir, NULL, 0);
-    CHECK(st != TGA_OK && strstr(tga_error_message(), message), "%s: expected an error with '%s', got %d: %s", name,
-          message, st, st != TGA_OK ? tga_error_message() : "");
+    CHECK(st != TGA_OK && strstr(tga_error_message(), message), "%s: expected an error with '%s', got %d: %s",
+          name, message, st, st != TGA_OK ? tga_error_message() : "");
     tga_error_clear();
     tga_model_free(m);
 }
@@ -188,7 +207,8 @@ static void check_errors(void) {
     expect_error("a missing tensor", write_dir("missing", &s, 4096, 32), "model.layers.1.mlp.up_proj.weight");
     free_set(&s);
     build_set(&s, src, NULL, 1);
-    expect_error("a wrong shape", write_dir("shape", &s, 0, 32), "model.embed_tokens.weight has shape [49, 32]");
+    expect_error("a wrong shape", write_dir("shape", &s, 0, 32),
+                 "model.embed_tokens.weight has shape [49, 32]");
     free_set(&s);
     tga_model_free(src);
 }
