@@ -258,6 +258,12 @@ static tga_status load_hf_dir(tga_model *m, const tga_model_dims *d, const char 
 }
 
 tga_status tga_weights_load(tga_model *m, const char *path, char *params_path, size_t size) {
+    if (file_exists(path, "config.json") && !is_hf_dir(path))
+        return tga_error(TGA_ERR_CONFIG,
+                         "%s has a config.json but no model.safetensors or model.safetensors.index.json: tga reads "
+                         "Hugging Face weights as safetensors (convert .bin files with transformers' "
+                         "save_pretrained(..., safe_serialization=True))",
+                         path);
     if (is_hf_dir(path)) {
         TGA_TRY(load_hf_dir(m, tga_model_get_dims(m), path));
         /* the run's base identity: the index of a sharded set (it names every shard), or the file */
