@@ -209,7 +209,8 @@ static void check_errors(void) {
     const char *bin_only = tu_in_dir(tmp_dir, "bin_only");
     mkdir(bin_only, 0755);
     write_config(bin_only, 32);
-    expect_error("PyTorch .bin weights only", bin_only, "no model.safetensors or model.safetensors.index.json");
+    expect_error("PyTorch .bin weights only", bin_only,
+                 "no model.safetensors or model.safetensors.index.json");
     build_set(&s, src, NULL, 1);
     expect_error("a wrong shape", write_dir("shape", &s, 0, 32),
                  "model.embed_tokens.weight has shape [49, 32]");
