@@ -53,6 +53,9 @@ tga_status tga_weights_resolve(const char *path, char *out, size_t size) {
     return tga_ckpt_path(path, step, NULL, out, size);
 }
 
+static tga_status load_weights(tga_model *m, const char *path, int depth, char *params_path, size_t size);
+
+/* A tga checkpoint, after its base (a checkpoint or a Hugging Face directory) */
 static tga_status load_chain(tga_model *m, const char *path, int depth, char *params_path, size_t size) {
     if (depth > 8) return tga_error(TGA_ERR_FORMAT, "%s: the chain of base checkpoints is too deep (a cycle?)", path);
     char dir[1024], params[1100];
@@ -65,7 +68,7 @@ static tga_status load_chain(tga_model *m, const char *path, int depth, char *pa
     free(state);
     if (!j) return tga_error(TGA_ERR_FORMAT, "%s/state.json: %s (line %d)", dir, err.text, err.line);
     const char *base = json_string_value(json_object_get(j, "base"));
-    tga_status st = base && *base ? load_chain(m, base, depth + 1, NULL, 0) : TGA_OK;
+    tga_status st = base && *base ? load_weights(m, base, depth + 1, NULL, 0) : TGA_OK;
     json_decref(j);
     TGA_TRY(st);
     snprintf(params, sizeof params, "%s/params.tgat", dir);
@@ -257,7 +260,7 @@ static tga_status load_hf_dir(tga_model *m, const tga_model_dims *d, const char 
     return st;
 }
 
-tga_status tga_weights_load(tga_model *m, const char *path, char *params_path, size_t size) {
+static tga_status load_weights(tga_model *m, const char *path, int depth, char *params_path, size_t size) {
     if (file_exists(path, "config.json") && !is_hf_dir(path))
         return tga_error(TGA_ERR_CONFIG,
                          "%s has a config.json but no model.safetensors or model.safetensors.index.json: tga reads "
@@ -273,5 +276,9 @@ tga_status tga_weights_load(tga_model *m, const char *path, char *params_path, s
                                                                        : "model.safetensors");
         return TGA_OK;
     }
-    return load_chain(m, path, 0, params_path, size);
+    return load_chain(m, path, depth, params_path, size);
+}
+
+tga_status tga_weights_load(tga_model *m, const char *path, char *params_path, size_t size) {
+    return load_weights(m, path, 0, params_path, size);
 }

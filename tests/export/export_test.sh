@@ -61,7 +61,8 @@ step "export s1 model" "$tga" export --run "$work/s1/checkpoints/step-00000007" 
 check "$work/s1" "$work/s1.dump" "$work/s1.model" --parts model,projector
 
 # stage 1 from the lm run's export, a Hugging Face directory (sharded, with its index): train.init_from
-# reads the decoder by HF names, and it must be the lm run's decoder exactly.
+# reads the decoder by HF names, and it must be the lm run's decoder exactly; the run's own export
+# finds the decoder through its base, the directory.
 step "make_run s1hf" "$make_run" "$work/s1hf" "$work/s1hf.dump" "${tiny[@]}" --set train.trainable=stage1 \
     --set train.seed=15 --set train.init_from="$work/lm.model"
 step "s1hf decoder from the HF directory" "$python" - "$work/lm.dump" "$work/s1hf.dump" <<'PY'
@@ -73,6 +74,9 @@ same = [n for n in names if np.array_equal(np.load(f"{lm}/{n}"), np.load(f"{hf}/
 print(f"  decoder loaded from the HF export: {len(same)} of {len(names)} tensors equal the lm run's")
 sys.exit(0 if names and len(same) == len(names) else 1)
 PY
+# ... and the run's checkpoint names that directory as its base, which export then loads again
+step "export s1hf model" "$tga" export --run "$work/s1hf" --what model --out "$work/s1hf.model"
+check "$work/s1hf" "$work/s1hf.dump" "$work/s1hf.model" --parts model,projector
 
 # stage 1 on a random-init base (reproduced from train.seed), GQA, a linear projector, bos/eos from
 # a tokenizer.
