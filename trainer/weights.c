@@ -11,6 +11,7 @@
 #include "kernels/bf16.h"
 #include "kernels/ops.h"
 #include "runtime/ckpt.h"
+#include "runtime/log.h"
 #include "runtime/safetensors.h"
 #include "trainer/hf_names.h"
 
@@ -142,6 +143,11 @@ static tga_status check_hf_config(const char *dir, const tga_model_dims *d) {
     if (st == TGA_OK) st = check_hf_int(dir, cfg, "vocab_size", 0, d->vocab_size, "model.vocab_size");
     if (st == TGA_OK) st = check_hf_real(dir, cfg, "rope_theta", 10000.0, d->rope_theta, "model.rope_theta");
     if (st == TGA_OK) st = check_hf_real(dir, cfg, "rms_norm_eps", 1e-6, d->norm_eps, "model.norm_eps");
+    const json_t *window = json_object_get(cfg, "sliding_window");
+    if (st == TGA_OK && json_is_integer(window) && json_integer_value(window) < d->max_seq_len)
+        TGA_WARN("%s/config.json has sliding_window %lld: tga's attention is full causal, the same only for "
+                 "sequences of at most %lld tokens (data.max_len)",
+                 dir, (long long)json_integer_value(window), (long long)json_integer_value(window));
     if (st == TGA_OK && (tie && json_is_true(tie)) != (d->tie_embeddings != 0))
         st =
             tga_error(TGA_ERR_CONFIG,
