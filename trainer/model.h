@@ -117,6 +117,7 @@ void tga_model_free(tga_model *m);
 
 const tga_plan *tga_model_get_plan(const tga_model *m);
 const tga_model_dims *tga_model_get_dims(const tga_model *m);
+const tga_run_shape *tga_model_get_shape(const tga_model *m);
 int tga_model_param_count(const tga_model *m);
 tga_param *tga_model_param(tga_model *m, int i);
 tga_param *tga_model_find_param(tga_model *m, const char *name);

@@ -91,13 +91,14 @@ static int is_hf_dir(const char *dir) {
            (file_exists(dir, "model.safetensors") || file_exists(dir, "model.safetensors.index.json"));
 }
 
-/* config.json's key (an integer, or `fallback` when absent) must equal ours, named by its tga key. */
+/* config.json's key (an integer, or `fallback` when absent or null, as transformers reads it) must
+ * equal ours, named by its tga key. */
 static tga_status check_hf_int(const char *dir, const json_t *cfg, const char *key, json_int_t fallback,
                                long long ours, const char *tga_key) {
     const json_t *v = json_object_get(cfg, key);
-    if (v && !json_is_integer(v))
+    if (v && !json_is_null(v) && !json_is_integer(v))
         return tga_error(TGA_ERR_FORMAT, "%s/config.json: %s must be an integer", dir, key);
-    json_int_t theirs = v ? json_integer_value(v) : fallback;
+    json_int_t theirs = json_is_integer(v) ? json_integer_value(v) : fallback;
     if (theirs != ours)
         return tga_error(TGA_ERR_CONFIG, "%s/config.json has %s %lld; this run's %s is %lld", dir, key,
                          (long long)theirs, tga_key, ours);
@@ -107,18 +108,41 @@ static tga_status check_hf_int(const char *dir, const json_t *cfg, const char *k
 static tga_status check_hf_real(const char *dir, const json_t *cfg, const char *key, double fallback,
                                 double ours, const char *tga_key) {
     const json_t *v = json_object_get(cfg, key);
-    if (v && !json_is_number(v))
+    if (v && !json_is_null(v) && !json_is_number(v))
         return tga_error(TGA_ERR_FORMAT, "%s/config.json: %s must be a number", dir, key);
-    double theirs = v ? json_number_value(v) : fallback;
+    double theirs = json_is_number(v) ? json_number_value(v) : fallback;
     if (fabs(theirs - ours) > 1e-6 * fabs(theirs))
         return tga_error(TGA_ERR_CONFIG, "%s/config.json has %s %g; this run's %s is %g", dir, key, theirs,
                          tga_key, ours);
     return TGA_OK;
 }
 
-/* The decoder config.json describes must be this run's model (transformers' defaults where a key
- * is absent), or the weights would load into the wrong shapes or compute something else. */
-static tga_status check_hf_config(const char *dir, const tga_model_dims *d) {
+/* What tga computes: a Llama/Mistral decoder with SiLU, unscaled RoPE and no biases. A key that
+ * asks for something else (absent or null is the plain default) is refused. */
+static tga_status check_hf_architecture(const char *dir, const json_t *cfg, const char *model_type) {
+    if (strcmp(model_type, "llama") != 0 && strcmp(model_type, "mistral") != 0)
+        return tga_error(TGA_ERR_CONFIG, "%s/config.json: model_type %s; tga runs llama and mistral decoders", dir,
+                         model_type);
+    const json_t *act = json_object_get(cfg, "hidden_act");
+    if (act && !json_is_null(act) && !(json_is_string(act) && strcmp(json_string_value(act), "silu") == 0))
+        return tga_error(TGA_ERR_CONFIG, "%s/config.json: hidden_act must be silu (tga's SwiGLU)", dir);
+    const json_t *scaling = json_object_get(cfg, "rope_scaling");
+    if (scaling && !json_is_null(scaling))
+        return tga_error(TGA_ERR_CONFIG, "%s/config.json: rope_scaling is set; tga's RoPE is unscaled", dir);
+    static const char *const biases[] = {"attention_bias", "mlp_bias"};
+    for (int i = 0; i < 2; i++) {
+        const json_t *bias = json_object_get(cfg, biases[i]);
+        if (bias && json_is_true(bias))
+            return tga_error(TGA_ERR_CONFIG, "%s/config.json: %s is true; tga's decoder has no biases", dir,
+                             biases[i]);
+    }
+    return TGA_OK;
+}
+
+/* The decoder config.json describes must be this run's model (transformers' defaults of its
+ * model_type where a key is absent), or the weights would load into the wrong shapes or compute
+ * something else. max_len: the longest sequence this run trains on (data.max_len). */
+static tga_status check_hf_config(const char *dir, const tga_model_dims *d, int max_len) {
     char path[1200];
     snprintf(path, sizeof path, "%s/config.json", dir);
     json_error_t err;
@@ -128,15 +152,20 @@ static tga_status check_hf_config(const char *dir, const tga_model_dims *d) {
         return tga_error(TGA_ERR_FORMAT, "%s: %s (line %d)", path, cfg ? "not a JSON object" : err.text,
                          err.line);
     }
+    const json_t *type = json_object_get(cfg, "model_type");
+    const char *model_type = json_is_string(type) ? json_string_value(type) : "llama";
+    const int mistral = strcmp(model_type, "mistral") == 0;
     const int hd = d->head_dim ? d->head_dim : d->dim / d->n_heads;
     const json_t *heads = json_object_get(cfg, "num_attention_heads");
-    json_int_t n_heads = json_is_integer(heads) ? json_integer_value(heads) : 0;
+    /* MistralConfig defaults to 8 kv heads and a 4096 window; LlamaConfig to as many kv heads as heads */
+    json_int_t kv_default = mistral ? 8 : json_is_integer(heads) ? json_integer_value(heads) : 0;
     const json_t *tie = json_object_get(cfg, "tie_word_embeddings");
-    tga_status st = check_hf_int(dir, cfg, "hidden_size", 0, d->dim, "model.dim");
+    tga_status st = check_hf_architecture(dir, cfg, model_type);
+    if (st == TGA_OK) st = check_hf_int(dir, cfg, "hidden_size", 0, d->dim, "model.dim");
     if (st == TGA_OK) st = check_hf_int(dir, cfg, "num_hidden_layers", 0, d->n_layers, "model.n_layers");
     if (st == TGA_OK) st = check_hf_int(dir, cfg, "num_attention_heads", 0, d->n_heads, "model.n_heads");
     if (st == TGA_OK)
-        st = check_hf_int(dir, cfg, "num_key_value_heads", n_heads, d->n_kv_heads, "model.n_kv_heads");
+        st = check_hf_int(dir, cfg, "num_key_value_heads", kv_default, d->n_kv_heads, "model.n_kv_heads");
     if (st == TGA_OK && json_is_integer(json_object_get(cfg, "head_dim")))
         st = check_hf_int(dir, cfg, "head_dim", 0, hd, "model.head_dim");
     if (st == TGA_OK) st = check_hf_int(dir, cfg, "intermediate_size", 0, d->ffn_dim, "model.ffn_dim");
@@ -144,27 +173,26 @@ static tga_status check_hf_config(const char *dir, const tga_model_dims *d) {
     if (st == TGA_OK) st = check_hf_real(dir, cfg, "rope_theta", 10000.0, d->rope_theta, "model.rope_theta");
     if (st == TGA_OK) st = check_hf_real(dir, cfg, "rms_norm_eps", 1e-6, d->norm_eps, "model.norm_eps");
     const json_t *window = json_object_get(cfg, "sliding_window");
-    if (st == TGA_OK && json_is_integer(window) && json_integer_value(window) < d->max_seq_len)
-        TGA_WARN("%s/config.json has sliding_window %lld: tga's attention is full causal, the same only for "
-                 "sequences of at most %lld tokens (data.max_len)",
-                 dir, (long long)json_integer_value(window), (long long)json_integer_value(window));
+    json_int_t window_len = json_is_integer(window) ? json_integer_value(window) : mistral && !window ? 4096 : 0;
+    if (st == TGA_OK && window_len > 0 && window_len < max_len)
+        st = tga_error(TGA_ERR_CONFIG,
+                       "%s/config.json: sliding_window %lld is shorter than data.max_len %d; tga's attention is "
+                       "full causal, which equals it only up to the window",
+                       dir, (long long)window_len, max_len);
     if (st == TGA_OK && (tie && json_is_true(tie)) != (d->tie_embeddings != 0))
-        st =
-            tga_error(TGA_ERR_CONFIG,
-                      "%s/config.json has tie_word_embeddings %s; this run's model.tie_embeddings is "
-                      "%s",
-                      dir, tie && json_is_true(tie) ? "true" : "false", d->tie_embeddings ? "true" : "false");
+        st = tga_error(TGA_ERR_CONFIG, "%s/config.json has tie_word_embeddings %s; this run's model.tie_embeddings is %s",
+                       dir, tie && json_is_true(tie) ? "true" : "false", d->tie_embeddings ? "true" : "false");
     json_decref(cfg);
     return st;
 }
 
-/* Which file of the directory holds each tensor: the index's weight_map, or the single file. */
+/* Which file of the directory holds each tensor: the index's weight_map, or the single file. One
+ * shard is open at a time (tensors are read roughly in the shards' order). */
 typedef struct {
     const char *dir;
     json_t *weight_map; /* NULL: everything is in model.safetensors */
-    tga_st_file *open[64];
-    char *open_names[64];
-    int n_open;
+    tga_st_file *open;
+    char open_name[256];
 } hf_files;
 
 static tga_status hf_files_open(hf_files *h, const char *dir) {
@@ -186,10 +214,7 @@ static tga_status hf_files_open(hf_files *h, const char *dir) {
 }
 
 static void hf_files_close(hf_files *h) {
-    for (int i = 0; i < h->n_open; i++) {
-        tga_st_close(h->open[i]);
-        free(h->open_names[i]);
-    }
+    tga_st_close(h->open);
     json_decref(h->weight_map);
 }
 
@@ -198,24 +223,43 @@ static tga_st_file *hf_file_for(hf_files *h, const char *name) {
     const char *file = "model.safetensors";
     if (h->weight_map) {
         file = json_string_value(json_object_get(h->weight_map, name));
-        if (!file || strchr(file, '/')) {
-            tga_error(TGA_ERR_FORMAT, "%s/model.safetensors.index.json: no file for %s", h->dir, name);
+        if (!file || strchr(file, '/') || strlen(file) >= sizeof h->open_name) {
+            tga_error(TGA_ERR_FORMAT, "%s/model.safetensors.index.json: no file in the directory for %s", h->dir,
+                      name);
             return NULL;
         }
     }
-    for (int i = 0; i < h->n_open; i++)
-        if (strcmp(h->open_names[i], file) == 0) return h->open[i];
-    if (h->n_open == (int)(sizeof h->open / sizeof h->open[0])) {
-        tga_error(TGA_ERR_FORMAT, "%s: more than %d safetensors shards", h->dir, h->n_open);
-        return NULL;
-    }
+    if (h->open && strcmp(h->open_name, file) == 0) return h->open;
+    tga_st_close(h->open);
+    h->open = NULL;
     char path[1200];
     snprintf(path, sizeof path, "%s/%s", h->dir, file);
-    tga_st_file *f;
-    if (tga_st_open(&f, path) != TGA_OK) return NULL;
-    h->open[h->n_open] = f;
-    h->open_names[h->n_open++] = strdup(file);
-    return f;
+    if (tga_st_open(&h->open, path) != TGA_OK) return NULL;
+    snprintf(h->open_name, sizeof h->open_name, "%s", file);
+    return h->open;
+}
+
+/* Every tensor the directory lists must be one tga loads (the rotary tables some checkpoints carry
+ * excepted): a bias or any other extra tensor means a model tga does not compute. */
+static tga_status check_no_extra_tensors(hf_files *h, tga_model *m) {
+    tga_st_file *single = h->weight_map ? NULL : hf_file_for(h, "model.safetensors");
+    if (!h->weight_map && !single) return tga_error_code();
+    int n = h->weight_map ? (int)json_object_size(h->weight_map) : tga_st_count(single);
+    void *it = h->weight_map ? json_object_iter(h->weight_map) : NULL;
+    for (int k = 0; k < n; k++) {
+        const char *name = h->weight_map ? json_object_iter_key(it) : tga_st_info_at(single, k)->name;
+        if (h->weight_map) it = json_object_iter_next(h->weight_map, it);
+        if (strstr(name, "rotary_emb.inv_freq")) continue;
+        int known = 0;
+        for (int i = 0; i < tga_model_param_count(m) && !known; i++) {
+            char hf[160];
+            known = tga_hf_name(tga_model_param(m, i)->name, hf, sizeof hf) && strcmp(hf, name) == 0;
+        }
+        if (!known)
+            return tga_error(TGA_ERR_CONFIG, "%s: tensor %s is not part of tga's model (a bias, or another architecture)",
+                             h->dir, name);
+    }
+    return TGA_OK;
 }
 
 /* One tensor of the directory, of p's shape, widened to float (F32, BF16 or F16 on file). */
@@ -247,11 +291,11 @@ static tga_status read_hf_tensor(hf_files *h, const char *name, const tga_param 
 
 /* A transformers model directory (config.json + model.safetensors or a sharded set with its
  * index): every language-model parameter, by its HF name; the projector keeps its values. */
-static tga_status load_hf_dir(tga_model *m, const tga_model_dims *d, const char *dir) {
-    TGA_TRY(check_hf_config(dir, d));
+static tga_status load_hf_dir(tga_model *m, const char *dir) {
+    TGA_TRY(check_hf_config(dir, tga_model_get_dims(m), tga_model_get_shape(m)->max_len));
     hf_files h;
     TGA_TRY(hf_files_open(&h, dir));
-    tga_status st = TGA_OK;
+    tga_status st = check_no_extra_tensors(&h, m);
     for (int i = 0; i < tga_model_param_count(m) && st == TGA_OK; i++) {
         tga_param *p = tga_model_param(m, i);
         char hf[160];
@@ -274,7 +318,7 @@ static tga_status load_weights(tga_model *m, const char *path, int depth, char *
                          "save_pretrained(..., safe_serialization=True))",
                          path);
     if (is_hf_dir(path)) {
-        TGA_TRY(load_hf_dir(m, tga_model_get_dims(m), path));
+        TGA_TRY(load_hf_dir(m, path));
         /* the run's base identity: the index of a sharded set (it names every shard), or the file */
         if (params_path)
             snprintf(params_path, size, "%s/%s", path,

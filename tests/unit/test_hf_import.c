@@ -2,8 +2,9 @@
  * way save_pretrained writes one (config.json, sharded safetensors with their index, or one file;
  * tensors in F32, BF16 and F16) loads every language-model parameter by its HF name, bit for bit
  * the file's values widened, and leaves the projector alone; into bf16 weights too. A config.json
- * that describes another model, a missing tensor, a wrong shape or dtype are errors naming the
- * key or tensor. */
+ * that describes another model (each key, transformers' defaults for absent or null keys), an
+ * index naming a file outside the directory, a missing or extra tensor, a wrong shape or dtype,
+ * PyTorch .bin weights only: errors naming the key or tensor. */
 #define _POSIX_C_SOURCE 200809L /* mkdtemp */
 #include <errno.h>
 #include <math.h>
@@ -11,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+
+#include <jansson.h>
 
 #include "kernels/bf16.h"
 #include "kernels/ops.h"
@@ -121,23 +124,25 @@ static void free_set(hf_set *s) {
         free(s->bytes[k]), free(s->expected[k]);
 }
 
-static void write_config(const char *dir, int hidden_size) {
+/* config.json of the test model as MistralConfig writes it, with `overrides` (a JSON object) on top. */
+static void write_config(const char *dir, const char *overrides) {
     char path[600];
     snprintf(path, sizeof path, "%s/config.json", dir);
-    FILE *f = fopen(path, "w");
-    CHECK(f != NULL, "cannot write %s", path);
-    if (!f) return;
-    fprintf(f,
-            "{\"architectures\": [\"MistralForCausalLM\"], \"hidden_size\": %d, \"intermediate_size\": 40,\n"
-            " \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"num_key_value_heads\": 2,\n"
-            " \"vocab_size\": 50, \"rope_theta\": 1000000.0, \"rms_norm_eps\": 1e-05,\n"
-            " \"tie_word_embeddings\": false, \"torch_dtype\": \"bfloat16\"}\n",
-            hidden_size);
-    fclose(f);
+    json_t *cfg =
+        json_pack("{s:[s],s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:f,s:f,s:b,s:s,s:s,s:n,s:i}", "architectures",
+                  "MistralForCausalLM", "model_type", "mistral", "hidden_size", 32, "intermediate_size", 40,
+                  "num_hidden_layers", 2, "num_attention_heads", 4, "num_key_value_heads", 2, "vocab_size",
+                  50, "rope_theta", 1e6, "rms_norm_eps", 1e-5, "tie_word_embeddings", 0, "torch_dtype",
+                  "bfloat16", "hidden_act", "silu", "rope_scaling", "sliding_window", 4096);
+    json_t *extra = json_loads(overrides, 0, NULL);
+    CHECK(cfg && extra && json_object_update(cfg, extra) == 0 && json_dump_file(cfg, path, 0) == 0,
+          "cannot write %s with %s", path, overrides);
+    json_decref(cfg);
+    json_decref(extra);
 }
 
 /* A model directory named `name` with the set, sharded at shard_bytes (0: one file). */
-static const char *write_dir(const char *name, hf_set *s, uint64_t shard_bytes, int hidden_size) {
+static const char *write_dir(const char *name, hf_set *s, uint64_t shard_bytes) {
     const char *dir = tu_in_dir(tmp_dir, name);
     mkdir(dir, 0755);
     const tga_st_meta meta[1] = {{"format", "pt"}};
@@ -146,7 +151,7 @@ static const char *write_dir(const char *name, hf_set *s, uint64_t shard_bytes, 
                                shard_bytes ? shard_bytes : (1u << 30), &shards) == TGA_OK,
           "writing %s: %s", dir, tga_error_message());
     CHECK(shard_bytes == 0 || shards > 2, "%s: expected several shards, got %d", name, shards);
-    write_config(dir, hidden_size);
+    write_config(dir, "{}");
     return dir;
 }
 
@@ -154,7 +159,7 @@ static void check_loads(const char *name, uint64_t shard_bytes, int bf16) {
     tga_model *src = new_model(1, 0), *dst = new_model(2, bf16);
     hf_set s;
     build_set(&s, src, NULL, 0);
-    const char *dir = write_dir(name, &s, shard_bytes, 32);
+    const char *dir = write_dir(name, &s, shard_bytes);
     tga_param *proj = tga_model_find_param(dst, "projector.0.weight");
     float *proj_before = values_of(proj);
     char identity[700] = "";
@@ -196,24 +201,79 @@ static void expect_error(const char *name, const char *dir, const char *message)
     tga_model_free(m);
 }
 
+/* config.json keys that describe another model, each named in the error. */
+static void check_config_errors(const char *dir) {
+    static const char *const cases[][2] = {
+        {"{\"hidden_size\": 64}", "hidden_size 64; this run's model.dim is 32"},
+        {"{\"intermediate_size\": 44}", "intermediate_size 44; this run's model.ffn_dim is 40"},
+        {"{\"num_hidden_layers\": 3}", "num_hidden_layers 3; this run's model.n_layers is 2"},
+        {"{\"vocab_size\": 51}", "vocab_size 51; this run's model.vocab_size is 50"},
+        {"{\"rope_theta\": 10000.0}", "rope_theta 10000; this run's model.rope_theta is 1e+06"},
+        {"{\"rope_theta\": null}", "rope_theta 10000; this run's model.rope_theta"}, /* null: the default */
+        {"{\"rms_norm_eps\": 1e-6}", "rms_norm_eps 1e-06; this run's model.norm_eps"},
+        {"{\"tie_word_embeddings\": true}",
+         "tie_word_embeddings true; this run's model.tie_embeddings is false"},
+        {"{\"num_key_value_heads\": null}",
+         "num_key_value_heads 8; this run's"}, /* MistralConfig's default */
+        {"{\"model_type\": \"llama\", \"num_key_value_heads\": null}", "num_key_value_heads 4; this run's"},
+        {"{\"model_type\": \"qwen2\"}", "model_type qwen2"},
+        {"{\"hidden_act\": \"gelu\"}", "hidden_act must be silu"},
+        {"{\"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0}}", "rope_scaling is set"},
+        {"{\"mlp_bias\": true}", "mlp_bias is true"},
+        {"{\"sliding_window\": 8}", "sliding_window 8 is shorter than data.max_len 16"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        write_config(dir, cases[i][0]);
+        expect_error(cases[i][0], dir, cases[i][1]);
+    }
+    write_config(dir, "{}");
+}
+
+/* The index's weight_map entry of `name` replaced by `file`. */
+static void point_index(const char *dir, const char *name, const char *file) {
+    char path[600];
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    json_t *index = json_load_file(path, 0, NULL);
+    json_t *map = index ? json_object_get(index, "weight_map") : NULL;
+    CHECK(map && json_object_set_new(map, name, json_string(file)) == 0 &&
+              json_dump_file(index, path, 0) == 0,
+          "cannot rewrite %s", path);
+    json_decref(index);
+}
+
 static void check_errors(void) {
     tga_model *src = new_model(1, 0);
     hf_set s;
     build_set(&s, src, NULL, 0);
-    expect_error("config.json of another model", write_dir("other_config", &s, 0, 64),
-                 "hidden_size 64; this run's model.dim is 32");
+    check_config_errors(write_dir("configs", &s, 0));
+    const char *escaping = write_dir("escaping", &s, 4096);
+    point_index(escaping, "model.norm.weight", "../configs/model.safetensors");
+    expect_error("an index naming a file outside the directory", escaping,
+                 "no file in the directory for model.norm.weight");
     free_set(&s);
     build_set(&s, src, "model.layers.1.mlp.up_proj.weight", 0);
-    expect_error("a missing tensor", write_dir("missing", &s, 4096, 32), "model.layers.1.mlp.up_proj.weight");
+    expect_error("a missing tensor", write_dir("missing", &s, 4096), "model.layers.1.mlp.up_proj.weight");
+    free_set(&s);
+    build_set(&s, src, NULL, 0);
+    float bias[32] = {5};
+    s.tensors[s.n++] = (tga_st_tensor){.name = "model.layers.0.self_attn.q_proj.bias",
+                                       .dtype = TGA_ST_F32,
+                                       .ndim = 1,
+                                       .shape = {32},
+                                       .data = bias};
+    expect_error("a tensor tga has no place for", write_dir("extra", &s, 0),
+                 "model.layers.0.self_attn.q_proj.bias is not part of tga's model");
+    s.n--;
+    s.tensors[0].dtype = TGA_ST_I32; /* the embedding's float bytes, declared as int32 */
+    expect_error("an integer tensor", write_dir("int", &s, 0), "model.embed_tokens.weight is I32");
     free_set(&s);
     const char *bin_only = tu_in_dir(tmp_dir, "bin_only");
     mkdir(bin_only, 0755);
-    write_config(bin_only, 32);
+    write_config(bin_only, "{}");
     expect_error("PyTorch .bin weights only", bin_only,
                  "no model.safetensors or model.safetensors.index.json");
     build_set(&s, src, NULL, 1);
-    expect_error("a wrong shape", write_dir("shape", &s, 0, 32),
-                 "model.embed_tokens.weight has shape [49, 32]");
+    expect_error("a wrong shape", write_dir("shape", &s, 0), "model.embed_tokens.weight has shape [49, 32]");
     free_set(&s);
     tga_model_free(src);
 }
