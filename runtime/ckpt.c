@@ -812,15 +812,14 @@ tga_status tga_ckpt_read_resharded(const char *ckpt_dir, const tga_ckpt_piece *p
 
 /* ---- base model identity --------------------------------------------------------------------- */
 
-tga_status tga_ckpt_write_identity(tga_ckpt_writer *w, const char *blob_name, const char *model_path) {
-    uint64_t size = 0, hash = 0;
-    TGA_TRY(tga_file_hash(model_path, &size, &hash));
+tga_status tga_ckpt_write_identity(tga_ckpt_writer *w, const char *blob_name, uint64_t size, uint64_t hash) {
     char text[128];
     int n = snprintf(text, sizeof text, "size %" PRIu64 "\nxxh64 %016" PRIx64 "\n", size, hash);
     return tga_ckpt_write_blob(w, blob_name, text, (size_t)n);
 }
 
-tga_status tga_ckpt_check_identity(const char *ckpt_dir, const char *blob_name, const char *model_path) {
+tga_status tga_ckpt_check_identity(const char *ckpt_dir, const char *blob_name, const char *model_path, uint64_t size,
+                                   uint64_t hash) {
     void *data = NULL;
     size_t n = 0;
     TGA_TRY(tga_ckpt_read_blob(ckpt_dir, blob_name, MAX_SMALL_FILE, &data, &n));
@@ -832,8 +831,6 @@ tga_status tga_ckpt_check_identity(const char *ckpt_dir, const char *blob_name, 
     if (!ok)
         return tga_error(TGA_ERR_FORMAT, "%s/%s: expected 'size <bytes>' and 'xxh64 <16 hex digits>'",
                          ckpt_dir, blob_name);
-    uint64_t size = 0, hash = 0;
-    TGA_TRY(tga_file_hash(model_path, &size, &hash));
     if (size == want_size && hash == want_hash) return TGA_OK;
     return tga_error(TGA_ERR_CONFIG,
                      "%s (size %" PRIu64 ", xxh64 %016" PRIx64 ") is not the base model the checkpoint "

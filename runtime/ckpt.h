@@ -160,10 +160,12 @@ tga_status tga_ckpt_read_resharded(const char *ckpt_dir, const tga_ckpt_piece *p
                                    tga_ckpt_dtype dtype, int64_t first, int64_t count, void *out);
 
 /* ---- identity of the frozen base model ------------------------------------------------------------ */
-/* Writes blob_name = "size <bytes>\nxxh64 <hex>\n" of model_path; check recomputes it for the model
- * given at resume and fails (TGA_ERR_CONFIG) naming both when it differs. */
-tga_status tga_ckpt_write_identity(tga_ckpt_writer *w, const char *blob_name, const char *model_path);
-tga_status tga_ckpt_check_identity(const char *ckpt_dir, const char *blob_name, const char *model_path);
+/* Writes blob_name = "size <bytes>\nxxh64 <hex>\n", the base model's identity (tga_path_hash of its
+ * params.tgat or model directory, computed once per run); check compares it with the identity of
+ * the model given at resume and fails (TGA_ERR_CONFIG) naming model_path when it differs. */
+tga_status tga_ckpt_write_identity(tga_ckpt_writer *w, const char *blob_name, uint64_t size, uint64_t xxh64);
+tga_status tga_ckpt_check_identity(const char *ckpt_dir, const char *blob_name, const char *model_path, uint64_t size,
+                                   uint64_t xxh64);
 
 /* ---- tensor files (the container the checkpoint writes; also usable on their own) ----------------
  * Little-endian fixed-width fields:

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -399,7 +400,8 @@ tga_status tga_file_read_all(const char *path, size_t max_bytes, void **data, si
     return TGA_OK;
 }
 
-tga_status tga_file_hash(const char *path, uint64_t *size, uint64_t *xxh64) {
+/* The file's bytes into the running hash s; *bytes += their count. */
+static tga_status hash_file_into(const char *path, tga_xxh64_state *s, uint64_t *bytes) {
     enum { BLOCK = 1 << 20 };
     int fd;
     uint64_t expected;
@@ -409,16 +411,53 @@ tga_status tga_file_hash(const char *path, uint64_t *size, uint64_t *xxh64) {
         close(fd);
         return tga_error(TGA_ERR_NOMEM, "%s: no memory to hash it", path);
     }
-    tga_xxh64_state s;
-    tga_xxh64_reset(&s, 0);
     ssize_t got;
-    while ((got = read_full(fd, block, BLOCK)) > 0)
-        tga_xxh64_update(&s, block, (size_t)got);
+    while ((got = read_full(fd, block, BLOCK)) > 0) {
+        tga_xxh64_update(s, block, (size_t)got);
+        *bytes += (uint64_t)got;
+    }
     int saved = errno;
     close(fd);
     free(block);
     if (got < 0) return tga_error(TGA_ERR_IO, "cannot read %s: %s", path, strerror(saved));
-    *size = s.total_len;
+    return TGA_OK;
+}
+
+tga_status tga_file_hash(const char *path, uint64_t *size, uint64_t *xxh64) {
+    tga_xxh64_state s;
+    tga_xxh64_reset(&s, 0);
+    *size = 0;
+    TGA_TRY(hash_file_into(path, &s, size));
+    *xxh64 = tga_xxh64_digest(&s);
+    return TGA_OK;
+}
+
+static int is_model_file(const struct dirent *e) {
+    size_t n = strlen(e->d_name);
+    return (n > 5 && strcmp(e->d_name + n - 5, ".json") == 0) ||
+           (n > 12 && strcmp(e->d_name + n - 12, ".safetensors") == 0);
+}
+
+tga_status tga_path_hash(const char *path, uint64_t *size, uint64_t *xxh64) {
+    struct stat st;
+    if (stat(path, &st) != 0) return tga_error(TGA_ERR_IO, "cannot read %s: %s", path, strerror(errno));
+    if (!S_ISDIR(st.st_mode)) return tga_file_hash(path, size, xxh64);
+    struct dirent **names;
+    int n = scandir(path, &names, is_model_file, alphasort);
+    if (n < 0) return tga_error(TGA_ERR_IO, "cannot list %s: %s", path, strerror(errno));
+    tga_xxh64_state s;
+    tga_xxh64_reset(&s, 0);
+    *size = 0;
+    tga_status result = TGA_OK;
+    for (int i = 0; i < n; i++) {
+        char file[4096];
+        snprintf(file, sizeof file, "%s/%s", path, names[i]->d_name);
+        tga_xxh64_update(&s, names[i]->d_name, strlen(names[i]->d_name) + 1); /* the name, then the bytes */
+        if (result == TGA_OK) result = hash_file_into(file, &s, size);
+        free(names[i]);
+    }
+    free(names);
+    TGA_TRY(result);
     *xxh64 = tga_xxh64_digest(&s);
     return TGA_OK;
 }

@@ -80,6 +80,9 @@ size_t tga_path_dirname(const char *path, char *out, size_t cap);
 tga_status tga_file_read_all(const char *path, size_t max_bytes, void **data, size_t *n);
 /* Size and XXH64 of a file's contents, read in blocks. */
 tga_status tga_file_hash(const char *path, uint64_t *size, uint64_t *xxh64);
+/* tga_file_hash of a file; of a directory (a Hugging Face model), every *.json and *.safetensors
+ * file in it in name order, each name hashed before its bytes (*size: the files' bytes). */
+tga_status tga_path_hash(const char *path, uint64_t *size, uint64_t *xxh64);
 
 /* ---- fault injection (tests) --------------------------------------------------------------- */
 /* after_bytes < 0 disarms; error_number is e.g. ENOSPC or EIO. Returns the budget that was left

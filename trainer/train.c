@@ -127,7 +127,9 @@ typedef struct run {
     int device_zero;   /* ZeRO-1 allreduce on the device collectives: reduce to owners after backward */
     int device_params; /* ZeRO-1 on the device collectives: owners broadcast their parameters */
     long long step, adam_updates;
-    char base_params[800]; /* params.tgat of the checkpoint the frozen base came from ("" = random init) */
+    char base_params[800]; /* params.tgat of the checkpoint the frozen base came from, or the HF model
+                              directory ("" = random init) */
+    uint64_t base_size, base_hash; /* its identity (tga_path_hash), computed once */
     FILE *metrics;
     /* per step */
     const tga_loader_step *cur;
@@ -248,7 +250,8 @@ static tga_status save_checkpoint(run *r) {
         if (st == TGA_OK) st = tga_optim_state_save(r->model, w, r->rank);
         if (st == TGA_OK && lead) st = write_state_blob(r, w);
         if (st == TGA_OK && lead) st = write_config_blob(r, w);
-        if (st == TGA_OK && lead && r->base_params[0]) st = tga_ckpt_write_identity(w, "base_model.id", r->base_params);
+        if (st == TGA_OK && lead && r->base_params[0])
+            st = tga_ckpt_write_identity(w, "base_model.id", r->base_size, r->base_hash);
         if (st == TGA_OK) st = tga_ckpt_writer_close(w);
         else tga_ckpt_writer_discard(w);
     }
@@ -352,7 +355,8 @@ static tga_status resume_from(run *r, const char *ckpt) {
         st = tga_error(TGA_ERR_CONFIG, "%s was trained with train.seed %lld and train.init_from '%s'; this run has %lld "
                                        "and '%s' (start fresh with --fresh, or restore those keys)",
                        ckpt, seed, base, (long long)r->cfg.train.seed, r->cfg.train.init_from);
-    if (st == TGA_OK && r->base_params[0]) st = tga_ckpt_check_identity(ckpt, "base_model.id", r->base_params);
+    if (st == TGA_OK && r->base_params[0])
+        st = tga_ckpt_check_identity(ckpt, "base_model.id", r->base_params, r->base_size, r->base_hash);
     if (st == TGA_OK) st = tga_loader_seek(r->loader, &p);
     if (st == TGA_OK) st = read_params(r, ckpt);
     if (st == TGA_OK) st = tga_optim_state_load(r->model, ckpt, json_object_get(j, "optim"));
@@ -563,8 +567,10 @@ static tga_status create_model(run *r) {
     tga_setup_optim(&r->cfg, &r->optim);
     TGA_TRY(tga_model_create(&r->model, &dims, &shape));
     TGA_TRY(tga_model_init_random(r->model, (uint64_t)r->cfg.train.seed, (float)r->cfg.model.init_std));
-    if (r->cfg.train.init_from[0])
+    if (r->cfg.train.init_from[0]) {
         TGA_TRY(tga_weights_load(r->model, r->cfg.train.init_from, r->base_params, sizeof r->base_params));
+        TGA_TRY(tga_path_hash(r->base_params, &r->base_size, &r->base_hash));
+    }
     r->n_llm = (double)tga_model_numel(r->model, 0);
     r->n_proj = 0;
     for (int i = 0; i < tga_model_param_count(r->model); i++) {

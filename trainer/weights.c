@@ -319,11 +319,7 @@ static tga_status load_weights(tga_model *m, const char *path, int depth, char *
                          path);
     if (is_hf_dir(path)) {
         TGA_TRY(load_hf_dir(m, path));
-        /* the run's base identity: the index of a sharded set (it names every shard), or the file */
-        if (params_path)
-            snprintf(params_path, size, "%s/%s", path,
-                     file_exists(path, "model.safetensors.index.json") ? "model.safetensors.index.json"
-                                                                       : "model.safetensors");
+        if (params_path) snprintf(params_path, size, "%s", path); /* identity: every model file (tga_path_hash) */
         return TGA_OK;
     }
     return load_chain(m, path, depth, params_path, size);

@@ -17,7 +17,7 @@
  * parameter by its HF name (trainer/hf_names.h; F32, BF16 or F16 on file), after config.json was
  * checked against the model (sizes, heads, vocabulary, rope_theta, rms_norm_eps, tied head); the
  * projector keeps its values. `params_path` receives the path of the newest params.tgat loaded, or
- * the directory's index (or single safetensors file): the identity recorded as the run's base. */
+ * the directory: what the run records as its base (tga_path_hash). */
 tga_status tga_weights_load(tga_model *m, const char *path, char *params_path, size_t size);
 
 /* Resolves `path` (a checkpoint or a run directory) to a checkpoint directory. */

@@ -123,7 +123,9 @@ static tga_status write_checkpoint_files(tga_model *m, const tga_config *cfg, co
     if (st == TGA_OK) st = write_state(cfg, w);
     if (st == TGA_OK) st = config_text(cfg, &yaml, &yaml_bytes);
     if (st == TGA_OK) st = tga_ckpt_write_blob(w, "config.yaml", yaml, yaml_bytes);
-    if (st == TGA_OK && base_params[0]) st = tga_ckpt_write_identity(w, "base_model.id", base_params);
+    uint64_t base_size = 0, base_hash = 0;
+    if (st == TGA_OK && base_params[0]) st = tga_path_hash(base_params, &base_size, &base_hash);
+    if (st == TGA_OK && base_params[0]) st = tga_ckpt_write_identity(w, "base_model.id", base_size, base_hash);
     free(yaml);
     if (st == TGA_OK) return tga_ckpt_writer_close(w);
     tga_ckpt_writer_discard(w);

@@ -161,7 +161,9 @@ static tga_status save_checkpoint(const char *run_dir, int64_t step, const sampl
     TGA_TRY(tga_ckpt_writer_open(&w, run_dir, step, 0));
     tga_status st = tga_ckpt_write_tensors(w, "params.tgat", s->t, SAMPLE_TENSORS, codec);
     if (st == TGA_OK) st = tga_ckpt_write_blob(w, "state.json", s->state_json, strlen(s->state_json));
-    if (st == TGA_OK && model_path) st = tga_ckpt_write_identity(w, "base_model.id", model_path);
+    uint64_t model_size = 0, model_hash = 0;
+    if (st == TGA_OK && model_path) st = tga_path_hash(model_path, &model_size, &model_hash);
+    if (st == TGA_OK && model_path) st = tga_ckpt_write_identity(w, "base_model.id", model_size, model_hash);
     if (st != TGA_OK) {
         tga_ckpt_writer_discard(w);
         return st;
@@ -465,8 +467,10 @@ static void test_round_trip(uint64_t *rng) {
               "state.json round trip");
         free(blob);
         tga_error_clear();
-        CHECK(tga_ckpt_check_identity(dir, "base_model.id", model) == TGA_OK, "identity: %s",
-              tga_error_message());
+        uint64_t size = 0, hash = 0;
+        CHECK(tga_path_hash(model, &size, &hash) == TGA_OK &&
+                  tga_ckpt_check_identity(dir, "base_model.id", model, size, hash) == TGA_OK,
+              "identity: %s", tga_error_message());
         free_sample(&s);
     }
     int64_t step = -1;
@@ -479,8 +483,10 @@ static void test_round_trip(uint64_t *rng) {
     model_bytes[4321] ^= 1;
     tu_write_file(model, model_bytes, 5000);
     tga_error_clear();
-    CHECK(tga_ckpt_check_identity(path_fmt("%s/checkpoints/step-00000200", run), "base_model.id", model) ==
-                  TGA_ERR_CONFIG &&
+    uint64_t size = 0, hash = 0;
+    CHECK(tga_path_hash(model, &size, &hash) == TGA_OK &&
+              tga_ckpt_check_identity(path_fmt("%s/checkpoints/step-00000200", run), "base_model.id", model, size,
+                                      hash) == TGA_ERR_CONFIG &&
               strstr(tga_error_message(), model),
           "a changed base model: %s", tga_error_message());
     free(model_bytes);

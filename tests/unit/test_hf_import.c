@@ -12,12 +12,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
 #include "kernels/bf16.h"
 #include "kernels/ops.h"
 #include "runtime/backend.h"
+#include "runtime/fileio.h"
 #include "runtime/safetensors.h"
 #include "tests/testutil.h"
 #include "trainer/hf_names.h"
@@ -184,12 +186,46 @@ static void check_loads(const char *name, uint64_t shard_bytes, int bf16) {
     float *proj_after = values_of(proj);
     CHECK(memcmp(proj_before, proj_after, proj->numel * sizeof(float)) == 0, "%s: the projector changed",
           name);
-    const char *want_id = shard_bytes ? "model.safetensors.index.json" : "model.safetensors";
-    size_t n = strlen(identity), w = strlen(want_id);
-    CHECK(n >= w && strcmp(identity + n - w, want_id) == 0, "%s: base identity %s", name, identity);
+    CHECK(strcmp(identity, dir) == 0, "%s: base identity %s", name, identity);
     free(proj_before), free(proj_after);
     free_set(&s);
     tga_model_free(src), tga_model_free(dst);
+}
+
+/* The base identity of a model directory (tga_path_hash) covers every shard's bytes and
+ * config.json: one flipped byte in the last shard, or an edited config, changes it. */
+static void check_identity(void) {
+    tga_model *src = new_model(1, 0);
+    hf_set s;
+    build_set(&s, src, NULL, 0);
+    const char *dir = write_dir("identity", &s, 4096);
+    uint64_t size0, hash0, size1, hash1;
+    CHECK(tga_path_hash(dir, &size0, &hash0) == TGA_OK && tga_path_hash(dir, &size1, &hash1) == TGA_OK &&
+              size0 == size1 && hash0 == hash1,
+          "identity of %s: %s", dir, tga_error_message());
+    char shard[700]; /* the last shard, whatever the count */
+    int shards = 2;
+    for (;; shards++) {
+        snprintf(shard, sizeof shard, "%s/model-%05d-of-%05d.safetensors", dir, shards, shards);
+        if (access(shard, F_OK) == 0 || shards > 999) break;
+    }
+    FILE *f = fopen(shard, "r+b");
+    CHECK(f != NULL, "no %s", shard);
+    if (f) {
+        fseek(f, -1, SEEK_END);
+        int c = fgetc(f);
+        fseek(f, -1, SEEK_END);
+        fputc(c ^ 1, f);
+        fclose(f);
+    }
+    CHECK(tga_path_hash(dir, &size1, &hash1) == TGA_OK && hash1 != hash0,
+          "a changed shard keeps the identity");
+    write_config(dir, "{\"torch_dtype\": \"float32\"}");
+    uint64_t size2, hash2;
+    CHECK(tga_path_hash(dir, &size2, &hash2) == TGA_OK && hash2 != hash1,
+          "a changed config.json keeps the identity");
+    free_set(&s);
+    tga_model_free(src);
 }
 
 static void expect_error(const char *name, const char *dir, const char *message) {
@@ -287,6 +323,7 @@ int main(void) {
     check_loads("sharded", 4096, 0);
     check_loads("single", 0, 0);
     check_loads("into_bf16", 4096, 1);
+    check_identity();
     check_errors();
     char command[600];
     snprintf(command, sizeof command, "rm -rf '%s'", tmp_dir);
