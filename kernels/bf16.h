@@ -8,6 +8,7 @@
 #ifndef TGA_KERNELS_BF16_H
 #define TGA_KERNELS_BF16_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -30,6 +31,15 @@ static inline float tga_bf16_to_float(tga_bf16 h) {
 
 /* x rounded to the nearest bf16 value, as a float. */
 static inline float tga_bf16_round(float x) { return tga_bf16_to_float(tga_bf16_from_float(x)); }
+
+/* Arrays of n values in host memory: rounded (narrowed) and widened. */
+static inline void tga_bf16_narrow(tga_bf16 *dst, const float *src, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] = tga_bf16_from_float(src[i]);
+}
+
+static inline void tga_bf16_widen(float *dst, const tga_bf16 *src, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] = tga_bf16_to_float(src[i]);
+}
 
 /* IEEE half (float16, as .npy files and Vicuna's weights store it) widened, exactly: subnormals,
  * infinities and NaN payloads included. */

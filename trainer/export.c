@@ -60,9 +60,7 @@ static tga_status host_copy(const tga_param *p, tga_st_dtype dtype, void **out) 
         return TGA_OK;
     }
     uint16_t *bf16 = malloc(p->numel * sizeof(uint16_t));
-    if (bf16)
-        for (size_t i = 0; i < p->numel; i++)
-            bf16[i] = tga_bf16_from_float(f32[i]); /* as torch's float -> bfloat16 cast */
+    if (bf16) tga_bf16_narrow(bf16, f32, p->numel); /* as torch's float -> bfloat16 cast */
     free(f32);
     if (!bf16) return tga_error(TGA_ERR_NOMEM, "out of memory converting %s to bf16", p->name);
     *out = bf16;

@@ -554,7 +554,7 @@ tga_status tga_model_param_upload(tga_model *m, tga_param *p, const float *host)
     } else {
         tga_bf16 *h = malloc(p->numel * sizeof *h);
         if (!h) return tga_error(TGA_ERR_NOMEM, "out of memory converting %s to bf16", p->name);
-        for (size_t i = 0; i < p->numel; i++) h[i] = tga_bf16_from_float(host[i]);
+        tga_bf16_narrow(h, host, p->numel);
         OPS->upload(p->data_bf16, h, p->numel * sizeof *h);
         free(h);
     }
@@ -577,7 +577,7 @@ tga_status tga_model_param_download(const tga_param *p, float *host) {
     tga_bf16 *h = malloc(p->numel * sizeof *h);
     if (!h) return tga_error(TGA_ERR_NOMEM, "out of memory reading %s", p->name);
     OPS->download(h, p->data_bf16, p->numel * sizeof *h);
-    for (size_t i = 0; i < p->numel; i++) host[i] = tga_bf16_to_float(h[i]);
+    tga_bf16_widen(host, h, p->numel);
     free(h);
     return TGA_OK;
 }

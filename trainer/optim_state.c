@@ -44,7 +44,7 @@ static void slice_to_host(const tga_param *p, size_t first, size_t count, float 
         return;
     }
     OPS->download(conv, p->data_bf16 + first, count * sizeof *conv);
-    for (size_t i = 0; i < count; i++) host[i] = tga_bf16_to_float(conv[i]);
+    tga_bf16_widen(host, conv, count);
 }
 
 static void slice_from_host(tga_param *p, size_t first, size_t count, const float *host, tga_bf16 *conv) {
@@ -52,7 +52,7 @@ static void slice_from_host(tga_param *p, size_t first, size_t count, const floa
         OPS->upload(p->data + first, host, count * sizeof(float));
         return;
     }
-    for (size_t i = 0; i < count; i++) conv[i] = tga_bf16_from_float(host[i]);
+    tga_bf16_narrow(conv, host, count);
     OPS->upload(p->data_bf16 + first, conv, count * sizeof *conv);
 }
 

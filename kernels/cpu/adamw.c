@@ -103,8 +103,7 @@ static void adamw_with_copy(float *param, tga_bf16 *param_bf16, const float *gra
             update_range_avx512(param, grad, m, v, begin, end, &c);
         else
             update_range_portable(param, grad, m, v, begin, end, &c);
-        if (param_bf16)
-            for (size_t i = begin; i < end; i++) param_bf16[i] = tga_bf16_from_float(param[i]);
+        if (param_bf16) tga_bf16_narrow(param_bf16 + begin, param + begin, end - begin);
     }
 }
 

@@ -21,8 +21,7 @@ void tga_cpu_embedding_forward_bf16(float *out, const int *ids, const tga_bf16 *
             memset(row, 0, (size_t)D * sizeof *row);
             continue;
         }
-        const tga_bf16 *from = table + (size_t)ids[n] * D;
-        for (int d = 0; d < D; d++) row[d] = tga_bf16_to_float(from[d]);
+        tga_bf16_widen(row, table + (size_t)ids[n] * D, (size_t)D);
     }
 }
 
