@@ -14,9 +14,10 @@
  * the same run (the copy op is cudaMemcpyAsync). Peers: the projector's linear layers next to the
  * raw cuBLASLt GEMM of the same shape; each linear layer next to its bf16-weight twin
  * (model.dtype: bf16; the rounding of the activations to bf16 included) with the speed-up over the
- * fp32-weight op; our attention next to cuDNN's fused attention on the same
- * operands (model.attention: cudnn, fp32 <-> bf16 conversions included as the op does them; n/a
- * where cuDNN cannot be loaded).
+ * fp32-weight op; our attention (both forward kernels: mma.sync, and wgmma where the device is
+ * a Hopper) next to cuDNN's fused attention on the same operands (model.attention: cudnn) with
+ * the ratio cuDNN time / ours, fp32 <-> bf16 conversions included wherever the op does them (cuDNN
+ * and wgmma convert, mma.sync reads fp32); n/a where cuDNN cannot be loaded.
  *
  * The program is plain C and never links CUDA: the events come from the CUDA runtime that the
  * backend library has already loaded (dlopen with RTLD_NOLOAD). Events are recorded on the legacy
@@ -359,49 +360,63 @@ static void bench_embedding_rope(bench_settings *s, int B, int T) {
     free(table);
 }
 
-/* The attention peer: the same operands through cuDNN (selected for these two lines only). */
-static void bench_cudnn_attention(bench_case *c, double forward_flops, const bench_settings *s) {
-    if (tga_backend_set_attention("cudnn") != TGA_OK) {
-        printf("%-22s %-52s %9s    n/a (%s)\n", "cuDNN attention (peer)", c->shape, "", tga_error_message());
+/* Times c with the attention implementation `impl` (runtime/backend.h: tga-mma, tga-wgmma, cudnn):
+ * its forward, and its backward when `backward`; a "n/a" line where impl cannot run here. Returns
+ * the forward and backward medians (0 when not measured). `label` names the lines; ratios against
+ * cuDNN's times (when measured, > 0) are appended as "x.xx of cuDNN" (cuDNN time / ours: above 1 is
+ * faster than cuDNN). */
+static void bench_attention_impl(bench_case *c, const char *impl, const char *label, int backward,
+                                 double forward_flops, const double peer_ms[2], double ms_out[2],
+                                 const bench_settings *s) {
+    static char names[2][48];
+    ms_out[0] = ms_out[1] = 0;
+    if (tga_backend_set_attention(impl) != TGA_OK) {
+        printf("%-22s %-52s %9s    n/a (%s)\n", label, c->shape, "", tga_error_message());
         fflush(stdout);
         tga_error_clear();
         return;
     }
-    c->flops = forward_flops;
-    measure(c, OP_ATTENTION_FWD, "cuDNN fwd (peer)", 0, s);
-    c->flops = 2.5 * forward_flops;
-    measure(c, OP_ATTENTION_BWD, "cuDNN bwd (peer)", 0, s);
-    if (tga_backend_set_attention("tga") != TGA_OK) {
-        fprintf(stderr, "bench_kernels: %s\n", tga_error_message());
-        exit(1);
+    for (int pass = 0; pass < 1 + backward; pass++) {
+        snprintf(names[pass], sizeof names[pass], "%s %s", label, pass ? "bwd" : "fwd");
+        c->op = pass ? OP_ATTENTION_BWD : OP_ATTENTION_FWD;
+        c->name = names[pass];
+        c->flops = pass ? 2.5 * forward_flops : forward_flops;
+        ms_out[pass] = median_ms(c, s);
+        char extra[48] = "";
+        if (peer_ms && peer_ms[pass] > 0)
+            snprintf(extra, sizeof extra, "  %.2fx of cuDNN", peer_ms[pass] / ms_out[pass]);
+        report_with(c, ms_out[pass], s, extra);
     }
 }
 
-/* FLOPs as design/GPU.md counts them: forward 4 B H S^2 D, halved when causal; backward 2.5x. */
+/* FLOPs as design/GPU.md counts them: forward 4 B H S^2 D, halved when causal; backward 2.5x. Our
+ * two forward kernels (mma.sync on every GPU, wgmma on Hopper) and our backward next to cuDNN's
+ * fused attention on the same operands (the peer, measured first). */
 static void bench_attention(bench_settings *s, int B, int T) {
     int *lengths = malloc((size_t)B * sizeof *lengths);
     for (int b = 0; b < B; b++) lengths[b] = T;
     const size_t nq = (size_t)B * T * HEADS * HEAD_DIM, nkv = (size_t)B * T * KV_HEADS * HEAD_DIM;
-    bench_case c = {.op = OP_ATTENTION_FWD, .name = "attention_forward", .B = B, .T = T, .H = HEADS,
-                    .KVH = KV_HEADS, .hd = HEAD_DIM};
+    bench_case c = {.B = B, .T = T, .H = HEADS, .KVH = KV_HEADS, .hd = HEAD_DIM};
     snprintf(c.shape, sizeof c.shape, "B=%d T=%d H=%d KVH=%d hd=%d causal", B, T, HEADS, KV_HEADS, HEAD_DIM);
     const double forward_flops = 4.0 * B * HEADS * (double)T * T * HEAD_DIM / 2;
-    c.flops = forward_flops;
     c.ints = device_ints(lengths, (size_t)B);
     c.x = device_floats(nq, 1);
     c.u = device_floats(nkv, 1);
     c.v = device_floats(nkv, 1);
     c.y = device_floats(nq, 0);
     c.z = device_floats((size_t)B * HEADS * T, 0);
-    report(&c, median_ms(&c, s), s);
-    /* the backward from the forward's out and lse */
-    c.w = device_floats(nq, 1); /* dout */
+    c.w = device_floats(nq, 1); /* dout; the backward reads the forward's out (y) and lse (z) */
     c.dx = device_floats(nq, 0);
     c.dy = device_floats(nkv, 0);
     c.dz = device_floats(nkv, 0);
-    c.flops = 2.5 * forward_flops;
-    measure(&c, OP_ATTENTION_BWD, "attention_backward", 0, s);
-    bench_cudnn_attention(&c, forward_flops, s);
+    double cudnn[2], mine[2];
+    bench_attention_impl(&c, "cudnn", "cuDNN attention (peer)", 1, forward_flops, NULL, cudnn, s);
+    bench_attention_impl(&c, "tga-mma", "attention mma.sync", 1, forward_flops, cudnn, mine, s);
+    bench_attention_impl(&c, "tga-wgmma", "attention wgmma", 0, forward_flops, cudnn, mine, s);
+    if (tga_backend_set_attention("tga") != TGA_OK) {
+        fprintf(stderr, "bench_kernels: %s\n", tga_error_message());
+        exit(1);
+    }
     free_buffers();
     free(lengths);
 }
@@ -596,6 +611,7 @@ int main(int argc, char **argv) {
     bench_norms(&s, N);
     bench_embedding_rope(&s, B, T);
     bench_attention(&s, B, T);
+    if (!quick) bench_attention(&s, 2, 2048); /* the goal's sequence length (1-2k) */
     bench_activations(&s, N, B * PATCHES);
     bench_lm_head(&s, B, T);
     bench_pooling_align(&s, B, T);

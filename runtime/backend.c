@@ -165,17 +165,36 @@ static tga_status select_cuda_attention(const char *impl) {
     return TGA_OK;
 }
 
+/* The CUDA library's forward-kernel choice for impl tga: `int tga_cuda_select_attention_kernel(const
+ * char *kind, char *why, size_t why_size)`, kind auto, mma or wgmma. */
+static tga_status select_cuda_attention_kernel(const char *impl, const char *kind) {
+    typedef int (*select_fn)(const char *, char *, size_t);
+    select_fn select;
+    *(void **)(&select) = dlsym(cuda_library, "tga_cuda_select_attention_kernel");
+    if (!select) {
+        if (strcmp(kind, "auto") == 0) return TGA_OK;
+        return tga_error(TGA_ERR_BACKEND, "attention %s: this CUDA backend has no kernel selector", impl);
+    }
+    char why[512] = "";
+    if (!select(kind, why, sizeof why)) return tga_error(TGA_ERR_BACKEND, "attention %s: %s", impl, why);
+    return TGA_OK;
+}
+
 tga_status tga_backend_set_attention(const char *impl) {
-    int cudnn = strcmp(impl, "cudnn") == 0;
-    if (!cudnn && strcmp(impl, "tga") != 0)
+    const char *kind = strcmp(impl, "tga-mma") == 0 ? "mma" : strcmp(impl, "tga-wgmma") == 0 ? "wgmma" : "auto";
+    const int cudnn = strcmp(impl, "cudnn") == 0;
+    if (!cudnn && strcmp(impl, "tga") != 0 && strcmp(kind, "auto") == 0)
         return tga_error(TGA_ERR_CONFIG,
                          "model.attention: \"%s\" is not an attention implementation (expected tga or cudnn)", impl);
-    if (cuda_library) return select_cuda_attention(impl);
-    if (cudnn)
+    if (cuda_library) {
+        tga_status st = select_cuda_attention(cudnn ? "cudnn" : "tga");
+        return st != TGA_OK || cudnn ? st : select_cuda_attention_kernel(impl, kind);
+    }
+    if (cudnn || strcmp(kind, "auto") != 0)
         return tga_error(TGA_ERR_CONFIG,
-                         "model.attention: cudnn needs the CUDA backend (cuDNN runs on the GPU), but this run uses %s; "
+                         "model.attention: %s needs the CUDA backend, but this run uses %s; "
                          "use --device cuda, or model.attention: tga",
-                         description);
+                         impl, description);
     return TGA_OK;
 }
 

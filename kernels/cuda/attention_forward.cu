@@ -28,29 +28,6 @@ struct forward_layout {
     static constexpr size_t bytes = (q_elems + k_elems + vt_elems) * sizeof(bf16);
 };
 
-/* Scales and masks one tile of scores (in place, log2 domain) and returns this thread's two row
- * maxima over it, reduced across the 4 threads that share each row. */
-template <int N_TILES>
-__device__ inline void mask_scores(float s[N_TILES][4], int row0, int k0, int kv_end, float scale_log2,
-                                   float row_max[2]) {
-    row_max[0] = row_max[1] = -INFINITY;
-#pragma unroll
-    for (int n = 0; n < N_TILES; n++) {
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const int row = row0 + fragment_row(e), key = k0 + fragment_col(n, e);
-            const float x = key <= row && key < kv_end ? s[n][e] * scale_log2 : -INFINITY;
-            s[n][e] = x;
-            row_max[e >> 1] = fmaxf(row_max[e >> 1], x);
-        }
-    }
-#pragma unroll
-    for (int i = 0; i < 2; i++) {
-        row_max[i] = fmaxf(row_max[i], __shfl_xor_sync(kFullMask, row_max[i], 1));
-        row_max[i] = fmaxf(row_max[i], __shfl_xor_sync(kFullMask, row_max[i], 2));
-    }
-}
-
 template <int HD>
 __global__ void __launch_bounds__(kThreads)
     attention_forward_kernel(float *out, float *lse, const float *q, const float *k, const float *v, const int *lengths,
@@ -87,50 +64,11 @@ __global__ void __launch_bounds__(kThreads)
         tile_product<kScoreTiles, HD>(sc, q_tile, L::row_stride, warp_row0, k_tile, L::row_stride); /* S = Q K^T */
         float tile_max[2];
         mask_scores<kScoreTiles>(sc, row0, k0, kv_end, s.scale_log2, tile_max);
-        /* every real row sees key k0 <= q0 in every tile, so the new max is finite for it; the
-         * guard keeps rows of padding (-inf everywhere past their last visible key) NaN-free */
-        float shift[2], rescale[2];
-#pragma unroll
-        for (int i = 0; i < 2; i++) {
-            const float new_max = fmaxf(row_max[i], tile_max[i]);
-            shift[i] = new_max == -INFINITY ? 0.0f : new_max;
-            rescale[i] = exp2f(row_max[i] - shift[i]);
-            row_max[i] = new_max;
-            row_sum[i] *= rescale[i];
-        }
-#pragma unroll
-        for (int n = 0; n < kOutTiles; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) o[n][e] *= rescale[e >> 1];
-#pragma unroll
-        for (int n = 0; n < kScoreTiles; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                sc[n][e] = exp2f(sc[n][e] - shift[e >> 1]);
-                row_sum[e >> 1] += sc[n][e];
-            }
+        online_softmax_update<kScoreTiles, kOutTiles>(sc, o, tile_max, row_max, row_sum);
         register_product<kOutTiles, kKeyTile>(o, sc, vt_tile, L::vt_stride); /* O += P V */
     }
 
-#pragma unroll
-    for (int i = 0; i < 2; i++) {
-        row_sum[i] += __shfl_xor_sync(kFullMask, row_sum[i], 1);
-        row_sum[i] += __shfl_xor_sync(kFullMask, row_sum[i], 2);
-    }
-#pragma unroll
-    for (int i = 0; i < 2; i++) {
-        const int row = row0 + (threadIdx.x % kWarp) / 4 + 8 * i;
-        if (row >= q_end) continue;
-        const bool real = row < len;
-        const float inv_sum = real ? 1.0f / row_sum[i] : 0.0f;
-        float *out_row = out_h + (size_t)row * q_stride;
-#pragma unroll
-        for (int n = 0; n < kOutTiles; n++) {
-            out_row[fragment_col(n, 2 * i)] = o[n][2 * i] * inv_sum;
-            out_row[fragment_col(n, 2 * i + 1)] = o[n][2 * i + 1] * inv_sum;
-        }
-        if (threadIdx.x % 4 == 0) lse_h[row] = real ? (row_max[i] + log2f(row_sum[i])) * kLn2 : 0.0f;
-    }
+    store_output_rows<kOutTiles>(out_h, lse_h, q_stride, o, row_max, row_sum, row0, q_end, len);
 }
 
 template <int HD>
@@ -154,6 +92,7 @@ void launch_forward(float *out, float *lse, const float *q, const float *k, cons
 using namespace tga_cuda::attention;
 
 extern "C" int tga_cuda_attention_forward_init(char *why, size_t why_size) {
+    probe_sm90(); /* the wgmma kernel where the device runs it; its absence is not an error */
     return set_forward_smem_limit<16>(why, why_size) && set_forward_smem_limit<32>(why, why_size) &&
            set_forward_smem_limit<64>(why, why_size) && set_forward_smem_limit<128>(why, why_size);
 }
@@ -166,6 +105,7 @@ extern "C" void tga_cuda_attention_forward(float *out, float *lse, const float *
         return;
     }
     const shape s = {T, H, KVH, H / KVH, 1.0f / sqrtf((float)head_dim), kLog2e / sqrtf((float)head_dim)};
+    if (forward_sm90(out, lse, q, k, v, lengths, B, head_dim, s)) return;
     switch (head_dim) {
     case 16: launch_forward<16>(out, lse, q, k, v, lengths, B, s); break;
     case 32: launch_forward<32>(out, lse, q, k, v, lengths, B, s); break;

@@ -44,6 +44,13 @@ struct shape {
     float scale_log2;     /* scale * log2(e): scores go to exp2 */
 };
 
+/* The Hopper forward (attention_forward_sm90.cu): probe_sm90 finds at start-up whether this device
+ * runs it; forward_sm90 runs it and returns true when it is available, selected and the head
+ * width is 64 or 128, else returns false and the caller uses the mma.sync kernel. */
+void probe_sm90(void);
+bool forward_sm90(float *out, float *lse, const float *q, const float *k, const float *v, const int *lengths, int B,
+                  int head_dim, const shape &s);
+
 __device__ inline int sample_length(const int *lengths, int b, int T) { return min(max(lengths[b], 0), T); }
 
 __device__ inline uint32_t load_pair(const bf16 *p) { return *reinterpret_cast<const uint32_t *>(p); }
@@ -163,6 +170,86 @@ int set_smem_limit(Kernel kernel, size_t bytes, const char *name, int head_dim, 
 __device__ inline int fragment_row(int e) { return (threadIdx.x % kWarp) / 4 + (e >= 2 ? 8 : 0); }
 /* The fragment column of element e of n-tile n: 8 n + 2 t + (e & 1). */
 __device__ inline int fragment_col(int n, int e) { return n * 8 + 2 * (threadIdx.x % 4) + (e & 1); }
+
+/* Scales and masks one tile of scores (in place, log2 domain) and returns this thread's two row
+ * maxima over it, reduced across the 4 threads that share each row. */
+template <int N_TILES>
+__device__ inline void mask_scores(float s[N_TILES][4], int row0, int k0, int kv_end, float scale_log2,
+                                   float row_max[2]) {
+    row_max[0] = row_max[1] = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < N_TILES; n++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int row = row0 + fragment_row(e), key = k0 + fragment_col(n, e);
+            const float x = key <= row && key < kv_end ? s[n][e] * scale_log2 : -INFINITY;
+            s[n][e] = x;
+            row_max[e >> 1] = fmaxf(row_max[e >> 1], x);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        row_max[i] = fmaxf(row_max[i], __shfl_xor_sync(kFullMask, row_max[i], 1));
+        row_max[i] = fmaxf(row_max[i], __shfl_xor_sync(kFullMask, row_max[i], 2));
+    }
+}
+
+/* One step of the online softmax over a masked tile of scores (log2 domain) with this thread's two
+ * rows: the running maxima take the tile's, the running sums and the output accumulators are
+ * rescaled to them, and the scores become p = exp2(s - max), added to the sums. Every real row
+ * sees key k0 <= q0 in every tile, so its new maximum is finite; the guard keeps rows of padding
+ * (-inf everywhere past their last visible key) NaN-free. */
+template <int S_TILES, int O_TILES>
+__device__ inline void online_softmax_update(float s[S_TILES][4], float o[O_TILES][4], const float tile_max[2],
+                                             float row_max[2], float row_sum[2]) {
+    float shift[2], rescale[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const float new_max = fmaxf(row_max[i], tile_max[i]);
+        shift[i] = new_max == -INFINITY ? 0.0f : new_max;
+        rescale[i] = exp2f(row_max[i] - shift[i]);
+        row_max[i] = new_max;
+        row_sum[i] *= rescale[i];
+    }
+#pragma unroll
+    for (int n = 0; n < O_TILES; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[n][e] *= rescale[e >> 1];
+#pragma unroll
+    for (int n = 0; n < S_TILES; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            s[n][e] = exp2f(s[n][e] - shift[e >> 1]);
+            row_sum[e >> 1] += s[n][e];
+        }
+}
+
+/* The end of the forward: sums reduced over the 4 threads of each row, out = o / sum for this
+ * thread's two rows (row0 + g, row0 + g + 8; rows at or past q_end are not this block's, rows at
+ * or past len are padding and get zeros) and lse = max + log(sum) in natural-log units. */
+template <int O_TILES>
+__device__ inline void store_output_rows(float *out_h, float *lse_h, size_t q_stride, const float o[O_TILES][4],
+                                         const float row_max[2], float row_sum[2], int row0, int q_end, int len) {
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        row_sum[i] += __shfl_xor_sync(kFullMask, row_sum[i], 1);
+        row_sum[i] += __shfl_xor_sync(kFullMask, row_sum[i], 2);
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int row = row0 + (threadIdx.x % kWarp) / 4 + 8 * i;
+        if (row >= q_end) continue;
+        const bool real = row < len;
+        const float inv_sum = real ? 1.0f / row_sum[i] : 0.0f;
+        float *out_row = out_h + (size_t)row * q_stride;
+#pragma unroll
+        for (int n = 0; n < O_TILES; n++) {
+            out_row[fragment_col(n, 2 * i)] = o[n][2 * i] * inv_sum;
+            out_row[fragment_col(n, 2 * i + 1)] = o[n][2 * i + 1] * inv_sum;
+        }
+        if (threadIdx.x % 4 == 0) lse_h[row] = real ? (row_max[i] + log2f(row_sum[i])) * kLn2 : 0.0f;
+    }
+}
 
 }  // namespace attention
 }  // namespace tga_cuda

@@ -439,9 +439,14 @@ static void poison_padding(float *x, const int *lengths, int B, int T, int heads
             for (size_t i = 0; i < (size_t)heads * hd; i++) x[((size_t)b * T + t) * heads * hd + i] = NAN;
 }
 
+/* The forward kernel under test ("mma" or "wgmma"); the backward is the same kernel for both, so
+ * it is checked in the mma pass only. */
+static const char *attention_kernel = "mma";
+
 static void attention_case(int B, int T, int H, int KVH, int hd, const int *lengths) {
-    char shape[128];
-    int len_off = snprintf(shape, sizeof shape, "B=%d T=%d H=%d KVH=%d hd=%d lengths=", B, T, H, KVH, hd);
+    char shape[160];
+    int len_off = snprintf(shape, sizeof shape, "[%s] B=%d T=%d H=%d KVH=%d hd=%d lengths=", attention_kernel, B, T, H,
+                           KVH, hd);
     for (int b = 0; b < B && len_off < (int)sizeof shape - 8; b++)
         len_off += snprintf(shape + len_off, sizeof shape - (size_t)len_off, "%s%d", b ? "," : "", lengths[b]);
     const size_t nq = (size_t)B * T * H * hd, nkv = (size_t)B * T * KVH * hd, nl = (size_t)B * H * T;
@@ -457,6 +462,11 @@ static void attention_case(int B, int T, int H, int KVH, int hd, const int *leng
     gc_gpu->attention_forward(d_out, d_lse, d_q, d_k, d_v, d_len, B, T, H, KVH, hd);
     gc_compare("attention_forward.out", shape, d_out, out_ref, nq, 1e-2);
     gc_compare("attention_forward.lse", shape, d_lse, lse_ref, nl, 5e-3);
+    if (strcmp(attention_kernel, "mma") != 0) {
+        gc_free_host(q, k, v, out_ref, lse_ref, NULL);
+        gc_free_device();
+        return;
+    }
 
     /* the backward of both backends starts from the CPU forward's out and lse */
     float *dout = gc_random(nq, -1, 1);
@@ -473,13 +483,33 @@ static void attention_case(int B, int T, int H, int KVH, int hd, const int *leng
     gc_free_device();
 }
 
+/* Both forward kernels where the device runs both (wgmma: Hopper, head widths 64 and 128; on
+ * other head widths the backend falls back to mma.sync, so those cases run in the mma pass only). */
 static void check_attention(void) {
-    attention_case(2, 100, 4, 2, 64, (const int[]){100, 37});
-    attention_case(1, 64, 2, 2, 32, (const int[]){64});
-    attention_case(2, 200, 8, 2, 128, (const int[]){200, 129});
-    attention_case(3, 17, 4, 1, 16, (const int[]){17, 0, 5});
-    if (!gc_small) attention_case(1, 680, 32, 8, 128, (const int[]){680}); /* a 7B stage-1 sample */
-    attention_case(4, 130, 4, 4, 64, (const int[]){1, 64, 65, 128});
+    static const char *const kernels[] = {"mma", "wgmma"};
+    for (int i = 0; i < 2; i++) {
+        char why[512] = "";
+        if (!gc_attention_kernel(kernels[i], why, sizeof why)) {
+            printf("SKIP attention [%s]: %s\n", kernels[i], why);
+            continue;
+        }
+        attention_kernel = kernels[i];
+        const int all = i == 0;
+        attention_case(2, 100, 4, 2, 64, (const int[]){100, 37});
+        if (all) attention_case(1, 64, 2, 2, 32, (const int[]){64});
+        attention_case(2, 200, 8, 2, 128, (const int[]){200, 129});
+        if (all) attention_case(3, 17, 4, 1, 16, (const int[]){17, 0, 5});
+        attention_case(4, 130, 4, 4, 64, (const int[]){1, 64, 65, 128});
+        /* more key tiles than pipeline stages (the wgmma kernel refills its two) */
+        attention_case(2, 520, 2, 1, 128, (const int[]){520, 389});
+        if (!gc_small) attention_case(1, 680, 32, 8, 128, (const int[]){680}); /* a 7B stage-1 sample */
+        if (!gc_small) attention_case(1, 1536, 8, 2, 128, (const int[]){1536});
+    }
+    char why[512] = "";
+    if (!gc_attention_kernel("auto", why, sizeof why)) {
+        fprintf(stderr, "gpu_check: back to the default attention kernel: %s\n", why);
+        gc_report("attention kernel selection", "auto", NAN, 0);
+    }
 }
 
 /* ---- activations ------------------------------------------------------------------------------ */

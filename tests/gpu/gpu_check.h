@@ -41,6 +41,9 @@ void gc_check_model(void);
 /* The CUDA backend under test: loaded through runtime/backend.c (gpu_check_backend.c), or the
  * host-emulated build of tests/gpu/emulate.sh. NULL, with the reason printed, when unavailable. */
 const tga_ops *gc_load_backend(void);
+/* Pins the CUDA attention forward kernel: "mma" (mma.sync, every GPU), "wgmma" (Hopper) or "auto"
+ * (the backend's choice). 0, with the reason in why, when the device cannot run that kernel. */
+int gc_attention_kernel(const char *kind, char *why, size_t why_size);
 
 /* --small: skip the largest shapes (the emulator runs kernels thousands of times slower) */
 extern int gc_small;

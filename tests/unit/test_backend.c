@@ -1,5 +1,5 @@
 /* Backend selection as the trainer does it (trainer/setup.c): the CPU backend, model.attention
- * (tga always; cudnn is a config error without the CUDA backend), and the attention-shape check
+ * (tga always; cudnn, tga-mma and tga-wgmma are config errors without the CUDA backend), and the attention-shape check
  * that turns an unsupported head width into a config error naming the keys. */
 #include <string.h>
 
@@ -19,6 +19,9 @@ int main(void) {
     expect_config_error(tga_backend_set_attention("cudnn"), "model.attention: cudnn needs the CUDA backend",
                         "cudnn on the CPU");
     expect_config_error(tga_backend_set_attention("flash"), "model.attention: \"flash\"", "an unknown attention");
+    /* the kernel-pinned variants of the benchmarks and GPU checks are CUDA-only too */
+    expect_config_error(tga_backend_set_attention("tga-wgmma"), "tga-wgmma needs the CUDA backend", "tga-wgmma");
+    expect_config_error(tga_backend_set_attention("tga-mma"), "tga-mma needs the CUDA backend", "tga-mma");
 
     const int good[] = {2, 16, 32, 64, 96, 128, 256};
     for (size_t i = 0; i < sizeof good / sizeof *good; i++)

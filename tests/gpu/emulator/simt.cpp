@@ -1,6 +1,7 @@
 /* The SIMT emulator's scheduler and the emulated CUDA runtime (see simt.h). */
 #include "simt.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -10,11 +11,13 @@
 
 dim3 threadIdx, blockIdx, blockDim, gridDim;
 
+#include "cuda.h"
+
 /* Dynamic shared memory: the attention kernels declare `extern __shared__ unsigned char smem[]`
- * in this namespace. Hopper's per-block maximum. */
+ * in this namespace. Hopper's per-block maximum, at a 1024-byte boundary (the swizzle atom). */
 namespace tga_cuda {
 namespace attention {
-alignas(16) unsigned char smem[227 * 1024];
+alignas(1024) unsigned char smem[227 * 1024];
 }
 }  // namespace tga_cuda
 
@@ -26,7 +29,7 @@ constexpr size_t kStackBytes = (size_t)256 << 10;
 constexpr int kDefaultSmemLimit = 48 * 1024;
 constexpr int kMaxSmemLimit = (int)sizeof tga_cuda::attention::smem;
 
-enum class wait_kind { none, warp, block };
+enum class wait_kind { none, warp, block, yield };
 
 struct fiber {
     ucontext_t context;
@@ -58,7 +61,7 @@ void suspend(wait_kind kind) {
     f.waiting = kind;
     if (kind == wait_kind::warp)
         f.warp_arrivals++;
-    else
+    else if (kind == wait_kind::block)
         f.block_arrivals++;
     swapcontext(&f.context, &scheduler_context);
 }
@@ -67,7 +70,7 @@ void suspend(wait_kind kind) {
  * as many times at that kind of barrier: exited threads count as arrived. */
 bool may_resume(int t) {
     const fiber &f = fibers[t];
-    if (f.waiting == wait_kind::none) return true;
+    if (f.waiting == wait_kind::none || f.waiting == wait_kind::yield) return true;
     const bool warp = f.waiting == wait_kind::warp;
     const int first = warp ? t / kWarpSize * kWarpSize : 0;
     const int end = warp ? std::min(first + kWarpSize, n_fibers) : n_fibers;
@@ -301,6 +304,226 @@ cudaError_t tga_emulated_func_get_attributes(struct cudaFuncAttributes *attr, co
 cudaError_t tga_emulated_func_set_smem_limit(const void *kernel, int bytes) {
     if (bytes < 0 || bytes > kMaxSmemLimit) return cudaErrorInvalidValue;
     smem_limits[kernel] = bytes;
+    return cudaSuccess;
+}
+
+}  // extern "C"
+
+/* ---- Hopper: mbarriers, TMA, wgmma ------------------------------------------------------------ */
+
+namespace {
+
+constexpr uint32_t kTensorMapMagic = 0x544d4150u; /* "TMAP" */
+
+/* what cuTensorMapEncodeTiled stored in the map's opaque bytes */
+struct tensor_map {
+    uint32_t magic, rank, element_bytes, swizzle_bytes;
+    const unsigned char *data;
+    uint64_t dims[5], strides[5]; /* strides[i]: bytes between steps of dimension i (strides[0] = element) */
+    uint32_t box[5];
+};
+static_assert(sizeof(tensor_map) <= sizeof(CUtensorMap), "the emulated tensor map must fit CUtensorMap");
+
+struct mbarrier_state {
+    uint32_t expected, pending;
+    int64_t tx;          /* bytes announced by expect_tx and not yet completed */
+    uint64_t completed;  /* phases completed since init */
+};
+std::map<uint32_t, mbarrier_state> mbarriers;
+
+[[noreturn]] void emulator_fail(const char *what) {
+    fprintf(stderr, "emulator: %s (block (%u,%u,%u), thread %d)\n", what, blockIdx.x, blockIdx.y, blockIdx.z, current);
+    abort();
+}
+
+mbarrier_state &mbarrier(uint32_t bar) {
+    auto it = mbarriers.find(bar);
+    if (it == mbarriers.end()) emulator_fail("mbarrier used before mbarrier.init");
+    if (bar % 8) emulator_fail("mbarrier not 8-byte aligned");
+    return it->second;
+}
+
+void mbarrier_try_complete(mbarrier_state &m) {
+    if (m.pending == 0 && m.tx == 0) {
+        m.completed++;
+        m.pending = m.expected;
+    }
+}
+
+/* The byte at shared address addr as the 128-byte swizzle places it: bits [4:6] ^= bits [7:9]. */
+unsigned char *swizzled(uint32_t addr, uint32_t swizzle_bytes) {
+    if (swizzle_bytes == 128)
+        addr ^= ((addr >> 7) & 7u) << 4;
+    else if (swizzle_bytes != 0)
+        emulator_fail("only the 128-byte swizzle is emulated");
+    if (addr >= sizeof tga_cuda::attention::smem) emulator_fail("shared memory access out of range");
+    return tga_cuda::attention::smem + addr;
+}
+
+float smem_bf16(uint32_t addr) {
+    const unsigned char *p = swizzled(addr, 128);
+    return bf16_to_float((uint32_t)p[0] | (uint32_t)p[1] << 8);
+}
+
+struct descriptor_fields {
+    uint32_t start, leading, stride;
+};
+
+descriptor_fields decode(uint64_t desc) {
+    if ((desc >> 62) != 1) emulator_fail("wgmma descriptor: only swizzle mode 1 (128 bytes) is emulated");
+    if ((desc >> 49) & 7) emulator_fail("wgmma descriptor: a nonzero base offset is not emulated");
+    return {(uint32_t)(desc & 0x3FFF) << 4, (uint32_t)((desc >> 16) & 0x3FFF) << 4,
+            (uint32_t)((desc >> 32) & 0x3FFF) << 4};
+}
+
+/* element (row r, k) of a K-major 128B-swizzled operand: rows 128 bytes apart, groups of 8 rows
+ * `stride` apart; the 16 k of one wgmma must stay inside the 128-byte row */
+float k_major(const descriptor_fields &f, int r, int k) {
+    if (f.start % 128 + 32 > 128) emulator_fail("wgmma descriptor: K-major start crosses a 128-byte row");
+    return smem_bf16(f.start + (uint32_t)(r / 8) * f.stride + (uint32_t)(r % 8) * 128 + (uint32_t)k * 2);
+}
+
+/* element (k, n) of an MN-major 128B-swizzled operand: 64 n contiguous, the next 64 `leading`
+ * apart; k rows 128 bytes apart, groups of 8 k `stride` apart */
+float mn_major(const descriptor_fields &f, int k, int n) {
+    if (f.start % 1024) emulator_fail("wgmma descriptor: MN-major start not at a swizzle atom");
+    return smem_bf16(f.start + (uint32_t)(n / 64) * f.leading + (uint32_t)(n % 64) * 2 + (uint32_t)(k / 8) * f.stride +
+                     (uint32_t)(k % 8) * 128);
+}
+
+}  // namespace
+
+namespace simt {
+
+uint32_t smem_address(const void *p) {
+    const unsigned char *c = static_cast<const unsigned char *>(p);
+    if (c < tga_cuda::attention::smem || c >= tga_cuda::attention::smem + sizeof tga_cuda::attention::smem)
+        emulator_fail("shared address of a pointer outside the dynamic shared memory");
+    return (uint32_t)(c - tga_cuda::attention::smem);
+}
+
+void mbarrier_init(uint32_t bar, uint32_t arrivals) {
+    if (bar % 8) emulator_fail("mbarrier not 8-byte aligned");
+    if (arrivals == 0) emulator_fail("mbarrier.init with a count of 0");
+    mbarriers[bar] = mbarrier_state{arrivals, arrivals, 0, 0};
+}
+
+void mbarrier_arrive(uint32_t bar) {
+    mbarrier_state &m = mbarrier(bar);
+    if (m.pending == 0) emulator_fail("mbarrier: more arrivals than its count in one phase");
+    m.pending--;
+    mbarrier_try_complete(m);
+}
+
+void mbarrier_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+    mbarrier(bar).tx += bytes;
+    mbarrier_arrive(bar);
+}
+
+void mbarrier_wait(uint32_t bar, uint32_t parity) {
+    for (long polls = 0;; polls++) {
+        if ((mbarrier(bar).completed & 1u) != (parity & 1u)) return;
+        if (polls > 10000000) emulator_fail("mbarrier wait never completes");
+        suspend(wait_kind::yield);
+    }
+}
+
+void tma_load(uint32_t dst, const void *map_ptr, int rank, const int *coords, uint32_t bar) {
+    tensor_map map;
+    memcpy(&map, map_ptr, sizeof map);
+    if (map.magic != kTensorMapMagic) emulator_fail("TMA load with a tensor map cuTensorMapEncodeTiled did not make");
+    if ((int)map.rank != rank) emulator_fail("TMA load: instruction rank differs from the tensor map's");
+    if (dst % (map.swizzle_bytes == 128 ? 1024 : 128)) emulator_fail("TMA load: shared destination misaligned");
+    uint32_t box_elements = 1;
+    for (int i = 0; i < rank; i++) box_elements *= map.box[i];
+    for (uint32_t e = 0; e < box_elements; e++) {
+        uint32_t rest = e;
+        bool inside = true;
+        const unsigned char *src = map.data;
+        for (int i = 0; i < rank; i++) {
+            const int64_t c = (int64_t)coords[i] + rest % map.box[i];
+            rest /= map.box[i];
+            if (c < 0 || c >= (int64_t)map.dims[i]) inside = false;
+            else src += (uint64_t)c * map.strides[i];
+        }
+        const uint32_t offset = e * map.element_bytes;
+        for (uint32_t byte = 0; byte < map.element_bytes; byte++)
+            *swizzled(dst + offset + byte, map.swizzle_bytes) = inside ? src[byte] : 0; /* out of range: zeros */
+    }
+    mbarrier_state &m = mbarrier(bar);
+    m.tx -= (int64_t)box_elements * map.element_bytes;
+    mbarrier_try_complete(m);
+}
+
+void wgmma_bf16(float *d, int n, const uint32_t *a, uint64_t desc_a, uint64_t desc_b, int accumulate, int trans_b) {
+    if (n % 8 || n < 8 || n > 256) emulator_fail("wgmma: N must be a multiple of 8 up to 256");
+    const int base = current / kWarpSize * kWarpSize;
+    if (a) {
+        memcpy(mma_a[current], a, sizeof mma_a[current]);
+        warp_sync();
+    }
+    const descriptor_fields fa = a ? descriptor_fields{} : decode(desc_a), fb = decode(desc_b);
+    const int warp_rows = (current % 128) / kWarpSize * 16; /* this warp's rows of the 64 */
+    const int g = lane() / 4, t = lane() % 4;
+    auto a_value = [&](int row, int k) { /* row inside the warp's 16 */
+        if (!a) return k_major(fa, warp_rows + row, k);
+        const int reg = (row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0), l = (row % 8) * 4 + (k % 8) / 2;
+        return bf16_to_float((mma_a[base + l][reg] >> (16 * (k & 1))) & 0xffffu);
+    };
+    for (int j = 0; j < n / 8; j++)
+        for (int e = 0; e < 4; e++) {
+            const int row = g + (e >= 2 ? 8 : 0), col = 8 * j + 2 * t + (e & 1);
+            float acc = accumulate ? d[4 * j + e] : 0.0f;
+            for (int k = 0; k < 16; k++)
+                acc = fmaf(a_value(row, k), trans_b ? mn_major(fb, k, col) : k_major(fb, col, k), acc);
+            d[4 * j + e] = acc;
+        }
+    if (a) warp_sync(); /* every lane has read the fragments */
+}
+
+}  // namespace simt
+
+extern "C" {
+
+static CUresult emulated_encode_tiled(CUtensorMap *out, CUtensorMapDataType type, cuuint32_t rank, void *address,
+                                      const cuuint64_t *dims, const cuuint64_t *strides, const cuuint32_t *box,
+                                      const cuuint32_t *element_strides, CUtensorMapInterleave interleave,
+                                      CUtensorMapSwizzle swizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill) {
+    /* the driver's documented requirements, so a map the device would refuse is refused here */
+    tensor_map map = {};
+    map.magic = kTensorMapMagic;
+    map.rank = rank;
+    map.element_bytes = type == CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 ? 2 : type == CU_TENSOR_MAP_DATA_TYPE_FLOAT32 ? 4 : 0;
+    map.swizzle_bytes = swizzle == CU_TENSOR_MAP_SWIZZLE_128B ? 128 : swizzle == CU_TENSOR_MAP_SWIZZLE_NONE ? 0 : 1;
+    if (!map.element_bytes || map.swizzle_bytes == 1 || rank < 1 || rank > 5 ||
+        interleave != CU_TENSOR_MAP_INTERLEAVE_NONE || (uintptr_t)address % 16)
+        return CUDA_ERROR_INVALID_VALUE;
+    map.data = static_cast<const unsigned char *>(address);
+    map.strides[0] = map.element_bytes;
+    for (cuuint32_t i = 0; i < rank; i++) {
+        if (dims[i] == 0 || dims[i] > ((uint64_t)1 << 32) || box[i] == 0 || box[i] > 256 || element_strides[i] != 1)
+            return CUDA_ERROR_INVALID_VALUE;
+        if (i > 0 && (strides[i - 1] % 16 || strides[i - 1] >= ((uint64_t)1 << 40))) return CUDA_ERROR_INVALID_VALUE;
+        map.dims[i] = dims[i];
+        map.box[i] = box[i];
+        if (i > 0) map.strides[i] = strides[i - 1];
+    }
+    if ((uint64_t)box[0] * map.element_bytes % 16) return CUDA_ERROR_INVALID_VALUE;
+    if (map.swizzle_bytes && (uint64_t)box[0] * map.element_bytes > map.swizzle_bytes) return CUDA_ERROR_INVALID_VALUE;
+    memset(out, 0, sizeof *out);
+    memcpy(out, &map, sizeof map);
+    return CUDA_SUCCESS;
+}
+
+cudaError_t cudaGetDriverEntryPointByVersion(const char *symbol, void **fn, unsigned int, unsigned long long,
+                                             enum cudaDriverEntryPointQueryResult *status) {
+    if (strcmp(symbol, "cuTensorMapEncodeTiled") == 0) {
+        *fn = reinterpret_cast<void *>(&emulated_encode_tiled);
+        if (status) *status = cudaDriverEntryPointSuccess;
+        return cudaSuccess;
+    }
+    *fn = nullptr;
+    if (status) *status = cudaDriverEntryPointSymbolNotFound;
     return cudaSuccess;
 }
 

@@ -28,6 +28,7 @@
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
 #define __shared__ static
+#define __grid_constant__
 
 struct dim3 {
     unsigned x, y, z;
@@ -46,6 +47,19 @@ int lane();
 uint64_t exchange(uint64_t value, int src_lane); /* src_lane's value; every lane of the warp takes part */
 uint32_t ballot(bool pred);
 void mma_m16n8k16_bf16(float c[4], const uint32_t a[4], const uint32_t b[2]);
+/* Hopper (kernels/cuda/hopper.cuh). Shared addresses are offsets into the dynamic shared memory,
+ * which starts at a 1024-byte boundary as the 128-byte swizzle needs. */
+uint32_t smem_address(const void *p);
+void mbarrier_init(uint32_t bar, uint32_t arrivals);
+void mbarrier_arrive(uint32_t bar);
+void mbarrier_arrive_expect_tx(uint32_t bar, uint32_t bytes);
+void mbarrier_wait(uint32_t bar, uint32_t parity); /* yields to the other threads until done */
+/* TMA tile load: the copy happens at once, then completes its bytes on the mbarrier */
+void tma_load(uint32_t dst, const void *tensor_map, int rank, const int *coords, uint32_t bar);
+/* wgmma m64nNk16 bf16 -> fp32 for this thread's accumulators d[N / 2]: A from registers (a, the
+ * warp's fragments are exchanged) or from shared memory (a == nullptr, K-major descriptor), B from
+ * shared memory (K-major, or N-major when trans_b); accumulate 0 ignores d's old values. */
+void wgmma_bf16(float *d, int n, const uint32_t *a, uint64_t desc_a, uint64_t desc_b, int accumulate, int trans_b);
 bool launch_begin(const void *kernel, dim3 grid, dim3 block, size_t dynamic_smem);
 void run_block(dim3 block_index, const std::function<void()> &body);
 

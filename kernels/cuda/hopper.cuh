@@ -1,0 +1,280 @@
+/* Hopper (sm_90a) building blocks of the wgmma attention path (attention_forward_sm90.cu): shared
+ * memory matrix descriptors, mbarriers, TMA tile loads and warpgroup MMA (wgmma), as PTX on the
+ * device and as calls into the host emulator under TGA_CUDA_HOST_EMULATION (tests/gpu/emulator).
+ * Everything here is "unverified on GPU" until tests/gpu/run.sh has passed on an H100/H200.
+ *
+ * The PTX is emitted only where nvcc compiles for sm_90a (__CUDA_ARCH_FEAT_SM90_ALL); for every
+ * other target these functions trap, and the kernels that use them are compiled empty
+ * (attention_forward_sm90.cu probes at start-up which code the device runs).
+ *
+ * Shared-memory tiles (PTX ISA, "Shared Memory Matrix Layout", 128-byte swizzle): a tile of rows
+ * of 64 bf16 (128 bytes) is stored row after row, and within each 1024-byte group of 8 rows the
+ * 16-byte chunk c of row r sits at chunk c ^ (r % 8). TMA writes tiles that way when the tensor map
+ * says CU_TENSOR_MAP_SWIZZLE_128B and the box is 128 bytes wide; wgmma reads them through a
+ * descriptor with swizzle mode 1 (the hardware XORs address bits [4:6] with bits [7:9], so tiles
+ * start at 1024-byte boundaries). Descriptor (64 bits): start address >> 4 in bits 0-13, leading
+ * byte offset >> 4 in 16-29, stride byte offset >> 4 in 32-45, swizzle mode in 62-63. Canonical
+ * layouts (T = 8 bf16 = 16 bytes):
+ *   K-major,  128B: ((8,m),(T,2)):((8T,SBO),(1,T))        rows 128 B apart, groups of 8 rows SBO
+ *                   apart; one wgmma reads 16 k (32 bytes) of each row, so the start address moves
+ *                   by 32 bytes per k step inside a 64-wide tile and LBO is unused.
+ *   MN-major, 128B: ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO))  64 n contiguous, the next 64 n LBO apart;
+ *                   k rows 128 B apart, groups of 8 k SBO apart.
+ * Register fragments (m64nNk16, per warp w of the warpgroup: rows 16 w .. 16 w + 15; g = lane / 4,
+ * t = lane % 4): the fp32 accumulator d[4 j + e] is row g + 8 (e >= 2), column 8 j + 2 t + (e & 1),
+ * and the bf16 A fragment is that of mma.sync m16n8k16 (attention_mma.cuh), so an accumulator tile
+ * turns into the A operand of the next product without leaving registers. */
+#ifndef TGA_KERNELS_CUDA_HOPPER_CUH
+#define TGA_KERNELS_CUDA_HOPPER_CUH
+
+#include <cuda.h> /* CUtensorMap and its enums (types only: the driver is never linked) */
+#include <stdint.h>
+
+#include "kernels/cuda/cuda_common.cuh"
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL) && !defined(TGA_CUDA_HOST_EMULATION)
+#define TGA_SM90_PTX 1
+#endif
+
+namespace tga_cuda {
+namespace sm90 {
+
+constexpr int kWarpgroup = 128;         /* threads that issue one wgmma together */
+constexpr uint32_t kSwizzleRow = 128;   /* bytes per row of a 128-byte-swizzled tile */
+constexpr uint32_t kSwizzleAtom = 1024; /* 8 such rows: the alignment TMA and wgmma expect */
+
+__device__ inline uint32_t smem_address(const void *p) {
+#ifdef TGA_CUDA_HOST_EMULATION
+    return simt::smem_address(p);
+#else
+    return (uint32_t)__cvta_generic_to_shared(p);
+#endif
+}
+
+/* A descriptor for a 128-byte-swizzled operand starting at shared address `start`. */
+__device__ inline uint64_t descriptor(uint32_t start, uint32_t leading_bytes, uint32_t stride_bytes) {
+    return (uint64_t)((start & 0x3FFFF) >> 4) | (uint64_t)((leading_bytes & 0x3FFFF) >> 4) << 16 |
+           (uint64_t)((stride_bytes & 0x3FFFF) >> 4) << 32 | (uint64_t)1 << 62;
+}
+
+#ifndef TGA_SM90_PTX
+#ifdef TGA_CUDA_HOST_EMULATION
+#define TGA_SM90_UNSUPPORTED()
+#else
+#define TGA_SM90_UNSUPPORTED() __trap()
+#endif
+#endif
+
+/* ---- mbarriers -------------------------------------------------------------------------------- */
+__device__ inline void mbarrier_init(uint32_t bar, uint32_t arrivals) {
+#if defined(TGA_SM90_PTX)
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(arrivals) : "memory");
+#elif defined(TGA_CUDA_HOST_EMULATION)
+    simt::mbarrier_init(bar, arrivals);
+#else
+    TGA_SM90_UNSUPPORTED();
+#endif
+}
+
+/* Makes initialised mbarriers visible to the async proxy (TMA) and the other threads' waits; a
+ * __syncthreads must follow. */
+__device__ inline void mbarrier_init_fence() {
+#if defined(TGA_SM90_PTX)
+    asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
+/* This thread's arrival, announcing `bytes` more bytes the phase waits for (TMA's complete_tx). */
+__device__ inline void mbarrier_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+#if defined(TGA_SM90_PTX)
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+                 : "memory");
+#elif defined(TGA_CUDA_HOST_EMULATION)
+    simt::mbarrier_arrive_expect_tx(bar, bytes);
+#else
+    TGA_SM90_UNSUPPORTED();
+#endif
+}
+
+__device__ inline void mbarrier_arrive(uint32_t bar) {
+#if defined(TGA_SM90_PTX)
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+#elif defined(TGA_CUDA_HOST_EMULATION)
+    simt::mbarrier_arrive(bar);
+#else
+    TGA_SM90_UNSUPPORTED();
+#endif
+}
+
+/* Waits until the phase of parity `parity` has completed. The loop is inside the PTX (as
+ * CUTLASS's): a C++ loop with a per-thread exit is a divergent path that makes ptxas serialise the
+ * wgmmas. A phase that never completes (a lost TMA, a miscounted arrival) traps after 2^22 polls
+ * (each try_wait suspends for a while first: well over 0.1 s in all) instead of hanging the GPU,
+ * so the launch fails with an error the backend reports. */
+__device__ inline void mbarrier_wait(uint32_t bar, uint32_t parity) {
+#if defined(TGA_SM90_PTX)
+    asm volatile("{\n.reg .pred done;\n.reg .u32 polls;\n"
+                 "mov.u32 polls, 0;\n"
+                 "TGA_MBARRIER_WAIT:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+                 "@done bra TGA_MBARRIER_DONE;\n"
+                 "add.u32 polls, polls, 1;\n"
+                 "setp.lt.u32 done, polls, 4194304;\n"
+                 "@done bra TGA_MBARRIER_WAIT;\n"
+                 "trap;\n"
+                 "TGA_MBARRIER_DONE:\n}\n" ::"r"(bar),
+                 "r"(parity)
+                 : "memory");
+#elif defined(TGA_CUDA_HOST_EMULATION)
+    simt::mbarrier_wait(bar, parity);
+#else
+    TGA_SM90_UNSUPPORTED();
+#endif
+}
+
+/* ---- TMA -------------------------------------------------------------------------------------- */
+/* The box of `map` at (c0, c1, c2) (innermost first) into shared memory at dst, completing its
+ * bytes on mbarrier `bar`. Out-of-range elements arrive as zeros. map: a __grid_constant__ kernel
+ * parameter. */
+__device__ inline void tma_load_3d(uint32_t dst, const CUtensorMap *map, int c0, int c1, int c2,
+                                   uint32_t bar) {
+#if defined(TGA_SM90_PTX)
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], "
+                 "[%1, {%2, %3, %4}], "
+                 "[%5];\n" ::"r"(dst),
+                 "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+                 : "memory");
+#elif defined(TGA_CUDA_HOST_EMULATION)
+    const int coords[3] = {c0, c1, c2};
+    simt::tma_load(dst, map, 3, coords, bar);
+#else
+    TGA_SM90_UNSUPPORTED();
+#endif
+}
+
+/* ---- wgmma ------------------------------------------------------------------------------------ */
+/* Before the first wgmma of a batch: orders this thread's earlier register and shared-memory
+ * writes with the asynchronous MMA that reads them. */
+__device__ inline void wgmma_fence() {
+#if defined(TGA_SM90_PTX)
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+
+__device__ inline void wgmma_commit() {
+#if defined(TGA_SM90_PTX)
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+
+/* Waits for every committed batch: the accumulators are final and shared memory is read. */
+__device__ inline void wgmma_wait_all() {
+#if defined(TGA_SM90_PTX)
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#endif
+}
+
+/* Keeps the compiler from moving reads or writes of accumulator registers across the
+ * asynchronous MMA (the asm above names no registers). */
+template <int N> __device__ inline void fence_registers(float *r) {
+#if defined(TGA_SM90_PTX)
+#pragma unroll
+    for (int i = 0; i < N; i++)
+        asm volatile("" : "+f"(r[i])::"memory");
+#endif
+}
+
+#if defined(TGA_SM90_PTX)
+/* d[64 x 128] (+)= A B, A and B from shared memory (both K-major) */
+__device__ inline void wgmma_ss_n128(float *d, uint64_t desc_a, uint64_t desc_b, int accumulate) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+                 "%64, %65, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+                   "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+                   "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+                   "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+                   "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
+                   "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+                   "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+                   "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
+                   "+f"(d[63])
+                 : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+
+/* d[64 x 128] (+)= A B, A from registers (a[4]: this thread's m64k16 fragment), B from shared memory, N-major
+ */
+__device__ inline void wgmma_rs_n128_tn(float *d, const uint32_t a[4], uint64_t desc_b, int accumulate) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+                 "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+                   "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+                   "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+                   "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+                   "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
+                   "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+                   "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+                   "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
+                   "+f"(d[63])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));
+}
+
+/* d[64 x 64] (+)= A B, A from registers (a[4]: this thread's m64k16 fragment), B from shared memory, N-major
+ */
+__device__ inline void wgmma_rs_n64_tn(float *d, const uint32_t a[4], uint64_t desc_b, int accumulate) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                 "{%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+                   "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+                   "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+                   "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+                   "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));
+}
+
+#else /* the host emulator, or a target without wgmma */
+
+__device__ inline void wgmma_ss_n128(float *d, uint64_t desc_a, uint64_t desc_b, int accumulate) {
+#ifdef TGA_CUDA_HOST_EMULATION
+    simt::wgmma_bf16(d, 128, nullptr, desc_a, desc_b, accumulate, 0);
+#else
+    TGA_SM90_UNSUPPORTED();
+#endif
+}
+
+__device__ inline void wgmma_rs_n128_tn(float *d, const uint32_t a[4], uint64_t desc_b, int accumulate) {
+#ifdef TGA_CUDA_HOST_EMULATION
+    simt::wgmma_bf16(d, 128, a, 0, desc_b, accumulate, 1);
+#else
+    TGA_SM90_UNSUPPORTED();
+#endif
+}
+
+__device__ inline void wgmma_rs_n64_tn(float *d, const uint32_t a[4], uint64_t desc_b, int accumulate) {
+#ifdef TGA_CUDA_HOST_EMULATION
+    simt::wgmma_bf16(d, 64, a, 0, desc_b, accumulate, 1);
+#else
+    TGA_SM90_UNSUPPORTED();
+#endif
+}
+
+#endif
+
+} // namespace sm90
+} // namespace tga_cuda
+
+#endif
