@@ -14,8 +14,8 @@
  * the same run (the copy op is cudaMemcpyAsync). Peers: the projector's linear layers next to the
  * raw cuBLASLt GEMM of the same shape; each linear layer next to its bf16-weight twin
  * (model.dtype: bf16; the rounding of the activations to bf16 included) with the speed-up over the
- * fp32-weight op; our attention (both forward kernels: mma.sync, and wgmma where the device is
- * a Hopper) next to cuDNN's fused attention on the same operands (model.attention: cudnn) with
+ * fp32-weight op; our attention (both kernel sets: mma.sync, and wgmma where the device is a
+ * Hopper) next to cuDNN's fused attention on the same operands (model.attention: cudnn) with
  * the ratio cuDNN time / ours, fp32 <-> bf16 conversions included wherever the op does them (cuDNN
  * and wgmma convert, mma.sync reads fp32); n/a where cuDNN cannot be loaded.
  *
@@ -390,7 +390,7 @@ static void bench_attention_impl(bench_case *c, const char *impl, const char *la
 }
 
 /* FLOPs as design/GPU.md counts them: forward 4 B H S^2 D, halved when causal; backward 2.5x. Our
- * two forward kernels (mma.sync on every GPU, wgmma on Hopper) and our backward next to cuDNN's
+ * two kernel sets (mma.sync on every GPU, wgmma on Hopper), forward and backward, next to cuDNN's
  * fused attention on the same operands (the peer, measured first). */
 static void bench_attention(bench_settings *s, int B, int T) {
     int *lengths = malloc((size_t)B * sizeof *lengths);
@@ -412,7 +412,7 @@ static void bench_attention(bench_settings *s, int B, int T) {
     double cudnn[2], mine[2];
     bench_attention_impl(&c, "cudnn", "cuDNN attention (peer)", 1, forward_flops, NULL, cudnn, s);
     bench_attention_impl(&c, "tga-mma", "attention mma.sync", 1, forward_flops, cudnn, mine, s);
-    bench_attention_impl(&c, "tga-wgmma", "attention wgmma", 0, forward_flops, cudnn, mine, s);
+    bench_attention_impl(&c, "tga-wgmma", "attention wgmma", 1, forward_flops, cudnn, mine, s);
     if (tga_backend_set_attention("tga") != TGA_OK) {
         fprintf(stderr, "bench_kernels: %s\n", tga_error_message());
         exit(1);

@@ -59,15 +59,6 @@ __global__ void attention_delta_kernel(float *delta, const float *dout, const fl
     if (lane == 0) delta[((size_t)b * s.H + h) * s.T + t] = acc;
 }
 
-/* P and dS of one tile element, in place of its S and dP; lse2 (log2 units) and delta belong to
- * the element's query. Masked elements get exact zeros, whatever S and dP hold. */
-__device__ inline void probabilities_and_dscores(float &s_to_p, float &dp_to_ds, bool valid, float scale_log2,
-                                                 float lse2, float delta) {
-    const float p = valid ? exp2f(s_to_p * scale_log2 - lse2) : 0.0f;
-    dp_to_ds = valid ? p * (dp_to_ds - delta) : 0.0f;
-    s_to_p = p;
-}
-
 template <int HD>
 __global__ void __launch_bounds__(kThreads)
     attention_dkdv_kernel(float *dk, float *dv, const float *q, const float *k, const float *v, const float *dout,
@@ -204,6 +195,14 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
+void launch_delta(float *delta, const float *dout, const float *out, const int *lengths, int B, const shape &s,
+                  int head_dim) {
+    const size_t rows = (size_t)B * s.H * s.T;
+    attention_delta_kernel<<<ceil_div(rows, kWarps), kThreads, 0, tga_cuda_stream>>>(delta, dout, out, lengths, B, s,
+                                                                                     head_dim);
+    TGA_CUDA_CHECK_LAUNCH("attention_delta_kernel");
+}
+
 template <int HD>
 int set_backward_smem_limits(char *why, size_t why_size) {
     return set_smem_limit(attention_dkdv_kernel<HD>, dkdv_layout<HD>::bytes, "attention dK/dV", HD, why, why_size) &&
@@ -246,13 +245,11 @@ extern "C" void tga_cuda_attention_backward(float *dq, float *dk, float *dv, con
                               "head_dim must be 16, 32, 64 or 128 on the CUDA backend");
         return;
     }
-    const size_t rows = (size_t)B * H * T;
-    float *delta = (float *)tga_cuda_scratch(rows * sizeof(float));
-    if (!delta) return;
     const shape s = {T, H, KVH, H / KVH, 1.0f / sqrtf((float)head_dim), kLog2e / sqrtf((float)head_dim)};
-    attention_delta_kernel<<<ceil_div(rows, kWarps), kThreads, 0, tga_cuda_stream>>>(delta, dout, out, lengths, B, s,
-                                                                                     head_dim);
-    TGA_CUDA_CHECK_LAUNCH("attention_delta_kernel");
+    if (backward_sm90(dq, dk, dv, dout, q, k, v, out, lse, lengths, B, head_dim, s)) return;
+    float *delta = (float *)tga_cuda_scratch((size_t)B * H * T * sizeof(float));
+    if (!delta) return;
+    launch_delta(delta, dout, out, lengths, B, s, head_dim);
     switch (head_dim) {
     case 16: launch_backward<16>(dq, dk, dv, dout, q, k, v, lse, delta, lengths, B, s); break;
     case 32: launch_backward<32>(dq, dk, dv, dout, q, k, v, lse, delta, lengths, B, s); break;

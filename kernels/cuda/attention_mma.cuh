@@ -44,12 +44,18 @@ struct shape {
     float scale_log2;     /* scale * log2(e): scores go to exp2 */
 };
 
-/* The Hopper forward (attention_forward_sm90.cu): probe_sm90 finds at start-up whether this device
- * runs it; forward_sm90 runs it and returns true when it is available, selected and the head
- * width is 64 or 128, else returns false and the caller uses the mma.sync kernel. */
+/* The Hopper kernels (attention_sm90.cu): probe_sm90 finds at start-up whether this device runs
+ * them; forward_sm90 and backward_sm90 run them and return true when they are available, selected
+ * and the head width is 64 or 128, else return false and the caller uses the mma.sync kernels. */
 void probe_sm90(void);
 bool forward_sm90(float *out, float *lse, const float *q, const float *k, const float *v, const int *lengths, int B,
                   int head_dim, const shape &s);
+bool backward_sm90(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                   const float *v, const float *out, const float *lse, const int *lengths, int B, int head_dim,
+                   const shape &s);
+/* delta[b, h, t] = dO . O per query row (0 at padding), the backward's D (attention_backward.cu) */
+void launch_delta(float *delta, const float *dout, const float *out, const int *lengths, int B, const shape &s,
+                  int head_dim);
 
 __device__ inline int sample_length(const int *lengths, int b, int T) { return min(max(lengths[b], 0), T); }
 
@@ -149,10 +155,10 @@ __device__ void load_tile(bf16 *rows_tile, int rows_stride, bf16 *cols_tile, int
     }
 }
 
-/* rows[first .. end) of one head (token stride `stride`) = 0 */
-template <int HD>
+/* rows[first .. end) of one head (token stride `stride`) = 0, by a block of THREADS threads */
+template <int HD, int THREADS = kThreads>
 __device__ void zero_rows(float *rows, size_t stride, int first, int end) {
-    for (int idx = threadIdx.x; idx < (end - first) * HD; idx += kThreads)
+    for (int idx = threadIdx.x; idx < (end - first) * HD; idx += THREADS)
         rows[(size_t)(first + idx / HD) * stride + idx % HD] = 0.0f;
 }
 
@@ -249,6 +255,15 @@ __device__ inline void store_output_rows(float *out_h, float *lse_h, size_t q_st
         }
         if (threadIdx.x % 4 == 0) lse_h[row] = real ? (row_max[i] + log2f(row_sum[i])) * kLn2 : 0.0f;
     }
+}
+
+/* P and dS of one tile element, in place of its S and dP; lse2 (log2 units) and delta belong to
+ * the element's query. Masked elements get exact zeros, whatever S and dP hold. */
+__device__ inline void probabilities_and_dscores(float &s_to_p, float &dp_to_ds, bool valid, float scale_log2,
+                                                 float lse2, float delta) {
+    const float p = valid ? exp2f(s_to_p * scale_log2 - lse2) : 0.0f;
+    dp_to_ds = valid ? p * (dp_to_ds - delta) : 0.0f;
+    s_to_p = p;
 }
 
 }  // namespace attention

@@ -140,9 +140,9 @@ __attribute__((visibility("default"))) const tga_ops *tga_cuda_backend_init(char
     if (!tga_cuda_memory_init(why, why_size) || !tga_cuda_gemm_init(why, why_size) ||
         !tga_cuda_attention_forward_init(why, why_size) || !tga_cuda_attention_backward_init(why, why_size))
         return NULL;
-    snprintf(backend_name, sizeof backend_name, "cuda (device %d: %s, sm_%d%d, %.1f GiB, GEMM %s)", device, prop.name,
-             prop.major, prop.minor, (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0),
-             tga_cuda_gemm_precision());
+    snprintf(backend_name, sizeof backend_name, "cuda (device %d: %s, sm_%d%d, %.1f GiB, GEMM %s, %s)", device,
+             prop.name, prop.major, prop.minor, (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0),
+             tga_cuda_gemm_precision(), tga_cuda_attention_kernels());
     ready = 1;
     return published_ops;
 }

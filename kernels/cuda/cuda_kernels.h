@@ -49,6 +49,8 @@ const char *tga_cuda_gemm_precision(void);                /* "tf32" or "fp32" */
 /* shared-memory limits of the attention kernels (they use more than the default 48 KiB) */
 int tga_cuda_attention_forward_init(char *why, size_t why_size);
 int tga_cuda_attention_backward_init(char *why, size_t why_size);
+/* The attention kernels this device runs, for the backend's name (after the init above) */
+const char *tga_cuda_attention_kernels(void);
 /* 1 if the library holds kernel code this device can run (else a reason) */
 int tga_cuda_kernels_loadable(char *why, size_t why_size);
 

@@ -1,11 +1,11 @@
-/* Hopper (sm_90a) building blocks of the wgmma attention path (attention_forward_sm90.cu): shared
+/* Hopper (sm_90a) building blocks of the wgmma attention path (attention_sm90.cu): shared
  * memory matrix descriptors, mbarriers, TMA tile loads and warpgroup MMA (wgmma), as PTX on the
  * device and as calls into the host emulator under TGA_CUDA_HOST_EMULATION (tests/gpu/emulator).
  * Everything here is "unverified on GPU" until tests/gpu/run.sh has passed on an H100/H200.
  *
  * The PTX is emitted only where nvcc compiles for sm_90a (__CUDA_ARCH_FEAT_SM90_ALL); for every
  * other target these functions trap, and the kernels that use them are compiled empty
- * (attention_forward_sm90.cu probes at start-up which code the device runs).
+ * (attention_sm90.cu probes at start-up which code the device runs).
  *
  * Shared-memory tiles (PTX ISA, "Shared Memory Matrix Layout", 128-byte swizzle): a tile of rows
  * of 64 bf16 (128 bytes) is stored row after row, and within each 1024-byte group of 8 rows the
@@ -109,8 +109,9 @@ __device__ inline void mbarrier_arrive(uint32_t bar) {
 /* Waits until the phase of parity `parity` has completed. The loop is inside the PTX (as
  * CUTLASS's): a C++ loop with a per-thread exit is a divergent path that makes ptxas serialise the
  * wgmmas. A phase that never completes (a lost TMA, a miscounted arrival) traps after 2^22 polls
- * (each try_wait suspends for a while first: well over 0.1 s in all) instead of hanging the GPU,
- * so the launch fails with an error the backend reports. */
+ * (each try_wait suspends for a while first: well over 0.1 s in all) instead of hanging the GPU:
+ * the next synchronisation reports the error and the process stops (a trap leaves the CUDA
+ * context unusable, so there is no falling back). */
 __device__ inline void mbarrier_wait(uint32_t bar, uint32_t parity) {
 #if defined(TGA_SM90_PTX)
     asm volatile("{\n.reg .pred done;\n.reg .u32 polls;\n"
@@ -129,6 +130,20 @@ __device__ inline void mbarrier_wait(uint32_t bar, uint32_t parity) {
     simt::mbarrier_wait(bar, parity);
 #else
     TGA_SM90_UNSUPPORTED();
+#endif
+}
+
+/* ---- registers ------------------------------------------------------------------------------- */
+/* Raises (or lowers) the registers each thread of this warpgroup owns to N; every warp of the
+ * warpgroup executes it (a multiple of 8 in [24, 256]). */
+template <int N>
+__device__ inline void set_max_registers(bool raise) {
+    static_assert(N % 8 == 0 && N >= 24 && N <= 256, "setmaxnreg takes multiples of 8 in [24, 256]");
+#if defined(TGA_SM90_PTX)
+    if (raise)
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+    else
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
 #endif
 }
 
@@ -174,107 +189,122 @@ __device__ inline void wgmma_wait_all() {
 #endif
 }
 
-/* Keeps the compiler from moving reads or writes of accumulator registers across the
- * asynchronous MMA (the asm above names no registers). */
-template <int N> __device__ inline void fence_registers(float *r) {
+/* Keeps the compiler from moving reads or writes of the registers an asynchronous MMA uses
+ * (accumulators, or A fragments) across it: the fence/commit/wait asm names no registers. */
+template <int N>
+__device__ inline void fence_registers(float *r) {
 #if defined(TGA_SM90_PTX)
 #pragma unroll
-    for (int i = 0; i < N; i++)
-        asm volatile("" : "+f"(r[i])::"memory");
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i])::"memory");
+#endif
+}
+
+template <int N>
+__device__ inline void fence_registers(uint32_t *r) {
+#if defined(TGA_SM90_PTX)
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+r"(r[i])::"memory");
 #endif
 }
 
 #if defined(TGA_SM90_PTX)
-/* d[64 x 128] (+)= A B, A and B from shared memory (both K-major) */
+/* The accumulator operands: d[0..31] (N = 64) or d[0..63] (N = 128), %0.. in the asm below. */
+#define TGA_WGMMA_D8(i)                                                                                       \
+    "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), \
+        "+f"(d[i + 7])
+#define TGA_WGMMA_D32 TGA_WGMMA_D8(0), TGA_WGMMA_D8(8), TGA_WGMMA_D8(16), TGA_WGMMA_D8(24)
+#define TGA_WGMMA_D64 TGA_WGMMA_D32, TGA_WGMMA_D8(32), TGA_WGMMA_D8(40), TGA_WGMMA_D8(48), TGA_WGMMA_D8(56)
+#define TGA_WGMMA_R32                                                                                       \
+    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, " \
+    "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define TGA_WGMMA_R64                                                                                       \
+    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, " \
+    "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, "  \
+    "%42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, "  \
+    "%62, %63}"
+
+/* d[64 x 128] (+)= A B, A and B from shared memory (both K-major); accumulate 0 ignores d */
 __device__ inline void wgmma_ss_n128(float *d, uint64_t desc_a, uint64_t desc_b, int accumulate) {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
-                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
-                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
-                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-                 "%64, %65, p, 1, 1, 0, 0;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-                   "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-                   "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-                   "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-                   "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
-                   "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
-                   "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
-                   "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
-                   "+f"(d[63])
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " TGA_WGMMA_R64
+                 ", %64, %65, p, 1, 1, 0, 0;\n}\n"
+                 : TGA_WGMMA_D64
                  : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 
-/* d[64 x 128] (+)= A B, A from registers (a[4]: this thread's m64k16 fragment), B from shared memory, N-major
- */
+/* d[64 x 64] (+)= A B, as wgmma_ss_n128 */
+__device__ inline void wgmma_ss_n64(float *d, uint64_t desc_a, uint64_t desc_b, int accumulate) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " TGA_WGMMA_R32
+                 ", %32, %33, p, 1, 1, 0, 0;\n}\n"
+                 : TGA_WGMMA_D32
+                 : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+
+/* d[64 x 128] (+)= A B, A from registers (a: this thread's m64k16 fragment), B from shared memory,
+ * N-major (imm-trans-b 1) */
 __device__ inline void wgmma_rs_n128_tn(float *d, const uint32_t a[4], uint64_t desc_b, int accumulate) {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
-                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
-                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
-                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-                 "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-                   "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-                   "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-                   "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-                   "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
-                   "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
-                   "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
-                   "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
-                   "+f"(d[63])
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " TGA_WGMMA_R64
+                 ", {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+                 : TGA_WGMMA_D64
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));
 }
 
-/* d[64 x 64] (+)= A B, A from registers (a[4]: this thread's m64k16 fragment), B from shared memory, N-major
- */
+/* d[64 x 64] (+)= A B, as wgmma_rs_n128_tn */
 __device__ inline void wgmma_rs_n64_tn(float *d, const uint32_t a[4], uint64_t desc_b, int accumulate) {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
-                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-                 "{%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-                   "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-                   "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-                   "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-                   "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " TGA_WGMMA_R32
+                 ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+                 : TGA_WGMMA_D32
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));
 }
+
+#undef TGA_WGMMA_D8
+#undef TGA_WGMMA_D32
+#undef TGA_WGMMA_D64
+#undef TGA_WGMMA_R32
+#undef TGA_WGMMA_R64
 
 #else /* the host emulator, or a target without wgmma */
 
-__device__ inline void wgmma_ss_n128(float *d, uint64_t desc_a, uint64_t desc_b, int accumulate) {
+template <int N>
+__device__ inline void wgmma_ss(float *d, uint64_t desc_a, uint64_t desc_b, int accumulate) {
 #ifdef TGA_CUDA_HOST_EMULATION
-    simt::wgmma_bf16(d, 128, nullptr, desc_a, desc_b, accumulate, 0);
+    simt::wgmma_bf16(d, N, nullptr, desc_a, desc_b, accumulate, 0);
+#else
+    TGA_SM90_UNSUPPORTED();
+#endif
+}
+
+__device__ inline void wgmma_ss_n128(float *d, uint64_t desc_a, uint64_t desc_b, int accumulate) {
+    wgmma_ss<128>(d, desc_a, desc_b, accumulate);
+}
+
+__device__ inline void wgmma_ss_n64(float *d, uint64_t desc_a, uint64_t desc_b, int accumulate) {
+    wgmma_ss<64>(d, desc_a, desc_b, accumulate);
+}
+
+template <int N>
+__device__ inline void wgmma_rs_tn(float *d, const uint32_t a[4], uint64_t desc_b, int accumulate) {
+#ifdef TGA_CUDA_HOST_EMULATION
+    simt::wgmma_bf16(d, N, a, 0, desc_b, accumulate, 1);
 #else
     TGA_SM90_UNSUPPORTED();
 #endif
 }
 
 __device__ inline void wgmma_rs_n128_tn(float *d, const uint32_t a[4], uint64_t desc_b, int accumulate) {
-#ifdef TGA_CUDA_HOST_EMULATION
-    simt::wgmma_bf16(d, 128, a, 0, desc_b, accumulate, 1);
-#else
-    TGA_SM90_UNSUPPORTED();
-#endif
+    wgmma_rs_tn<128>(d, a, desc_b, accumulate);
 }
 
 __device__ inline void wgmma_rs_n64_tn(float *d, const uint32_t a[4], uint64_t desc_b, int accumulate) {
-#ifdef TGA_CUDA_HOST_EMULATION
-    simt::wgmma_bf16(d, 64, a, 0, desc_b, accumulate, 1);
-#else
-    TGA_SM90_UNSUPPORTED();
-#endif
+    wgmma_rs_tn<64>(d, a, desc_b, accumulate);
 }
 
 #endif
 
-} // namespace sm90
-} // namespace tga_cuda
+}  // namespace sm90
+}  // namespace tga_cuda
 
 #endif

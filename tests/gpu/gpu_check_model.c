@@ -1,11 +1,11 @@
-/* Model-level GPU check: the same small model (head dim 32, grouped-query attention, two align
- * layers, variable sample lengths) built on the CPU and on the CUDA backend with the same random
- * init, one micro-batch of forward + backward on each (losses, every trainable gradient, the input
- * gradient), then two optimizer steps on each (grad norms, parameters). Stage 1 (projector only),
- * stage 2 (everything, with recompute), and stage 2 with model.dtype bf16 (bf16 matrices, fp32
- * masters; step 1's losses then also check the bf16 copies refreshed after step 0), so every op the
- * trainer uses runs. The limits allow for bf16 attention and TF32 (or bf16) GEMMs along a two-layer
- * chain (kernels/cuda/README.md). */
+/* Model-level GPU check: the same small model (head dim 64, so that on a Hopper the wgmma attention
+ * forward runs; grouped-query attention, two align layers, variable sample lengths) built on the CPU
+ * and on the CUDA backend with the same random init, one micro-batch of forward + backward on each
+ * (losses, every trainable gradient, the input gradient), then two optimizer steps on each (grad
+ * norms, parameters). Stage 1 (projector only), stage 2 (everything, with recompute), and stage 2
+ * with model.dtype bf16 (bf16 matrices, fp32 masters; step 1's losses then also check the bf16
+ * copies refreshed after step 0), so every op the trainer uses runs. The limits allow for bf16
+ * attention and TF32 (or bf16) GEMMs along a two-layer chain (kernels/cuda/README.md). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,7 +32,7 @@ typedef struct model_batch {
 } model_batch;
 
 static const char *const model_overrides[] = {
-    "model.dim=128",        "model.n_layers=2",       "model.n_heads=4",       "model.n_kv_heads=2",
+    "model.dim=128",        "model.n_layers=2",       "model.n_heads=2",       "model.n_kv_heads=1",
     "model.ffn_dim=344",    "model.vocab_size=512",   "model.max_seq_len=128", "projector.vision_dim=64",
     "data.max_len=96",      "data.image_tokens=16",   "train.micro_batch=2",   "train.ce_chunk=32",
     "tga.layers=1-2",       "train.schedule=constant", "train.lr=1e-3",
