@@ -628,7 +628,10 @@ void probe_sm90(void) { wgmma_path::probe(); }
 
 using namespace tga_cuda::attention;
 
-extern "C" int tga_cuda_select_attention_kernel(const char *kind, char *why, size_t why_size) {
+/* Exported (runtime/backend.c finds it with dlsym for tga_backend_set_attention's tga-mma and
+ * tga-wgmma). */
+extern "C" __attribute__((visibility("default"))) int tga_cuda_select_attention_kernel(const char *kind, char *why,
+                                                                                      size_t why_size) {
     if (strcmp(kind, "mma") == 0) {
         wgmma_path::selected = false;
         return 1;
