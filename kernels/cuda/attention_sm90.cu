@@ -347,9 +347,18 @@ __global__ void __launch_bounds__(wgmma_path::kBlockThreads, 1)
     for (int tile = 0; tile < n_tiles; tile++) {
         const int stage = tile % kStages;
         const uint32_t parity = (uint32_t)(tile / kStages) & 1u;
+        const int c0 = tile_first(tile);
+        /* A tile that is entirely above the diagonal for this warpgroup's 64 rows adds exact zeros
+         * (dK/dV: its queries all precede the keys; dQ: its keys all follow the queries): skipped,
+         * its stage released at once. The test is uniform over the warpgroup. */
+        const int wg_first = r0 + warpgroup * 64;
+        if (DKDV ? c0 + kTile - 1 < wg_first : c0 > wg_first + 63) {
+            mbarrier_wait(bar.full(stage), parity);
+            mbarrier_arrive(bar.empty(stage));
+            continue;
+        }
         mbarrier_wait(bar.full(stage), parity);
         const uint32_t s0 = L::stream(base, stage, 0), s1 = L::stream(base, stage, 1);
-        const int c0 = tile_first(tile);
 
         /* x = fixed0 stream0^T (S^T = K Q^T, or S = Q K^T), y = fixed1 stream1^T (dP^T = V dO^T, or
          * dP = dO V^T) */
