@@ -185,7 +185,8 @@ tga_status tga_backend_set_attention(const char *impl) {
     const int cudnn = strcmp(impl, "cudnn") == 0;
     if (!cudnn && strcmp(impl, "tga") != 0 && strcmp(kind, "auto") == 0)
         return tga_error(TGA_ERR_CONFIG,
-                         "model.attention: \"%s\" is not an attention implementation (expected tga or cudnn)", impl);
+                         "model.attention: \"%s\" is not an attention implementation (expected tga, cudnn, tga-mma or "
+                         "tga-wgmma)", impl);
     if (cuda_library) {
         tga_status st = select_cuda_attention(cudnn ? "cudnn" : "tga");
         return st != TGA_OK || cudnn ? st : select_cuda_attention_kernel(impl, kind);

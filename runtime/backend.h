@@ -16,10 +16,9 @@ tga_status tga_backend_select(const char *device, int threads);
 /* Chooses the attention ops of the active backend (config key model.attention): "tga", the
  * backend's own kernels (always available; the default), or "cudnn", cuDNN's fused attention
  * (CUDA backend only, cuDNN 9 loaded at this call). Updates tga_active_ops and the description.
- * Call after tga_backend_select. For benchmarks and checks (not config values): "tga-mma" and
- * "tga-wgmma" are "tga" with the forward kernel pinned to the mma.sync one (every GPU) or the
- * Hopper wgmma one (an error where the device cannot run it); "tga" lets the backend choose
- * (wgmma on sm_90a for head widths 64 and 128). */
+ * Call after tga_backend_select. "tga-mma" and "tga-wgmma" are "tga" with the CUDA kernel set
+ * pinned to the mma.sync one (every GPU) or the Hopper wgmma one (an error where the device cannot
+ * run it); "tga" lets the backend choose (wgmma on sm_90a for head widths 64 and 128). */
 tga_status tga_backend_set_attention(const char *impl);
 
 /* Whether the active attention ops take this shape: the CPU takes any even head_dim up to

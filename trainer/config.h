@@ -36,7 +36,15 @@ typedef enum {
     TGA_TEMPLATE_CHATML = 4,
 } tga_chat_template;
 typedef enum { TGA_DEVICE_AUTO = 0, TGA_DEVICE_CPU = 1, TGA_DEVICE_CUDA = 2 } tga_device_request;
-typedef enum { TGA_ATTENTION_TGA = 0, TGA_ATTENTION_CUDNN = 1 } tga_attention_impl;
+/* model.attention: tga lets the CUDA backend choose between its kernel sets (wgmma on H100/H200
+ * for head dims 64/128, mma.sync otherwise); tga-mma and tga-wgmma pin one (the fallback switch
+ * while the wgmma kernels are unverified on GPU, and for comparisons). */
+typedef enum {
+    TGA_ATTENTION_TGA = 0,
+    TGA_ATTENTION_CUDNN = 1,
+    TGA_ATTENTION_TGA_MMA = 2,
+    TGA_ATTENTION_TGA_WGMMA = 3
+} tga_attention_impl;
 typedef enum { TGA_DTYPE_FP32 = 0, TGA_DTYPE_BF16 = 1 } tga_weight_dtype;
 typedef enum { TGA_GRAD_SYNC_ORDERED = 0, TGA_GRAD_SYNC_ALLREDUCE = 1, TGA_GRAD_SYNC_BUCKETED = 2 } tga_grad_sync_choice;
 

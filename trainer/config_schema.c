@@ -49,8 +49,10 @@ static const tga_cfg_key schema[] = {
     BOOL(model, tie_embeddings, "false", "Share the token embedding with the LM head."),
     INT(model, max_seq_len, "256", 1, 1 << 20, "Longest sequence the model supports (RoPE positions)."),
     FLOAT(model, init_std, "0.02", 0, 10, CLOSED, "Std of the random init of a model trained from scratch."),
-    ENUM(model, attention, tga_attention_impl, "tga", "tga|cudnn",
-         "Attention kernels: tga = our own (every backend), cudnn = cuDNN's fused attention (CUDA only)."),
+    ENUM(model, attention, tga_attention_impl, "tga", "tga|cudnn|tga-mma|tga-wgmma",
+         "Attention kernels: tga = our own (every backend; on CUDA the backend picks wgmma on H100/H200 for head "
+         "dims 64/128, else mma.sync), cudnn = cuDNN's fused attention (CUDA only), tga-mma / tga-wgmma = our "
+         "CUDA kernels with that choice pinned (tga-wgmma fails where the device cannot run it)."),
     ENUM(model, dtype, tga_weight_dtype, "fp32", "fp32|bf16",
          "Storage of the weight matrices: fp32, or bf16 (half the memory; the matrix products round their "
          "activation operands to bf16 and accumulate in fp32, the bf16 tensor-core path on GPUs). Trainable "

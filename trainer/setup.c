@@ -69,7 +69,7 @@ void tga_setup_optim(const tga_config *cfg, tga_optim_config *o) {
 }
 
 tga_status tga_setup_backend(const tga_config *cfg, const char *device, int threads) {
-    static const char *const impl_names[] = {"tga", "cudnn"};
+    static const char *const impl_names[] = {"tga", "cudnn", "tga-mma", "tga-wgmma"};
     TGA_TRY(tga_backend_select(device, threads));
     TGA_TRY(tga_backend_set_attention(impl_names[cfg->model.attention]));
     return tga_backend_check_attention((int)tga_config_head_dim(cfg), (int)cfg->model.n_heads,
