@@ -807,14 +807,14 @@ void tga_cuda_attention_cudnn_forward(float *out, float *lse, const float *q, co
     int *seq_len = (int *)(s.base + s.offset[SEQ_LEN]);
 
     tga_cuda_clamp_lengths(seq_len, lengths, B, T, 1);
-    tga_cuda_rows_to_bf16(q16, q, lengths, B, T, q_row);
-    tga_cuda_rows_to_bf16(k16, k, lengths, B, T, kv_row);
-    tga_cuda_rows_to_bf16(v16, v, lengths, B, T, kv_row);
+    const tga_cuda_rows_job in[] = {{q16, q, q_row}, {k16, k, kv_row}, {v16, v, kv_row}};
+    tga_cuda_rows_to_bf16(in, 3, lengths, B, T);
     const int64_t uids[] = {UID_Q, UID_K, UID_V, UID_O, UID_STATS, UID_SEQ_LEN_Q, UID_SEQ_LEN_KV, UID_SCALE, UID_LOWEST};
     void *const addresses[] = {q16, k16, v16, o16, lse, seq_len, seq_len, (void *)&p->scale, (void *)&p->lowest};
     _Static_assert(sizeof uids / sizeof uids[0] == sizeof addresses / sizeof addresses[0], "one address per id");
     execute_plan(p, uids, addresses, (int64_t)(sizeof uids / sizeof uids[0]), s.base + s.offset[WORKSPACE]);
-    tga_cuda_rows_from_bf16(out, o16, lengths, B, T, q_row);
+    const tga_cuda_rows_job result[] = {{out, o16, q_row}};
+    tga_cuda_rows_from_bf16(result, 1, lengths, B, T);
     tga_cuda_zero_padding_lse(lse, lengths, B, H, T);
 }
 
@@ -839,11 +839,9 @@ void tga_cuda_attention_cudnn_backward(float *dq, float *dk, float *dv, const fl
     int *seq_len = (int *)(s.base + s.offset[SEQ_LEN]);
 
     tga_cuda_clamp_lengths(seq_len, lengths, B, T, 1);
-    tga_cuda_rows_to_bf16(part16[Q], q, lengths, B, T, q_row);
-    tga_cuda_rows_to_bf16(part16[K], k, lengths, B, T, kv_row);
-    tga_cuda_rows_to_bf16(part16[V], v, lengths, B, T, kv_row);
-    tga_cuda_rows_to_bf16(part16[O], out, lengths, B, T, q_row);
-    tga_cuda_rows_to_bf16(part16[DO], dout, lengths, B, T, q_row);
+    const tga_cuda_rows_job in[] = {{part16[Q], q, q_row},   {part16[K], k, kv_row},     {part16[V], v, kv_row},
+                                    {part16[O], out, q_row}, {part16[DO], dout, q_row}};
+    tga_cuda_rows_to_bf16(in, 5, lengths, B, T);
     const int64_t uids[] = {UID_Q,  UID_K,  UID_V,  UID_O,           UID_DO,        UID_STATS,      UID_DQ,   UID_DK,
                             UID_DV, UID_SOFTMAX_SUM, UID_SEQ_LEN_Q, UID_SEQ_LEN_KV, UID_SCALE, UID_ONE, UID_LOWEST};
     void *const addresses[] = {part16[Q],       part16[K],      part16[V],  part16[O],
@@ -852,9 +850,8 @@ void tga_cuda_attention_cudnn_backward(float *dq, float *dk, float *dv, const fl
                                (void *)&p->scale, (void *)&p->one, (void *)&p->lowest};
     _Static_assert(sizeof uids / sizeof uids[0] == sizeof addresses / sizeof addresses[0], "one address per id");
     execute_plan(p, uids, addresses, (int64_t)(sizeof uids / sizeof uids[0]), s.base + s.offset[WORKSPACE]);
-    tga_cuda_rows_from_bf16(dq, part16[DQ], lengths, B, T, q_row);
-    tga_cuda_rows_from_bf16(dk, part16[DK], lengths, B, T, kv_row);
-    tga_cuda_rows_from_bf16(dv, part16[DV], lengths, B, T, kv_row);
+    const tga_cuda_rows_job grads[] = {{dq, part16[DQ], q_row}, {dk, part16[DK], kv_row}, {dv, part16[DV], kv_row}};
+    tga_cuda_rows_from_bf16(grads, 3, lengths, B, T);
 }
 
 /* ---- selection ------------------------------------------------------------------------------ */

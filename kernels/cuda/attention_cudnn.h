@@ -22,9 +22,17 @@ void tga_cuda_publish_ops(const tga_ops *ops);
 
 /* ---- conversions (attention_cudnn_convert.cu), queued on tga_cuda_stream -----------------------
  * Tensors are [B, T, row_elems]; sample b's rows t >= clamp(lengths[b], 0, T) are padding and are
- * written as zeros, whatever the source holds there. bf16 is passed as its bit pattern. */
-void tga_cuda_rows_to_bf16(uint16_t *dst, const float *src, const int *lengths, int B, int T, size_t row_elems);
-void tga_cuda_rows_from_bf16(float *dst, const uint16_t *src, const int *lengths, int B, int T, size_t row_elems);
+ * written as zeros, whatever the source holds there. bf16 is passed as its bit pattern. One call
+ * converts up to TGA_CUDA_MAX_ROWS_JOBS tensors (the q/k/v/... of one attention call) in one launch:
+ * fp32 -> bf16 (to_bf16: dst bf16, src fp32) or bf16 -> fp32 (from_bf16). */
+#define TGA_CUDA_MAX_ROWS_JOBS 5
+typedef struct tga_cuda_rows_job {
+    void *dst;
+    const void *src;
+    size_t row_elems;
+} tga_cuda_rows_job;
+void tga_cuda_rows_to_bf16(const tga_cuda_rows_job *jobs, int n, const int *lengths, int B, int T);
+void tga_cuda_rows_from_bf16(const tga_cuda_rows_job *jobs, int n, const int *lengths, int B, int T);
 /* lse [B, H, T]: zeros at the padding rows, leaves the others */
 void tga_cuda_zero_padding_lse(float *lse, const int *lengths, int B, int H, int T);
 /* dst[b] = lengths[b] clamped to [min_length, T] */

@@ -1,5 +1,6 @@
-/* The conversions around cuDNN attention (attention_cudnn.c): the op contract is fp32, cuDNN's
- * fused attention reads and writes bf16. Padding rows are written as zeros in both directions:
+/* The conversions around cuDNN attention (attention_cudnn.c) and the wgmma attention
+ * (attention_sm90.cu): the op contract is fp32, cuDNN's fused attention and TMA + wgmma read (and
+ * cuDNN writes) bf16. All the tensors of one call are converted in one launch. Padding rows are written as zeros in both directions:
  * going in, so that NaN or garbage there never meets cuDNN's arithmetic (a masked score times a
  * NaN value is still NaN); coming out, because the contract wants zeros there and cuDNN promises
  * nothing for rows past a sequence length. */
@@ -15,25 +16,59 @@ using bf16 = __nv_bfloat16;
 
 __device__ inline int clamped_length(const int *lengths, int b, int lo, int T) { return min(max(lengths[b], lo), T); }
 
-/* One block per row of [B*T, row_elems], rows in a grid-stride loop. */
-__global__ void rows_to_bf16_kernel(bf16 *dst, const float *src, const int *lengths, int T, size_t rows,
-                                    size_t row_elems) {
-    for (size_t row = blockIdx.x; row < rows; row += gridDim.x) {
+inline unsigned row_blocks(size_t rows) {
+    return rows == 0 ? 1u : (unsigned)(rows < kMaxGridStrideBlocks ? rows : kMaxGridStrideBlocks);
+}
+
+constexpr int kMaxRowsJobs = TGA_CUDA_MAX_ROWS_JOBS;
+
+/* The tensors of one batched conversion, passed by value. */
+struct rows_jobs {
+    void *dst[kMaxRowsJobs];
+    const void *src[kMaxRowsJobs];
+    size_t row_elems[kMaxRowsJobs];
+};
+
+/* One block per row of every tensor ([n][B*T] rows, job-major), in a grid-stride loop: one launch
+ * converts all the tensors of an attention call. TO_BF16: fp32 -> bf16, else bf16 -> fp32. jobs is
+ * __grid_constant__ so that indexing it by job reads the parameter space (a plain by-value struct
+ * indexed at run time is copied to local memory). */
+template <bool TO_BF16>
+__global__ void rows_convert_kernel(const __grid_constant__ rows_jobs jobs, int n, const int *lengths, int T,
+                                    size_t rows) {
+    for (size_t job_row = blockIdx.x; job_row < (size_t)n * rows; job_row += gridDim.x) {
+        const int job = (int)(job_row / rows);
+        const size_t row = job_row % rows, elems = jobs.row_elems[job], base = row * elems;
         const bool real = (int)(row % T) < clamped_length(lengths, (int)(row / T), 0, T);
-        const size_t base = row * row_elems;
-        for (size_t i = threadIdx.x; i < row_elems; i += blockDim.x)
-            dst[base + i] = __float2bfloat16_rn(real ? src[base + i] : 0.0f);
+        if (TO_BF16) {
+            bf16 *dst = static_cast<bf16 *>(jobs.dst[job]) + base;
+            const float *src = static_cast<const float *>(jobs.src[job]) + base;
+            for (size_t i = threadIdx.x; i < elems; i += blockDim.x) dst[i] = __float2bfloat16_rn(real ? src[i] : 0.0f);
+        } else {
+            float *dst = static_cast<float *>(jobs.dst[job]) + base;
+            const bf16 *src = static_cast<const bf16 *>(jobs.src[job]) + base;
+            for (size_t i = threadIdx.x; i < elems; i += blockDim.x) dst[i] = real ? __bfloat162float(src[i]) : 0.0f;
+        }
     }
 }
 
-__global__ void rows_from_bf16_kernel(float *dst, const bf16 *src, const int *lengths, int T, size_t rows,
-                                      size_t row_elems) {
-    for (size_t row = blockIdx.x; row < rows; row += gridDim.x) {
-        const bool real = (int)(row % T) < clamped_length(lengths, (int)(row / T), 0, T);
-        const size_t base = row * row_elems;
-        for (size_t i = threadIdx.x; i < row_elems; i += blockDim.x)
-            dst[base + i] = real ? __bfloat162float(src[base + i]) : 0.0f;
+template <bool TO_BF16>
+void launch_rows_convert(const tga_cuda_rows_job *list, int n, const int *lengths, int B, int T, const char *name) {
+    const size_t rows = (size_t)B * T;
+    if (rows == 0 || n <= 0) return;
+    if (n > kMaxRowsJobs) {
+        tga_cuda_record_error(__FILE__, __LINE__, name, "more tensors than one batched conversion takes");
+        return;
     }
+    rows_jobs jobs = {};
+    for (int i = 0; i < n; i++) {
+        jobs.dst[i] = list[i].dst;
+        jobs.src[i] = list[i].src;
+        jobs.row_elems[i] = list[i].row_elems;
+    }
+    rows_convert_kernel<TO_BF16>
+        <<<row_blocks(rows * n), kElementwiseThreads, 0, tga_cuda_stream>>>(jobs, n, lengths, T, rows);
+    TGA_CUDA_CHECK_LAUNCH(name);
 }
 
 __global__ void zero_padding_lse_kernel(float *lse, const int *lengths, int H, int T, size_t n) {
@@ -47,9 +82,6 @@ __global__ void clamp_lengths_kernel(int *dst, const int *lengths, int B, int T,
     for (int b = threadIdx.x; b < B; b += blockDim.x) dst[b] = clamped_length(lengths, b, min_length, T);
 }
 
-inline unsigned row_blocks(size_t rows) {
-    return rows == 0 ? 1u : (unsigned)(rows < kMaxGridStrideBlocks ? rows : kMaxGridStrideBlocks);
-}
 
 }  // namespace attention_cudnn
 }  // namespace tga_cuda
@@ -57,22 +89,12 @@ inline unsigned row_blocks(size_t rows) {
 using namespace tga_cuda;
 using namespace tga_cuda::attention_cudnn;
 
-extern "C" void tga_cuda_rows_to_bf16(uint16_t *dst, const float *src, const int *lengths, int B, int T,
-                                      size_t row_elems) {
-    const size_t rows = (size_t)B * T;
-    if (rows == 0 || row_elems == 0) return;
-    rows_to_bf16_kernel<<<row_blocks(rows), kElementwiseThreads, 0, tga_cuda_stream>>>(
-        reinterpret_cast<bf16 *>(dst), src, lengths, T, rows, row_elems);
-    TGA_CUDA_CHECK_LAUNCH("rows_to_bf16_kernel");
+extern "C" void tga_cuda_rows_to_bf16(const tga_cuda_rows_job *jobs, int n, const int *lengths, int B, int T) {
+    launch_rows_convert<true>(jobs, n, lengths, B, T, "rows_convert_kernel (to bf16)");
 }
 
-extern "C" void tga_cuda_rows_from_bf16(float *dst, const uint16_t *src, const int *lengths, int B, int T,
-                                        size_t row_elems) {
-    const size_t rows = (size_t)B * T;
-    if (rows == 0 || row_elems == 0) return;
-    rows_from_bf16_kernel<<<row_blocks(rows), kElementwiseThreads, 0, tga_cuda_stream>>>(
-        dst, reinterpret_cast<const bf16 *>(src), lengths, T, rows, row_elems);
-    TGA_CUDA_CHECK_LAUNCH("rows_from_bf16_kernel");
+extern "C" void tga_cuda_rows_from_bf16(const tga_cuda_rows_job *jobs, int n, const int *lengths, int B, int T) {
+    launch_rows_convert<false>(jobs, n, lengths, B, T, "rows_convert_kernel (from bf16)");
 }
 
 extern "C" void tga_cuda_zero_padding_lse(float *lse, const int *lengths, int B, int H, int T) {

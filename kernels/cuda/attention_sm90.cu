@@ -493,9 +493,9 @@ void launch_forward(float *out, float *lse, const float *q, const float *k, cons
     if (!carve_scratch<3>(part, bytes)) return;
     uint16_t *q16 = static_cast<uint16_t *>(part[0]), *k16 = static_cast<uint16_t *>(part[1]),
              *v16 = static_cast<uint16_t *>(part[2]);
-    tga_cuda_rows_to_bf16(q16, q, lengths, B, s.T, (size_t)s.H * HD);
-    tga_cuda_rows_to_bf16(k16, k, lengths, B, s.T, (size_t)s.KVH * HD);
-    tga_cuda_rows_to_bf16(v16, v, lengths, B, s.T, (size_t)s.KVH * HD);
+    const tga_cuda_rows_job in[] = {
+        {q16, q, (size_t)s.H * HD}, {k16, k, (size_t)s.KVH * HD}, {v16, v, (size_t)s.KVH * HD}};
+    tga_cuda_rows_to_bf16(in, 3, lengths, B, s.T);
     CUtensorMap q_map, k_map, v_map;
     if (!make_map(&q_map, q16, B, s.T, s.H * HD, kFixedRows) ||
         !make_map(&k_map, k16, B, s.T, s.KVH * HD, kForwardKeys) ||
@@ -519,10 +519,11 @@ void launch_backward(float *dq, float *dk, float *dv, const float *dout, const f
     uint16_t *q16 = static_cast<uint16_t *>(part[1]), *do16 = static_cast<uint16_t *>(part[2]),
              *k16 = static_cast<uint16_t *>(part[3]), *v16 = static_cast<uint16_t *>(part[4]);
     launch_delta(delta, dout, out, lengths, B, s, HD);
-    tga_cuda_rows_to_bf16(q16, q, lengths, B, s.T, (size_t)s.H * HD);
-    tga_cuda_rows_to_bf16(do16, dout, lengths, B, s.T, (size_t)s.H * HD);
-    tga_cuda_rows_to_bf16(k16, k, lengths, B, s.T, (size_t)s.KVH * HD);
-    tga_cuda_rows_to_bf16(v16, v, lengths, B, s.T, (size_t)s.KVH * HD);
+    const tga_cuda_rows_job in[] = {{q16, q, (size_t)s.H * HD},
+                                    {do16, dout, (size_t)s.H * HD},
+                                    {k16, k, (size_t)s.KVH * HD},
+                                    {v16, v, (size_t)s.KVH * HD}};
+    tga_cuda_rows_to_bf16(in, 4, lengths, B, s.T);
     backward_maps kv_maps, q_maps; /* dK/dV: K, V fixed, Q, dO streamed; dQ: Q, dO fixed, K, V streamed */
     const int qe = s.H * HD, kve = s.KVH * HD;
     if (!make_map(&kv_maps.fixed[0], k16, B, s.T, kve, kFixedRows) ||
