@@ -4,7 +4,7 @@
  * One "PASS|FAIL op shape relerr=E limit=L" line per comparison; then the model-level check
  * (gpu_check_model.c). Exit code 1 if anything failed, 2 if no GPU backend could be loaded.
  *
- *   gpu_check [--only family,family,...] [--small] [--seed N]
+ *   gpu_check [--only family,family,...] [--small] [--seed N] [--attention both|mma|wgmma]
  * families: memory gemm linear embedding rmsnorm rope attention activations lm_head pooling
  * tga_align tga_align_fused elementwise adamw topk bf16 model
  *
@@ -477,22 +477,33 @@ static void attention_case(int B, int T, int H, int KVH, int hd, const int *leng
     gc_free_device();
 }
 
-/* Both kernel sets where the device runs both (wgmma: Hopper, head widths 64 and 128; on other
- * head widths the backend falls back to mma.sync, so those cases run in the mma pass only). */
+/* --attention: "both" (default) checks the attention cases with each kernel set the device runs
+ * and leaves the backend's own choice for the families after it (the model); "mma" or "wgmma"
+ * checks that set only and pins it for the whole run, so that a wgmma failure on a new GPU (a trap
+ * ends the process) can be kept out of the run that checks everything else (tests/gpu/run.sh). */
+static const char *attention_mode = "both";
+
+/* Pins `kind` for the run; a wgmma set that cannot run is a FAIL on an sm_90 device (a pass that
+ * skipped it would check nothing there) and a SKIP elsewhere. 1 when pinned. */
+static int pin_attention_kernel(const char *kind) {
+    char why[512] = "";
+    if (gc_attention_kernel(kind, why, sizeof why)) return 1;
+    if (strstr(gc_gpu->name, "sm_90")) {
+        fprintf(stderr, "gpu_check: %s\n", why);
+        gc_report("attention kernel selection", kind, NAN, 0);
+    } else {
+        printf("SKIP attention [%s]: %s\n", kind, why);
+    }
+    return 0;
+}
+
+/* Head widths 16 and 32 always take mma.sync, so those cases run in the mma pass only. */
 static void check_attention(void) {
     static const char *const kernels[] = {"mma", "wgmma"};
+    const int both = strcmp(attention_mode, "both") == 0;
     for (int i = 0; i < 2; i++) {
-        char why[512] = "";
-        if (!gc_attention_kernel(kernels[i], why, sizeof why)) {
-            /* on a Hopper the wgmma kernel must run: a pass that skipped it would check nothing */
-            if (strstr(gc_gpu->name, "sm_90")) {
-                fprintf(stderr, "gpu_check: %s\n", why);
-                gc_report("attention kernel selection", kernels[i], NAN, 0);
-            } else {
-                printf("SKIP attention [%s]: %s\n", kernels[i], why);
-            }
-            continue;
-        }
+        if (!both && strcmp(attention_mode, kernels[i]) != 0) continue;
+        if (!pin_attention_kernel(kernels[i])) continue;
         attention_kernel = kernels[i];
         const int all = i == 0;
         attention_case(2, 100, 4, 2, 64, (const int[]){100, 37});
@@ -500,16 +511,12 @@ static void check_attention(void) {
         attention_case(2, 200, 8, 2, 128, (const int[]){200, 129});
         if (all) attention_case(3, 17, 4, 1, 16, (const int[]){17, 0, 5});
         attention_case(4, 130, 4, 4, 64, (const int[]){1, 64, 65, 128});
-        /* more key tiles than pipeline stages (the wgmma kernel refills its two) */
+        /* more key tiles than pipeline stages (the wgmma kernels refill their two) */
         attention_case(2, 520, 2, 1, 128, (const int[]){520, 389});
         if (!gc_small) attention_case(1, 680, 32, 8, 128, (const int[]){680}); /* a 7B stage-1 sample */
         if (!gc_small) attention_case(1, 1536, 8, 2, 128, (const int[]){1536});
     }
-    char why[512] = "";
-    if (!gc_attention_kernel("auto", why, sizeof why)) {
-        fprintf(stderr, "gpu_check: back to the default attention kernel: %s\n", why);
-        gc_report("attention kernel selection", "auto", NAN, 0);
-    }
+    if (both) pin_attention_kernel("auto");
 }
 
 /* ---- activations ------------------------------------------------------------------------------ */
@@ -1080,13 +1087,23 @@ int main(int argc, char **argv) {
             gc_small = 1;
         } else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc) {
             gc_rng = strtoull(argv[++i], NULL, 10);
+        } else if (strcmp(argv[i], "--attention") == 0 && i + 1 < argc &&
+                   (strcmp(argv[i + 1], "both") == 0 || strcmp(argv[i + 1], "mma") == 0 ||
+                    strcmp(argv[i + 1], "wgmma") == 0)) {
+            attention_mode = argv[++i];
         } else {
-            fprintf(stderr, "usage: gpu_check [--only family,...] [--small] [--seed N]\n");
+            fprintf(stderr,
+                    "usage: gpu_check [--only family,...] [--small] [--seed N] [--attention both|mma|wgmma]\n");
             return 2;
         }
     }
     gc_gpu = gc_load_backend();
     if (!gc_gpu) return 2;
+    if (strcmp(attention_mode, "both") != 0 && !pin_attention_kernel(attention_mode)) {
+        printf("gpu_check: %d checks, %d failed\n", checks, failures);
+        printf("%s gpu_check\n", failures ? "FAIL" : "SKIP");
+        return failures ? 1 : 0;
+    }
     gc_cpu = tga_cpu_ops();
     printf("gpu_check: backend %s, seed %llu\n", gc_gpu->name, (unsigned long long)gc_rng);
     for (size_t f = 0; f < sizeof families / sizeof families[0]; f++)

@@ -3,7 +3,9 @@
 # minutes on an H200:
 #   1. environment: driver, device, toolkit, and the shared libraries of the binaries;
 #   2. gpu_check: every CUDA op against the CPU reference (several shapes, poisoned outputs), then
-#      a small model's forward/backward and two optimizer steps on both backends; gpu_check_nccl:
+#      a small model's forward/backward and two optimizer steps on both backends, attention on the
+#      mma.sync kernels; then, in a process of its own, the Hopper wgmma attention kernels and the
+#      model on them (gpu_check_wgmma.txt; SKIP on other GPUs, FAIL on sm_90); gpu_check_nccl:
 #      the NCCL collectives on one rank (values and stream ordering); gpu_check_cudnn: cuDNN's
 #      attention (model.attention: cudnn) against the CPU;
 #   3. gpu_check again for the GEMM-based ops with TGA_CUDA_GEMM=fp32 (tight limits);
@@ -13,7 +15,8 @@
 #      over the decoder layers' matmul parameters N, against 989 TFLOP/s dense bf16).
 # Output goes to stdout and to $OUT (default: gpu-out/ in the repository): run.log holds
 # everything; gpu_check.txt, gpu_check_fp32.txt, bench_kernels.txt, bench_step.txt each part.
-# Exit code: gpu_check's (0 when every check passed; 2 when no CUDA backend could be loaded).
+# Exit code: gpu_check's, else the wgmma check's (0 when every check passed; 2 when no CUDA
+# backend could be loaded).
 #
 #   tests/gpu/run.sh --prepare   on the development machine: configure and build build-gpu/ (CUDA
 #                                on, MPI and OpenBLAS off, libyaml/zstd/pcre2/jansson linked
@@ -113,9 +116,15 @@ echo "using $BUILD"
 (cd "$BUILD" && for f in "${BINARIES[@]}"; do echo "--- ldd $f"; ldd "$f"; done)
 export TGA_CUDA_LIBRARY=$BUILD/libtga_cuda.so
 
-section "gpu_check (every op, then the model)"
-timeout 300 "$BUILD/tests/gpu/gpu_check" | tee "$OUT/gpu_check.txt"
+section "gpu_check (every op, then the model; attention on the mma.sync kernels)"
+timeout 300 "$BUILD/tests/gpu/gpu_check" --attention mma | tee "$OUT/gpu_check.txt"
 CHECK_STATUS=${PIPESTATUS[0]}
+
+# The wgmma kernels (H100/H200) in a process of their own: a trap there ends its process, and
+# must not take the other families' results with it.
+section "gpu_check --attention wgmma (the Hopper attention kernels, then the model on them)"
+timeout 120 "$BUILD/tests/gpu/gpu_check" --attention wgmma --only attention,model | tee "$OUT/gpu_check_wgmma.txt"
+WGMMA_STATUS=${PIPESTATUS[0]}
 
 section "gpu_check with TGA_CUDA_GEMM=fp32 (GEMM-based ops)"
 TGA_CUDA_GEMM=fp32 timeout 120 "$BUILD/tests/gpu/gpu_check" --only gemm,linear,lm_head | tee "$OUT/gpu_check_fp32.txt"
@@ -138,10 +147,16 @@ section "training steps on the GPU (tga bench step)"
     # a 7B-shaped slice: Mistral-7B layers, 8 samples of 576 image patches + 104 text tokens
     B=8 T=680 LAYERS=2
     for dtype in bf16 fp32; do
-        timeout 200 "$BUILD/tga" bench step --config "$ROOT/configs/mistral7b_stage1.yaml" --device cuda \
-            --set model.n_layers=$LAYERS --set tga.layers=1-2 --set train.micro_batch=$B --set data.max_len=$T \
-            --set train.recompute=true --set model.dtype=$dtype --steps 5 --warmup 2 --images 1 |
-            tee "$OUT/step_7b_slice.tmp"
+        step_7b_slice() { # extra --set arguments...
+            timeout 200 "$BUILD/tga" bench step --config "$ROOT/configs/mistral7b_stage1.yaml" --device cuda \
+                --set model.n_layers=$LAYERS --set tga.layers=1-2 --set train.micro_batch=$B --set data.max_len=$T \
+                --set train.recompute=true --set model.dtype=$dtype --steps 5 --warmup 2 --images 1 "$@" |
+                tee "$OUT/step_7b_slice.tmp"
+            return "${PIPESTATUS[0]}"
+        }
+        # the backend's own choice of attention kernels (wgmma on H100/H200); if that run fails,
+        # once more on the mma.sync kernels, so that a wgmma failure still leaves a step time
+        step_7b_slice || { echo "7B slice, $dtype: failed; again with model.attention=tga-mma"; step_7b_slice --set model.attention=tga-mma; }
         # matmul parameters of one Mistral-7B decoder layer: q, o 4096^2; k, v 4096x1024; MLP 3 x 4096x14336
         awk -v B=$B -v T=$T -v L=$LAYERS -v dtype=$dtype '/^median_ms/ {
             n = L * (2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336)
@@ -153,10 +168,11 @@ section "training steps on the GPU (tga bench step)"
 } 2>&1 | tee "$OUT/bench_step.txt"
 
 section "summary"
-grep -E '^gpu_check: [0-9]+ checks|^FAIL|^SKIP' "$OUT/gpu_check.txt" "$OUT/gpu_check_fp32.txt" "$OUT/gpu_check_nccl.txt" \
-    "$OUT/gpu_check_cudnn.txt"
-echo "gpu_check exit $CHECK_STATUS, fp32 GEMM check exit $FP32_STATUS, NCCL check exit $NCCL_STATUS," \
+grep -E '^gpu_check: [0-9]+ checks|^FAIL|^SKIP' "$OUT/gpu_check.txt" "$OUT/gpu_check_wgmma.txt" \
+    "$OUT/gpu_check_fp32.txt" "$OUT/gpu_check_nccl.txt" "$OUT/gpu_check_cudnn.txt"
+echo "gpu_check exit $CHECK_STATUS, wgmma attention check exit $WGMMA_STATUS, fp32 GEMM check exit $FP32_STATUS," \
+    "NCCL check exit $NCCL_STATUS," \
     "cuDNN check exit $CUDNN_STATUS" \
     "(0 pass, 1 failures, 2 no CUDA backend);" \
     "files in $OUT"
-exit "$CHECK_STATUS"
+exit $((CHECK_STATUS != 0 ? CHECK_STATUS : WGMMA_STATUS))
