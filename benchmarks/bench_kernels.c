@@ -417,7 +417,7 @@ static void bench_attention(bench_settings *s, int B, int T, int shape_index, in
     if (wgmma) {
         bench_attention_impl(&c, "tga-wgmma", "attention wgmma", 1, forward_flops, cudnn_ms[shape_index], ours, s);
     } else {
-        bench_attention_impl(&c, "cudnn", "cuDNN attention (peer)", 1, forward_flops, NULL, cudnn_ms[shape_index], s);
+        bench_attention_impl(&c, "cudnn", "cuDNN (peer)", 1, forward_flops, NULL, cudnn_ms[shape_index], s);
         bench_attention_impl(&c, "tga-mma", "attention mma.sync", 1, forward_flops, cudnn_ms[shape_index], ours, s);
     }
     if (tga_backend_set_attention("tga") != TGA_OK) {
@@ -618,14 +618,14 @@ int main(int argc, char **argv) {
     bench_norms(&s, N);
     bench_embedding_rope(&s, B, T);
     bench_attention(&s, B, T, 0, 0);
-    if (!quick) bench_attention(&s, 2, 2048, 1, 0); /* the goal's sequence length (1-2k) */
+    bench_attention(&s, 2, 2048, 1, 0); /* the goal's sequence length (1-2k) */
     bench_activations(&s, N, B * PATCHES);
     bench_lm_head(&s, B, T);
     bench_pooling_align(&s, B, T);
     bench_elementwise(&s, N, (size_t)VISION * DIM + DIM + (size_t)DIM * DIM + DIM);
     bench_topk(&s);
     bench_attention(&s, B, T, 0, 1);
-    if (!quick) bench_attention(&s, 2, 2048, 1, 1);
+    bench_attention(&s, 2, 2048, 1, 1);
     OPS->free(s.flush);
     printf("bench_kernels: done (all CUDA ops unverified on GPU until tests/gpu/run.sh has passed)\n");
     return 0;

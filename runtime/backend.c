@@ -165,20 +165,27 @@ static tga_status select_cuda_attention(const char *impl) {
     return TGA_OK;
 }
 
-/* The CUDA library's forward-kernel choice for impl tga: `int tga_cuda_select_attention_kernel(const
- * char *kind, char *why, size_t why_size)`, kind auto, mma or wgmma. */
+/* The CUDA library's kernel choice for impl tga: `int tga_cuda_select_attention_kernel(const char
+ * *kind, char *why, size_t why_size)`, kind auto, mma or wgmma. It only sets the library's choice,
+ * so a refusal changes nothing. */
 static tga_status select_cuda_attention_kernel(const char *impl, const char *kind) {
     typedef int (*select_fn)(const char *, char *, size_t);
     select_fn select;
     *(void **)(&select) = dlsym(cuda_library, "tga_cuda_select_attention_kernel");
     if (!select) {
         if (strcmp(kind, "auto") == 0) return TGA_OK;
-        return tga_error(TGA_ERR_BACKEND, "attention %s: this CUDA backend has no kernel selector", impl);
+        return tga_error(TGA_ERR_BACKEND,
+                         "model.attention: %s: this CUDA backend library predates the kernel selector "
+                         "(rebuild libtga_cuda.so)",
+                         impl);
     }
     char why[512] = "";
-    if (!select(kind, why, sizeof why)) return tga_error(TGA_ERR_BACKEND, "attention %s: %s", impl, why);
+    if (!select(kind, why, sizeof why)) return tga_error(TGA_ERR_BACKEND, "model.attention: %s: %s", impl, why);
     return TGA_OK;
 }
+
+/* The kernel set model.attention pins (tga-mma, tga-wgmma), NULL when the backend chooses. */
+static const char *pinned_attention;
 
 tga_status tga_backend_set_attention(const char *impl) {
     const char *kind = strcmp(impl, "tga-mma") == 0 ? "mma" : strcmp(impl, "tga-wgmma") == 0 ? "wgmma" : "auto";
@@ -186,16 +193,24 @@ tga_status tga_backend_set_attention(const char *impl) {
     if (!cudnn && strcmp(impl, "tga") != 0 && strcmp(kind, "auto") == 0)
         return tga_error(TGA_ERR_CONFIG,
                          "model.attention: \"%s\" is not an attention implementation (expected tga, cudnn, tga-mma or "
-                         "tga-wgmma)", impl);
-    if (cuda_library) {
-        tga_status st = select_cuda_attention(cudnn ? "cudnn" : "tga");
-        return st != TGA_OK || cudnn ? st : select_cuda_attention_kernel(impl, kind);
+                         "tga-wgmma)",
+                         impl);
+    if (!cuda_library) {
+        if (cudnn || strcmp(kind, "auto") != 0)
+            return tga_error(TGA_ERR_CONFIG,
+                             "model.attention: %s needs the CUDA backend, but this run uses %s; "
+                             "use --device cuda, or model.attention: tga",
+                             impl, description);
+        return TGA_OK;
     }
-    if (cudnn || strcmp(kind, "auto") != 0)
-        return tga_error(TGA_ERR_CONFIG,
-                         "model.attention: %s needs the CUDA backend, but this run uses %s; "
-                         "use --device cuda, or model.attention: tga",
-                         impl, description);
+    /* the kernel choice first: a refused pin then leaves the active table as it was */
+    if (!cudnn) TGA_TRY(select_cuda_attention_kernel(impl, kind));
+    TGA_TRY(select_cuda_attention(cudnn ? "cudnn" : "tga"));
+    pinned_attention = strcmp(kind, "auto") == 0 ? NULL : impl;
+    if (pinned_attention) {
+        const size_t used = strlen(description);
+        snprintf(description + used, sizeof description - used, " [model.attention: %s]", impl);
+    }
     return TGA_OK;
 }
 
@@ -208,6 +223,10 @@ tga_status tga_backend_check_attention(int head_dim, int n_heads, int n_kv_heads
     } else if (cuda_library && strstr(description, "cuDNN")) {
         ok = head_dim % 8 == 0 && head_dim <= 256;
         what = "cuDNN attention (model.attention: cudnn) takes head widths that are multiples of 8 up to 256";
+    } else if (cuda_library && pinned_attention && strcmp(pinned_attention, "tga-wgmma") == 0) {
+        ok = head_dim == 64 || head_dim == 128;
+        what = "the wgmma attention kernels (model.attention: tga-wgmma) take head widths 64 and 128; use tga or "
+               "tga-mma";
     } else if (cuda_library) {
         ok = head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128;
         what = "the CUDA attention kernels (model.attention: tga) take head widths 16, 32, 64 and 128";

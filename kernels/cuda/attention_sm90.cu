@@ -6,7 +6,8 @@
  * under tests/gpu/emulate.sh, whose emulator implements the PTX semantics hopper.cuh relies on.
  *
  * The op's tensors are fp32; TMA and wgmma read bf16, so q, k, v (and dO) are first converted into
- * the backend scratch (rows of padding written as zeros, attention_cudnn_convert.cu), one pass each.
+ * the backend scratch (rows of padding written as zeros, attention_cudnn_convert.cu), all in one
+ * launch.
  *
  * Every kernel here has the same shape: a block of two consumer warpgroups (64 rows each) and one
  * producer warpgroup (384 threads) that hands most of its registers to the consumers (setmaxnreg)
@@ -664,5 +665,5 @@ extern "C" __attribute__((visibility("default"))) int tga_cuda_select_attention_
 }
 
 extern "C" const char *tga_cuda_attention_kernels(void) {
-    return wgmma_path::available ? "attention wgmma (hd 64/128) + mma.sync" : "attention mma.sync";
+    return wgmma_path::available ? "tga attention wgmma (hd 64/128) + mma.sync" : "tga attention mma.sync";
 }

@@ -14,7 +14,8 @@
 #      model.dtype bf16 (bf16 GEMMs) and fp32 (TF32 GEMMs) (ms/step, and MFU counted as 4 N tokens
 #      over the decoder layers' matmul parameters N, against 989 TFLOP/s dense bf16).
 # Output goes to stdout and to $OUT (default: gpu-out/ in the repository): run.log holds
-# everything; gpu_check.txt, gpu_check_fp32.txt, bench_kernels.txt, bench_step.txt each part.
+# everything; gpu_check.txt, gpu_check_wgmma.txt, gpu_check_fp32.txt, gpu_check_nccl.txt,
+# gpu_check_cudnn.txt, bench_kernels.txt, bench_step.txt each part.
 # Exit code: gpu_check's, else the wgmma check's (0 when every check passed; 2 when no CUDA
 # backend could be loaded).
 #
@@ -156,9 +157,14 @@ section "training steps on the GPU (tga bench step)"
         }
         # the backend's own choice of attention kernels (wgmma on H100/H200); if that run fails,
         # once more on the mma.sync kernels, so that a wgmma failure still leaves a step time
-        step_7b_slice || { echo "7B slice, $dtype: failed; again with model.attention=tga-mma"; step_7b_slice --set model.attention=tga-mma; }
+        label=$dtype
+        if ! step_7b_slice; then
+            echo "7B slice, $dtype: failed; again with model.attention=tga-mma"
+            label="$dtype, model.attention=tga-mma"
+            step_7b_slice --set model.attention=tga-mma
+        fi
         # matmul parameters of one Mistral-7B decoder layer: q, o 4096^2; k, v 4096x1024; MLP 3 x 4096x14336
-        awk -v B=$B -v T=$T -v L=$LAYERS -v dtype=$dtype '/^median_ms/ {
+        awk -v B=$B -v T=$T -v L=$LAYERS -v dtype="$label" '/^median_ms/ {
             n = L * (2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336)
             printf "7B slice, %s: %.1f ms/step, %.0f tokens/s, MFU %.1f%% (4 N tokens, N = %.0fM, 989 TFLOP/s)\n",
                    dtype, $2, B * T / ($2 / 1000), 100 * 4 * n * B * T / ($2 / 1000) / 989e12, n / 1e6 }' \
