@@ -179,6 +179,8 @@ __device__ inline void wgmma_fence() {
 __device__ inline void wgmma_commit() {
 #if defined(TGA_SM90_PTX)
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#elif defined(TGA_CUDA_HOST_EMULATION)
+    simt::wgmma_commit();
 #endif
 }
 
@@ -186,6 +188,8 @@ __device__ inline void wgmma_commit() {
 __device__ inline void wgmma_wait_all() {
 #if defined(TGA_SM90_PTX)
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#elif defined(TGA_CUDA_HOST_EMULATION)
+    simt::wgmma_wait();
 #endif
 }
 

@@ -7,7 +7,9 @@
 # hardware behaviour or the real cuBLASLt/CUB, so a pass here does not make an op verified on GPU.
 #
 #   tests/gpu/emulate.sh [gpu_check options]     (default: --small; TGA_BUILD_DIR names a build
-#                                                 folder whose libtga_core.a holds the CPU reference)
+#                                                 folder whose libtga_core.a holds the CPU reference;
+#                                                 TGA_EMULATOR_ASYNC / TGA_EMULATOR_RUNS choose
+#                                                 when wgmma and TMA complete, emulator/simt.h)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD=${TGA_BUILD_DIR:-$ROOT/build-cuda}
@@ -45,4 +47,14 @@ grep -q '^TGA_MPI:BOOL=ON' "$BUILD/CMakeCache.txt" && read -ra MPI_LIBS <<<"$(mp
 g++ -o "$WORK/gpu_check_emulated" "$WORK"/*.o "$BUILD/libtga_core.a" "${LIBS[@]}"
 
 if [ $# -eq 0 ]; then set -- --small; fi
+# TGA_EMULATOR_RUNS="deferred wgmma": one run per TGA_EMULATOR_ASYNC mode (emulator/simt.h), built
+# once; every run must pass
+if [ -n "${TGA_EMULATOR_RUNS:-}" ]; then
+    status=0
+    for mode in $TGA_EMULATOR_RUNS; do
+        echo "emulate.sh: TGA_EMULATOR_ASYNC=$mode"
+        TGA_EMULATOR_ASYNC=$mode "$WORK/gpu_check_emulated" "$@" || status=1
+    done
+    exit $status
+fi
 "$WORK/gpu_check_emulated" "$@"

@@ -8,6 +8,7 @@
 #include <ucontext.h>
 
 #include <map>
+#include <vector>
 
 dim3 threadIdx, blockIdx, blockDim, gridDim;
 
@@ -50,6 +51,36 @@ std::map<const void *, int> smem_limits;
 /* per-thread slots of the warp exchanges, indexed by linear thread id */
 uint64_t exchange_slots[kMaxThreads];
 uint32_t mma_a[kMaxThreads][4], mma_b[kMaxThreads][2];
+
+/* TGA_EMULATOR_ASYNC: "deferred" delays wgmmas to their commit + wait and TMA copies to a wait on
+ * their mbarrier (finds reads before the wait that makes data valid); "wgmma" delays only the
+ * wgmmas, TMA copies landing at once (finds a stage released, and refilled, before the wgmmas
+ * reading it were waited for). Default: everything completes when issued. */
+const char *async_mode() {
+    static const char *mode = getenv("TGA_EMULATOR_ASYNC") ? getenv("TGA_EMULATOR_ASYNC") : "";
+    return mode;
+}
+bool deferred_wgmma() { return strcmp(async_mode(), "deferred") == 0 || strcmp(async_mode(), "wgmma") == 0; }
+bool deferred_tma() { return strcmp(async_mode(), "deferred") == 0; }
+
+/* what is in flight under TGA_EMULATOR_ASYNC: each thread's wgmmas until their commit and wait; TMA
+ * copies until a thread waits on their mbarrier */
+struct pending_wgmma {
+    float *d;
+    int n;
+    const uint32_t *a;
+    uint64_t desc_a, desc_b;
+    int accumulate, trans_b;
+};
+std::vector<pending_wgmma> wgmma_issued[kMaxThreads], wgmma_committed[kMaxThreads];
+
+struct pending_copy {
+    uint32_t dst, bar;
+    int rank, coords[5];
+    unsigned char map[sizeof(CUtensorMap)];
+};
+std::vector<pending_copy> copies_in_flight;
+
 
 void fiber_main() {
     (*block_body)();
@@ -214,6 +245,18 @@ void run_block(dim3 block_index, const std::function<void()> &body) {
                     blockIdx.x, blockIdx.y, blockIdx.z);
             abort();
         }
+    }
+    /* the async work every thread must have waited for (TGA_EMULATOR_ASYNC=deferred) */
+    for (int t = 0; t < n_fibers; t++)
+        if (!wgmma_issued[t].empty() || !wgmma_committed[t].empty()) {
+            fprintf(stderr, "emulator: thread %d of block (%u,%u,%u) ended with wgmmas not waited for\n", t,
+                    blockIdx.x, blockIdx.y, blockIdx.z);
+            abort();
+        }
+    if (!copies_in_flight.empty()) {
+        fprintf(stderr, "emulator: block (%u,%u,%u) ended with %zu TMA copies nobody waited for\n", blockIdx.x,
+                blockIdx.y, blockIdx.z, copies_in_flight.size());
+        abort();
     }
 }
 
@@ -420,15 +463,28 @@ void mbarrier_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
     mbarrier_arrive(bar);
 }
 
+static void tma_copy(uint32_t dst, const void *map_ptr, int rank, const int *coords, uint32_t bar);
+
+/* The copies in flight to mbarrier bar land (in issue order). */
+static void land_copies(uint32_t bar) {
+    std::vector<pending_copy> still;
+    std::vector<pending_copy> landing;
+    for (const pending_copy &c : copies_in_flight) (c.bar == bar ? landing : still).push_back(c);
+    copies_in_flight.swap(still);
+    for (const pending_copy &c : landing) tma_copy(c.dst, c.map, c.rank, c.coords, c.bar);
+}
+
 void mbarrier_wait(uint32_t bar, uint32_t parity) {
     for (long polls = 0;; polls++) {
+        if ((mbarrier(bar).completed & 1u) != (parity & 1u)) return;
+        land_copies(bar);
         if ((mbarrier(bar).completed & 1u) != (parity & 1u)) return;
         if (polls > 10000000) emulator_fail("mbarrier wait never completes");
         suspend(wait_kind::yield);
     }
 }
 
-void tma_load(uint32_t dst, const void *map_ptr, int rank, const int *coords, uint32_t bar) {
+static void tma_copy(uint32_t dst, const void *map_ptr, int rank, const int *coords, uint32_t bar) {
     tensor_map map;
     memcpy(&map, map_ptr, sizeof map);
     if (map.magic != kTensorMapMagic) emulator_fail("TMA load with a tensor map cuTensorMapEncodeTiled did not make");
@@ -455,8 +511,21 @@ void tma_load(uint32_t dst, const void *map_ptr, int rank, const int *coords, ui
     mbarrier_try_complete(m);
 }
 
-void wgmma_bf16(float *d, int n, const uint32_t *a, uint64_t desc_a, uint64_t desc_b, int accumulate, int trans_b) {
-    if (n % 8 || n < 8 || n > 256) emulator_fail("wgmma: N must be a multiple of 8 up to 256");
+void tma_load(uint32_t dst, const void *map_ptr, int rank, const int *coords, uint32_t bar) {
+    if (!deferred_tma()) {
+        tma_copy(dst, map_ptr, rank, coords, bar);
+        return;
+    }
+    if (rank > 5) emulator_fail("TMA load of more than 5 dimensions");
+    pending_copy c = {dst, bar, rank, {}, {}};
+    memcpy(c.coords, coords, (size_t)rank * sizeof *coords);
+    memcpy(c.map, map_ptr, sizeof c.map);
+    copies_in_flight.push_back(c);
+}
+
+/* One wgmma, now: every lane of the warp calls it together (A fragments are exchanged). */
+static void wgmma_compute(float *d, int n, const uint32_t *a, uint64_t desc_a, uint64_t desc_b, int accumulate,
+                          int trans_b) {
     const int base = current / kWarpSize * kWarpSize;
     if (a) {
         memcpy(mma_a[current], a, sizeof mma_a[current]);
@@ -479,6 +548,28 @@ void wgmma_bf16(float *d, int n, const uint32_t *a, uint64_t desc_a, uint64_t de
             d[4 * j + e] = acc;
         }
     if (a) warp_sync(); /* every lane has read the fragments */
+}
+
+void wgmma_bf16(float *d, int n, const uint32_t *a, uint64_t desc_a, uint64_t desc_b, int accumulate, int trans_b) {
+    if (n % 8 || n < 8 || n > 256) emulator_fail("wgmma: N must be a multiple of 8 up to 256");
+    if (!deferred_wgmma()) {
+        wgmma_compute(d, n, a, desc_a, desc_b, accumulate, trans_b);
+        return;
+    }
+    wgmma_issued[current].push_back({d, n, a, desc_a, desc_b, accumulate, trans_b});
+}
+
+void wgmma_commit() {
+    auto &issued = wgmma_issued[current];
+    wgmma_committed[current].insert(wgmma_committed[current].end(), issued.begin(), issued.end());
+    issued.clear();
+}
+
+void wgmma_wait() {
+    if (!wgmma_issued[current].empty()) emulator_fail("wgmma.wait_group with wgmmas issued but not committed");
+    for (const pending_wgmma &w : wgmma_committed[current])
+        wgmma_compute(w.d, w.n, w.a, w.desc_a, w.desc_b, w.accumulate, w.trans_b);
+    wgmma_committed[current].clear();
 }
 
 }  // namespace simt

@@ -58,8 +58,17 @@ void mbarrier_wait(uint32_t bar, uint32_t parity); /* yields to the other thread
 void tma_load(uint32_t dst, const void *tensor_map, int rank, const int *coords, uint32_t bar);
 /* wgmma m64nNk16 bf16 -> fp32 for this thread's accumulators d[N / 2]: A from registers (a, the
  * warp's fragments are exchanged) or from shared memory (a == nullptr, K-major descriptor), B from
- * shared memory (K-major, or N-major when trans_b); accumulate 0 ignores d's old values. */
+ * shared memory (K-major, or N-major when trans_b); accumulate 0 ignores d's old values.
+ * TGA_EMULATOR_ASYNC=deferred makes wgmma and TMA asynchronous, as on the device: a wgmma reads its
+ * operands and writes d only at the wait after its commit (a read of d before the wait, a change of
+ * an operand before it, or a missing commit or wait changes the results or stops the emulator),
+ * and a TMA copy lands only when a thread waits on its mbarrier (a read of the tile before that
+ * wait sees the old contents). TGA_EMULATOR_ASYNC=wgmma delays the wgmmas only (a stage refilled
+ * before the wgmmas reading it were waited for then changes the results). By default both complete
+ * when issued. */
 void wgmma_bf16(float *d, int n, const uint32_t *a, uint64_t desc_a, uint64_t desc_b, int accumulate, int trans_b);
+void wgmma_commit();
+void wgmma_wait(); /* wait_group 0 */
 bool launch_begin(const void *kernel, dim3 grid, dim3 block, size_t dynamic_smem);
 void run_block(dim3 block_index, const std::function<void()> &body);
 
