@@ -127,6 +127,22 @@ template <int HD> __device__ inline void wgmma_rs_hd(float *acc, const uint32_t 
         wgmma_rs_n64_tn(acc, a, b, 1);
 }
 
+/* acc[64 x N] (+)= A B^T over the HD columns of both: A = the 64 rows starting row_bytes into a
+ * fixed tile, B = the N rows of a streamed tile, both K-major (S = Q K^T and its kin). Issues the
+ * HD / 16 wgmmas only; the caller fences, commits and waits. */
+template <int HD, int N>
+__device__ inline void wgmma_rows_product(float *acc, uint32_t a_tile, uint32_t a_half, uint32_t row_bytes,
+                                          uint32_t b_tile, uint32_t b_half) {
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) {
+        const uint64_t a = k_major_step(a_tile, a_half, row_bytes, kk), b = k_major_step(b_tile, b_half, 0, kk);
+        if constexpr (N == 128)
+            wgmma_ss_n128(acc, a, b, 1);
+        else
+            wgmma_ss_n64(acc, a, b, 1);
+    }
+}
+
 /* TMA of the column halves of one tile: rows row0.. of head `head` of sample b. */
 template <int HD>
 __device__ inline void load_tile_halves(uint32_t dst, uint32_t half_bytes, const CUtensorMap *map, int head,
@@ -231,14 +247,11 @@ __global__ void __launch_bounds__(wgmma_path::kBlockThreads, 1)
         mbarrier_wait(bar.full(stage), parity);
         const uint32_t k_tile = L::stream(base, stage, 0), v_tile = L::stream(base, stage, 1);
 
-        /* S = Q K^T: HD / 16 steps of 16 columns */
+        /* S = Q K^T */
         float sc[kScoreTiles][4] = {};
         fence_registers<kScoreTiles * 4>(&sc[0][0]);
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < HD / 16; kk++)
-            wgmma_ss_n128(&sc[0][0], k_major_step(L::fixed(base, 0), L::fixed_half, q_rows, kk),
-                          k_major_step(k_tile, L::stream_half, 0, kk), 1);
+        wgmma_rows_product<HD, kKeys>(&sc[0][0], L::fixed(base, 0), L::fixed_half, q_rows, k_tile, L::stream_half);
         wgmma_commit();
         wgmma_wait_all();
         fence_registers<kScoreTiles * 4>(&sc[0][0]);
@@ -367,14 +380,8 @@ __global__ void __launch_bounds__(wgmma_path::kBlockThreads, 1)
         fence_registers<kScoreTiles * 4>(&x[0][0]);
         fence_registers<kScoreTiles * 4>(&y[0][0]);
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < HD / 16; kk++)
-            wgmma_ss_n64(&x[0][0], k_major_step(L::fixed(base, 0), L::fixed_half, rows, kk),
-                         k_major_step(s0, L::stream_half, 0, kk), 1);
-#pragma unroll
-        for (int kk = 0; kk < HD / 16; kk++)
-            wgmma_ss_n64(&y[0][0], k_major_step(L::fixed(base, 1), L::fixed_half, rows, kk),
-                         k_major_step(s1, L::stream_half, 0, kk), 1);
+        wgmma_rows_product<HD, kTile>(&x[0][0], L::fixed(base, 0), L::fixed_half, rows, s0, L::stream_half);
+        wgmma_rows_product<HD, kTile>(&y[0][0], L::fixed(base, 1), L::fixed_half, rows, s1, L::stream_half);
         wgmma_commit();
         wgmma_wait_all();
         fence_registers<kScoreTiles * 4>(&x[0][0]);
