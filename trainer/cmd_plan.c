@@ -17,9 +17,10 @@ static tga_status print_plan(const tga_config *cfg, int recompute, int verbose) 
     tga_setup_run_shape(&c, (int)c.train.micro_batch, &shape);
     tga_plan plan;
     TGA_TRY(tga_model_plan(&dims, &shape, &plan));
-    printf("memory plan (%s recompute, micro-batch %lld x %lld tokens, %s, fp32):\n", recompute ? "with" : "without",
+    printf("memory plan (%s recompute, micro-batch %lld x %lld tokens, %s, %s):\n", recompute ? "with" : "without",
            (long long)c.train.micro_batch, (long long)c.data.max_len,
-           c.train.trainable == TGA_TRAIN_LM ? "lm" : c.train.trainable == TGA_TRAIN_STAGE1 ? "stage1" : "stage2");
+           c.train.trainable == TGA_TRAIN_LM ? "lm" : c.train.trainable == TGA_TRAIN_STAGE1 ? "stage1" : "stage2",
+           dims.bf16_weights ? "bf16 weight matrices, fp32 activations" : "fp32");
     tga_plan_print(&plan, stdout, verbose);
     tga_plan_free(&plan);
     return TGA_OK;

@@ -13,7 +13,8 @@ typedef struct layer_weights {
     float *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm, *w_gate, *w_up, *w_down;
 } layer_weights;
 
-/* What one decoder layer keeps for its backward pass. */
+/* What one decoder layer keeps for its backward pass (h1, h2 and act only when its weights train:
+ * act_transient). */
 typedef struct layer_acts {
     float *h1, *rstd1;        /* [N,D], [N]  attention-norm output */
     float *q, *k, *v;         /* [N,H*hd], [N,KVH*hd] after RoPE */
@@ -82,9 +83,25 @@ static const char *const layer_weight_names[N_LAYER_WEIGHTS] = {"attn_norm", "wq
 static const char *const layer_act_names[N_LAYER_ACTS] = {"h1", "rstd1", "q", "k", "v", "att", "lse",
                                                           "x_mid", "h2", "rstd2", "gate", "up", "act"};
 
-static void layer_act_name(char *name, size_t size, int recompute, int l, int i) {
-    if (recompute)
+static int is_trainable_llm(tga_trainable_set t) { return t == TGA_TRAIN_LM || t == TGA_TRAIN_STAGE2; }
+static int is_trainable_projector(tga_trainable_set t) { return t == TGA_TRAIN_STAGE1 || t == TGA_TRAIN_STAGE2; }
+
+enum { ACT_H1 = 0, ACT_H2 = 8, ACT_SWIGLU = 12 }; /* the inputs of the linear layers */
+
+/* With a frozen decoder (stage 1) the backward pass computes input gradients only, and the inputs
+ * of the linear layers (h1, h2, act) are read by nothing but weight gradients: they are not kept
+ * per layer; one buffer serves every layer's forward. About a third of a layer's activations. */
+static int act_transient(const tga_run_shape *s, int i) {
+    return !is_trainable_llm(s->trainable) && (i == ACT_H1 || i == ACT_H2 || i == ACT_SWIGLU);
+}
+
+/* The plan's name of activation i of layer l: one buffer for every layer with recompute, and for
+ * the transient ones. */
+static void layer_act_name(char *name, size_t size, const tga_run_shape *s, int l, int i) {
+    if (s->recompute)
         snprintf(name, size, "act.recompute.%s", layer_act_names[i]);
+    else if (act_transient(s, i))
+        snprintf(name, size, "act.transient.%s", layer_act_names[i]);
     else
         snprintf(name, size, "act.%d.%s", l, layer_act_names[i]);
 }
@@ -120,8 +137,6 @@ static tga_status check_dims(const tga_model_dims *d, const tga_run_shape *s) {
     return TGA_OK;
 }
 
-static int is_trainable_llm(tga_trainable_set t) { return t == TGA_TRAIN_LM || t == TGA_TRAIN_STAGE2; }
-static int is_trainable_projector(tga_trainable_set t) { return t == TGA_TRAIN_STAGE1 || t == TGA_TRAIN_STAGE2; }
 
 /* With model.dtype bf16 under ZeRO-1 the fp32 masters of the trainable matrices are sharded like
  * the AdamW moments ("master.shard"); each rank keeps only the bf16 matrices whole. */
@@ -208,10 +223,12 @@ tga_status tga_model_plan(const tga_model_dims *d, const tga_run_shape *s, tga_p
     plan_buf(p, TGA_MEM_ACTS, "rstd.final_norm", N, 0);
     int n_act_layers = s->recompute ? 1 : (int)L;
     for (int l = 0; l < n_act_layers; l++) {
-        tga_mem_kind kind = s->recompute ? TGA_MEM_SCRATCH : TGA_MEM_ACTS;
         const long long sizes[N_LAYER_ACTS] = {D, 0, QD, KD, KD, QD, 0, D, D, 0, F, F, F};
         for (int i = 0; i < N_LAYER_ACTS; i++) {
-            layer_act_name(name, sizeof name, s->recompute, l, i);
+            const int shared = s->recompute || act_transient(s, i);
+            if (shared && l > 0) continue;
+            tga_mem_kind kind = shared ? TGA_MEM_SCRATCH : TGA_MEM_ACTS;
+            layer_act_name(name, sizeof name, s, l, i);
             if (i == 6) /* lse is per head */
                 plan_buf(p, kind, name, B * d->n_heads * s->max_len, 0);
             else
@@ -403,7 +420,7 @@ static void bind_named(tga_model *m) {
                          &a->rstd2, &a->gate, &a->up, &a->act};
         for (int i = 0; i < N_LAYER_ACTS; i++) {
             char name[96];
-            layer_act_name(name, sizeof name, m->shape.recompute, l, i);
+            layer_act_name(name, sizeof name, &m->shape, l, i);
             *dst[i] = planned(m, name);
         }
     }
@@ -619,7 +636,8 @@ static void embed(tga_model *m, float *out, int N) {
 }
 
 /* One decoder layer: x_out = x_in + attn(norm(x_in)); x_out += mlp(norm(x_out)).
- * x_out NULL stops after the SwiGLU activation (recompute for backward needs no more). */
+ * x_out NULL recomputes for the backward pass: it stops after the SwiGLU activation, or before it
+ * when W_down is frozen (only its weight gradient reads the activation). */
 static void layer_forward(tga_model *m, int l, layer_acts *a, const float *x_in, float *x_out, int B, int T) {
     const tga_model_dims *d = &m->dims;
     const layer_weights *w = &m->w[l];
@@ -637,6 +655,7 @@ static void layer_forward(tga_model *m, int l, layer_acts *a, const float *x_in,
     OPS->add_rmsnorm_forward(a->x_mid, m->delta, a->h2, a->rstd2, w->ffn_norm, N, D, d->norm_eps);
     linear_fwd(a->gate, a->h2, w->w_gate, h->w_gate, NULL, N, D, F); /* (N,F) */
     linear_fwd(a->up, a->h2, w->w_up, h->w_up, NULL, N, D, F);
+    if (!x_out && !m->g[l].w_down) return;
     OPS->swiglu_forward(a->act, a->gate, a->up, (size_t)N * F);
     if (!x_out) return;
     linear_fwd(m->delta, a->act, w->w_down, h->w_down, NULL, N, F, D); /* (N,D) */

@@ -3,7 +3,8 @@
 # follows the options: --ranks 8 derives grad_accum 1 for global batch 256 at micro-batch 32, and
 # ZeRO-1 over 8 ranks holds 1/8 of the AdamW moments of a stage-2 run, model.dtype bf16 (the
 # config's) holds the frozen weights in half the memory of fp32, and bf16 with ZeRO-1 shards the
-# fp32 masters with the moments (stage 2: bf16 weights whole, masters and moments 1/8 each).
+# fp32 masters with the moments (stage 2: bf16 weights whole, masters and moments 1/8 each), and
+# stage 1 (frozen decoder) keeps fewer activations per layer than stage 2.
 set -uo pipefail
 tga=$1 config=$(cd "$(dirname "$0")/../.." && pwd)/configs/mistral7b_stage1.yaml
 fail() { echo "FAIL plan_7b: $*"; exit 1; }
@@ -38,6 +39,17 @@ awk -v a="${fp32% *}" -v b="${bf16% *}" 'BEGIN { r = a / b; exit !(r > 1.98 && r
 # stage 2: every matrix in bf16 only (the projector's and the norms' masters sharded too, or fp32)
 awk -v a="${fp32% *}" -v b="${bf16_params% *}" 'BEGIN { r = a / b; exit !(r > 1.99 && r < 2.01) }' ||
     fail "bf16 + ZeRO-1 stage 2: parameters $bf16_params vs $fp32 in fp32, expected half"
+# stage 1 without recompute keeps no per-layer inputs of the frozen linear layers (h1, h2 [N, D],
+# act [N, F]): 32 layers x N (2 D + F) fp32 values fewer activations than stage 2 at the same shape
+acts() { awk '/^memory plan per rank \(without recompute/ {p = 1} p && /^ *activations/ {print $2, $3; exit}'; }
+shape=(--set train.micro_batch=8 --set data.max_len=680)
+acts1=$("$tga" train --config "$config" --dry-run "${shape[@]}" 2>&1 | acts)
+acts2=$("$tga" train --config "$config" --dry-run "${shape[@]}" --set train.trainable=stage2 2>&1 | acts)
+[ "${acts1#* }" = GiB ] && [ "${acts2#* }" = GiB ] || fail "activations: '$acts1' (stage 1), '$acts2' (stage 2)"
+awk -v a="${acts1% *}" -v b="${acts2% *}" 'BEGIN { want = 32 * 8 * 680 * (2 * 4096 + 14336) * 4 / 2 ^ 30
+    exit !(b - a > want - 0.01 && b - a < want + 0.01) }' ||
+    fail "stage 1 without recompute: activations $acts1 vs $acts2 in stage 2; expected the linear inputs fewer"
+echo "plan_7b: stage 1 without recompute at 8 x 680 tokens: activations $acts1 (stage 2: $acts2);"
 echo "PASS plan_7b: 7B stage 1 plans here; ZeRO-1 on 8 ranks: AdamW state $sharded GiB instead of $whole GiB;" \
     "parameters $bf16 in bf16 instead of $fp32; stage 2 bf16 + ZeRO-1: parameters $bf16_params," \
     "moments and masters $bf16_optimizer GiB"

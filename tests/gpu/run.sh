@@ -11,8 +11,9 @@
 #   3. gpu_check again for the GEMM-based ops with TGA_CUDA_GEMM=fp32 (tight limits);
 #   4. bench_kernels --quick: each op at 7B stage-1 shapes next to its ceiling;
 #   5. tga bench step on the CUDA backend: the tiny config, and a 7B-shaped 2-layer model with
-#      model.dtype bf16 (bf16 GEMMs) and fp32 (TF32 GEMMs) (ms/step, and MFU counted as 4 N tokens
-#      over the decoder layers' matmul parameters N, against 989 TFLOP/s dense bf16).
+#      model.dtype bf16 (bf16 GEMMs; with and without recompute) and fp32 (TF32 GEMMs) (ms/step, and
+#      MFU counted as 4 N tokens over the decoder layers' matmul parameters N, against 989 TFLOP/s
+#      dense bf16).
 # Output goes to stdout and to $OUT (default: gpu-out/ in the repository): run.log holds
 # everything; gpu_check.txt, gpu_check_wgmma.txt, gpu_check_fp32.txt, gpu_check_nccl.txt,
 # gpu_check_cudnn.txt, bench_kernels.txt, bench_step.txt each part.
@@ -146,21 +147,24 @@ section "training steps on the GPU (tga bench step)"
 {
     timeout 120 "$BUILD/tga" bench step --config "$ROOT/configs/tiny.yaml" --device cuda --steps 20 --warmup 3
     # a 7B-shaped slice: Mistral-7B layers, 8 samples of 576 image patches + 104 text tokens
+    # (bf16 weights with and without recompute: the MFU below counts 4 N tokens either way, so
+    # recompute's extra forward is overhead; fp32 weights with recompute, as before)
     B=8 T=680 LAYERS=2
-    for dtype in bf16 fp32; do
+    for run in "bf16 true" "bf16 false" "fp32 true"; do
+        read -r dtype recompute <<<"$run"
         step_7b_slice() { # extra --set arguments...
             timeout 200 "$BUILD/tga" bench step --config "$ROOT/configs/mistral7b_stage1.yaml" --device cuda \
                 --set model.n_layers=$LAYERS --set tga.layers=1-2 --set train.micro_batch=$B --set data.max_len=$T \
-                --set train.recompute=true --set model.dtype=$dtype --steps 5 --warmup 2 --images 1 "$@" |
+                --set train.recompute=$recompute --set model.dtype=$dtype --steps 5 --warmup 2 --images 1 "$@" |
                 tee "$OUT/step_7b_slice.tmp"
             return "${PIPESTATUS[0]}"
         }
         # the backend's own choice of attention kernels (wgmma on H100/H200); if that run fails,
         # once more on the mma.sync kernels, so that a wgmma failure still leaves a step time
-        label=$dtype
+        label="$dtype, recompute $recompute"
         if ! step_7b_slice; then
-            echo "7B slice, $dtype: failed; again with model.attention=tga-mma"
-            label="$dtype, model.attention=tga-mma"
+            echo "7B slice, $label: failed; again with model.attention=tga-mma"
+            label="$label, model.attention=tga-mma"
             step_7b_slice --set model.attention=tga-mma
         fi
         # matmul parameters of one Mistral-7B decoder layer: q, o 4096^2; k, v 4096x1024; MLP 3 x 4096x14336
