@@ -61,7 +61,7 @@ static int load_events(void) {
 
 typedef enum {
     OP_COPY, OP_GEMM, OP_LINEAR_FWD, OP_LINEAR_BWD, OP_LINEAR_FWD_BF16, OP_LINEAR_BWD_BF16, OP_EMBEDDING_FWD, OP_RMSNORM_FWD, OP_ADD_RMSNORM_FWD,
-    OP_RMSNORM_BWD, OP_ROPE, OP_ATTENTION_FWD, OP_ATTENTION_BWD, OP_SWIGLU_FWD, OP_SWIGLU_BWD, OP_GELU_FWD,
+    OP_RMSNORM_BWD, OP_ROPE, OP_ATTENTION_FWD, OP_ATTENTION_BWD, OP_SWIGLU_FWD, OP_SWIGLU_BWD, OP_SWIGLU_FWD_BF16, OP_SWIGLU_BWD_BF16, OP_GELU_FWD,
     OP_GELU_BWD, OP_BIAS_GELU_FWD, OP_GELU_BIAS_BWD, OP_LM_HEAD, OP_POOL_FWD, OP_POOL_BWD, OP_ALIGN, OP_ALIGN_FUSED_FWD, OP_ALIGN_FUSED_BWD, OP_ADD, OP_SCALE, OP_SUM_SQUARES, OP_ALL_FINITE,
     OP_ADAMW, OP_TOPK,
 } bench_op;
@@ -76,6 +76,7 @@ typedef struct bench_case {
     size_t n;
     float *x, *y, *z, *w, *u, *v, *bias;
     tga_bf16 *w_bf16; /* the bf16 copy of w for the *_bf16 ops */
+    tga_bf16 *gate_bf16, *up_bf16; /* the swiglu_*_bf16 ops' stored gate and up */
     float *dx, *dy, *dz; /* gradient outputs */
     int *ints;
     tga_segments seg, ret_seg;
@@ -110,6 +111,10 @@ static void run_case(const bench_case *c) {
         break;
     case OP_SWIGLU_FWD: OPS->swiglu_forward(c->y, c->x, c->u, c->n); break;
     case OP_SWIGLU_BWD: OPS->swiglu_backward(c->y, c->z, c->w, c->x, c->u, c->n); break;
+    case OP_SWIGLU_FWD_BF16: OPS->swiglu_forward_bf16(c->y, c->gate_bf16, c->up_bf16, c->x, c->u, c->n); break;
+    case OP_SWIGLU_BWD_BF16:
+        OPS->swiglu_backward_bf16(c->y, c->z, c->w, c->gate_bf16, c->up_bf16, c->n);
+        break;
     case OP_GELU_FWD: OPS->gelu_forward(c->y, c->x, c->n); break;
     case OP_GELU_BWD: OPS->gelu_backward(c->y, c->w, c->x, c->n); break;
     case OP_BIAS_GELU_FWD: OPS->bias_gelu_forward(c->y, c->z, c->bias, c->M, c->N); break;
@@ -439,6 +444,12 @@ static void bench_activations(bench_settings *s, int N, int image_rows) {
     c.z = device_floats(n, 0);
     measure(&c, OP_SWIGLU_FWD, "swiglu_forward", 3.0 * n * 4, s);
     measure(&c, OP_SWIGLU_BWD, "swiglu_backward", 5.0 * n * 4, s);
+    /* model.dtype bf16: gate and up also stored in bf16 (8 bytes read, 8 written per element), and
+     * read back from there (8 read, 8 written) */
+    c.gate_bf16 = device_bf16_copy(c.x, n);
+    c.up_bf16 = device_bf16_copy(c.u, n);
+    measure(&c, OP_SWIGLU_FWD_BF16, "swiglu_forward_bf16", 4.0 * n * 4, s);
+    measure(&c, OP_SWIGLU_BWD_BF16, "swiglu_backward_bf16", 4.0 * n * 4, s);
     c.n = m;
     snprintf(c.shape, sizeof c.shape, "projector rows=%d D=%d", image_rows, DIM);
     measure(&c, OP_GELU_FWD, "gelu_forward", 2.0 * m * 4, s);

@@ -14,12 +14,14 @@
 
 typedef uint16_t tga_bf16;
 
+/* Branch-free (a mask selects the NaN case), so that loops over it vectorise. */
 static inline tga_bf16 tga_bf16_from_float(float x) {
     uint32_t u;
     memcpy(&u, &x, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (tga_bf16)((u >> 16) | 0x0040u); /* NaN: keep it quiet */
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (tga_bf16)(u >> 16);
+    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const uint32_t quiet_nan = (u >> 16) | 0x0040u; /* NaN: keep it a (quiet) NaN */
+    const uint32_t nan_mask = 0u - (uint32_t)((u & 0x7fffffffu) > 0x7f800000u);
+    return (tga_bf16)((rounded & ~nan_mask) | (quiet_nan & nan_mask));
 }
 
 static inline float tga_bf16_to_float(tga_bf16 h) {

@@ -152,6 +152,14 @@ typedef struct tga_ops {
     void (*lm_head_ce_bf16)(double *loss_sum, float *dhidden, float *dweight, const float *hidden,
                             const tga_bf16 *weight, const int *targets, int N, int D, int V, float grad_scale,
                             float *scratch, int chunk);
+    /* swiglu_forward with gate and up stored in bf16 (model.dtype bf16 keeps the MLP's two widest
+     * activations so): gate_store = bf16(gate), up_store = bf16(up), and out = silu(g) * u of those
+     * rounded values g, u (fp32 arithmetic, as swiglu_forward) */
+    void (*swiglu_forward_bf16)(float *out, tga_bf16 *gate_store, tga_bf16 *up_store, const float *gate,
+                                const float *up, size_t n);
+    /* swiglu_backward from the stored bf16 gate and up (widened; fp32 arithmetic) */
+    void (*swiglu_backward_bf16)(float *dgate, float *dup, const float *dout, const tga_bf16 *gate,
+                                 const tga_bf16 *up, size_t n);
     /* dst = bf16(src) (nearest even); the fp32 master -> bf16 copy after each optimizer step */
     void (*to_bf16)(tga_bf16 *dst, const float *src, size_t n);
     /* dst = src widened (exact) */

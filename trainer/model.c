@@ -22,6 +22,10 @@ typedef struct layer_acts {
     float *x_mid;             /* [N,D] residual after attention */
     float *h2, *rstd2;        /* [N,D], [N]  MLP-norm output */
     float *gate, *up, *act;   /* [N,F] */
+    /* model.dtype bf16: gate and up as kept for the backward, rounded to bf16 by
+     * swiglu_forward_bf16; gate and up above are then the products' fp32 outputs, one buffer for
+     * every layer */
+    tga_bf16 *gate16, *up16;
 } layer_acts;
 
 typedef struct projector_weights {
@@ -86,7 +90,7 @@ static const char *const layer_act_names[N_LAYER_ACTS] = {"h1", "rstd1", "q", "k
 static int is_trainable_llm(tga_trainable_set t) { return t == TGA_TRAIN_LM || t == TGA_TRAIN_STAGE2; }
 static int is_trainable_projector(tga_trainable_set t) { return t == TGA_TRAIN_STAGE1 || t == TGA_TRAIN_STAGE2; }
 
-enum { ACT_H1 = 0, ACT_H2 = 8, ACT_SWIGLU = 12 }; /* the inputs of the linear layers */
+enum { ACT_H1 = 0, ACT_H2 = 8, ACT_GATE = 10, ACT_UP = 11, ACT_SWIGLU = 12 };
 
 /* With a frozen decoder (stage 1) the backward pass computes input gradients only, and the inputs
  * of the linear layers (h1, h2, act) are read by nothing but weight gradients: they are not kept
@@ -229,11 +233,19 @@ tga_status tga_model_plan(const tga_model_dims *d, const tga_run_shape *s, tga_p
             if (shared && l > 0) continue;
             tga_mem_kind kind = shared ? TGA_MEM_SCRATCH : TGA_MEM_ACTS;
             layer_act_name(name, sizeof name, s, l, i);
-            if (i == 6) /* lse is per head */
+            if (i == 6) { /* lse is per head */
                 plan_buf(p, kind, name, B * d->n_heads * s->max_len, 0);
-            else
+            } else if (bf16 && (i == ACT_GATE || i == ACT_UP)) { /* kept in bf16; fp32 products below */
+                long long shape[2] = {N, sizes[i]};
+                tga_plan_add_typed(p, kind, name, 2, shape, (int)sizeof(tga_bf16));
+            } else {
                 plan_buf(p, kind, name, N, sizes[i]);
+            }
         }
+    }
+    if (bf16) {
+        plan_buf(p, TGA_MEM_SCRATCH, "act.transient.gate_f32", N, F);
+        plan_buf(p, TGA_MEM_SCRATCH, "act.transient.up_f32", N, F);
     }
     plan_buf(p, TGA_MEM_ACTS, "projector.in", rows, Dv);
     plan_buf(p, TGA_MEM_ACTS, "projector.h", rows, D);
@@ -422,6 +434,12 @@ static void bind_named(tga_model *m) {
             char name[96];
             layer_act_name(name, sizeof name, &m->shape, l, i);
             *dst[i] = planned(m, name);
+            if (i == ACT_GATE) a->gate16 = planned_bf16(m, name);
+            if (i == ACT_UP) a->up16 = planned_bf16(m, name);
+        }
+        if (a->gate16) {
+            a->gate = planned(m, "act.transient.gate_f32");
+            a->up = planned(m, "act.transient.up_f32");
         }
     }
     m->proj_in = planned(m, "projector.in");
@@ -637,7 +655,7 @@ static void embed(tga_model *m, float *out, int N) {
 
 /* One decoder layer: x_out = x_in + attn(norm(x_in)); x_out += mlp(norm(x_out)).
  * x_out NULL recomputes for the backward pass: it stops after the SwiGLU activation, or before it
- * when W_down is frozen (only its weight gradient reads the activation). */
+ * when W_down is frozen (only its weight gradient reads the activation) and gate and up are fp32. */
 static void layer_forward(tga_model *m, int l, layer_acts *a, const float *x_in, float *x_out, int B, int T) {
     const tga_model_dims *d = &m->dims;
     const layer_weights *w = &m->w[l];
@@ -655,8 +673,10 @@ static void layer_forward(tga_model *m, int l, layer_acts *a, const float *x_in,
     OPS->add_rmsnorm_forward(a->x_mid, m->delta, a->h2, a->rstd2, w->ffn_norm, N, D, d->norm_eps);
     linear_fwd(a->gate, a->h2, w->w_gate, h->w_gate, NULL, N, D, F); /* (N,F) */
     linear_fwd(a->up, a->h2, w->w_up, h->w_up, NULL, N, D, F);
-    if (!x_out && !m->g[l].w_down) return;
-    OPS->swiglu_forward(a->act, a->gate, a->up, (size_t)N * F);
+    if (a->gate16) /* gate and up kept in bf16 */
+        OPS->swiglu_forward_bf16(a->act, a->gate16, a->up16, a->gate, a->up, (size_t)N * F);
+    else if (x_out || m->g[l].w_down)
+        OPS->swiglu_forward(a->act, a->gate, a->up, (size_t)N * F);
     if (!x_out) return;
     linear_fwd(m->delta, a->act, w->w_down, h->w_down, NULL, N, F, D); /* (N,D) */
     OPS->copy(x_out, a->x_mid, (size_t)N * D * sizeof(float));
@@ -827,7 +847,10 @@ static void layer_backward(tga_model *m, int l, const layer_acts *a, const float
     float *dx = m->dx;
     /* MLP: x_out = x_mid + W_down(silu(W_gate h2) * W_up h2), h2 = norm(x_mid) */
     linear_bwd(m->dact, g->w_down, NULL, dx, a->act, w->w_down, h->w_down, N, F, D, 0);
-    OPS->swiglu_backward(m->dgate, m->dup, m->dact, a->gate, a->up, (size_t)N * F);
+    if (a->gate16)
+        OPS->swiglu_backward_bf16(m->dgate, m->dup, m->dact, a->gate16, a->up16, (size_t)N * F);
+    else
+        OPS->swiglu_backward(m->dgate, m->dup, m->dact, a->gate, a->up, (size_t)N * F);
     linear_bwd(m->dh, g->w_gate, NULL, m->dgate, a->h2, w->w_gate, h->w_gate, N, D, F, 0);
     linear_bwd(m->dh, g->w_up, NULL, m->dup, a->h2, w->w_up, h->w_up, N, D, F, 1);
     OPS->rmsnorm_backward(dx, g->ffn_norm, m->dh, a->x_mid, w->ffn_norm, a->rstd2, N, D, 1); /* d x_mid */

@@ -36,48 +36,63 @@ ALWAYS_INLINE float exp_vectorizable(float x) {
 typedef struct {
     float *out, *dgate, *dup;
     const float *dout, *gate, *up;
+    tga_bf16 *gate_store, *up_store;     /* swiglu_forward_bf16: gate and up as stored */
+    const tga_bf16 *gate_bf16, *up_bf16; /* swiglu_backward_bf16 */
 } swiglu_args;
 
-/* out = silu(gate) * up with silu(g) = g / (1 + e^-g), as torch's silu. */
-ALWAYS_INLINE void swiglu_forward_range(const swiglu_args *a, size_t begin, size_t end) {
-    float *out = a->out;
-    const float *gate = a->gate, *up = a->up;
-    for (size_t i = begin; i < end; i++) {
-        float g = gate[i];
-        out[i] = g / (1.0f + exp_vectorizable(-g)) * up[i];
-    }
-}
+/* silu(g) * u with silu(g) = g / (1 + e^-g), as torch's silu. */
+ALWAYS_INLINE float swiglu_value(float g, float u) { return g / (1.0f + exp_vectorizable(-g)) * u; }
 
 /* d silu(g) / dg = s * (1 + g * (1 - s)) with s = sigmoid(g), as torch's silu_backward. */
-ALWAYS_INLINE void swiglu_backward_range(const swiglu_args *a, size_t begin, size_t end) {
-    float *dgate = a->dgate, *dup = a->dup;
-    const float *dout = a->dout, *gate = a->gate, *up = a->up;
-    for (size_t i = begin; i < end; i++) {
-        float g = gate[i];
-        float s = 1.0f / (1.0f + exp_vectorizable(-g));
-        dgate[i] = dout[i] * up[i] * (s * (1.0f + g * (1.0f - s)));
-        dup[i] = dout[i] * (g * s);
-    }
+ALWAYS_INLINE void swiglu_grads(float dout, float g, float u, float *dgate, float *dup) {
+    float s = 1.0f / (1.0f + exp_vectorizable(-g));
+    *dgate = dout * u * (s * (1.0f + g * (1.0f - s)));
+    *dup = dout * (g * s);
 }
 
-static void swiglu_forward_portable(const swiglu_args *a, size_t begin, size_t end) {
-    swiglu_forward_range(a, begin, end);
+ALWAYS_INLINE void swiglu_forward_range(const swiglu_args *a, size_t begin, size_t end) {
+    for (size_t i = begin; i < end; i++) a->out[i] = swiglu_value(a->gate[i], a->up[i]);
 }
-__attribute__((target("avx512f"))) static void swiglu_forward_avx512(const swiglu_args *a, size_t begin,
-                                                                     size_t end) {
-    swiglu_forward_range(a, begin, end);
+
+ALWAYS_INLINE void swiglu_backward_range(const swiglu_args *a, size_t begin, size_t end) {
+    for (size_t i = begin; i < end; i++) swiglu_grads(a->dout[i], a->gate[i], a->up[i], &a->dgate[i], &a->dup[i]);
 }
-static void swiglu_backward_portable(const swiglu_args *a, size_t begin, size_t end) {
-    swiglu_backward_range(a, begin, end);
+
+/* gate and up rounded to bf16 and stored; the product of the rounded values, read back. Two
+ * loops: GCC vectorises neither half when 16- and 32-bit stores share one loop with the exp. */
+ALWAYS_INLINE void swiglu_forward_bf16_range(const swiglu_args *a, size_t begin, size_t end) {
+    tga_bf16 *restrict gate_store = a->gate_store, *restrict up_store = a->up_store;
+    const float *restrict gate = a->gate, *restrict up = a->up;
+    for (size_t i = begin; i < end; i++) {
+        gate_store[i] = tga_bf16_from_float(gate[i]);
+        up_store[i] = tga_bf16_from_float(up[i]);
+    }
+    float *restrict out = a->out;
+    for (size_t i = begin; i < end; i++)
+        out[i] = swiglu_value(tga_bf16_to_float(gate_store[i]), tga_bf16_to_float(up_store[i]));
 }
-__attribute__((target("avx512f"))) static void swiglu_backward_avx512(const swiglu_args *a, size_t begin,
-                                                                      size_t end) {
-    swiglu_backward_range(a, begin, end);
+
+ALWAYS_INLINE void swiglu_backward_bf16_range(const swiglu_args *a, size_t begin, size_t end) {
+    for (size_t i = begin; i < end; i++)
+        swiglu_grads(a->dout[i], tga_bf16_to_float(a->gate_bf16[i]), tga_bf16_to_float(a->up_bf16[i]), &a->dgate[i],
+                     &a->dup[i]);
 }
+
+/* Each range loop built twice: portable, and for AVX-512 (chosen at run time). */
+#define SWIGLU_BUILDS(name)                                                                                           \
+    static void name##_portable(const swiglu_args *a, size_t begin, size_t end) { name##_range(a, begin, end); }     \
+    __attribute__((target("avx512f"))) static void name##_avx512(const swiglu_args *a, size_t begin, size_t end) { \
+        name##_range(a, begin, end);                                                                                  \
+    }
+SWIGLU_BUILDS(swiglu_forward)
+SWIGLU_BUILDS(swiglu_backward)
+SWIGLU_BUILDS(swiglu_forward_bf16)
+SWIGLU_BUILDS(swiglu_backward_bf16)
 
 typedef void (*swiglu_range_fn)(const swiglu_args *a, size_t begin, size_t end);
 
-static void run_in_chunks(swiglu_range_fn fn, const swiglu_args *a, size_t n) {
+static void run_in_chunks(swiglu_range_fn portable, swiglu_range_fn avx512, const swiglu_args *a, size_t n) {
+    swiglu_range_fn fn = tga_cpu_has_avx512() ? avx512 : portable;
     size_t n_chunks = (n + ACTIVATION_CHUNK - 1) / ACTIVATION_CHUNK;
 #pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
     for (size_t chunk = 0; chunk < n_chunks; chunk++) {
@@ -88,13 +103,25 @@ static void run_in_chunks(swiglu_range_fn fn, const swiglu_args *a, size_t n) {
 
 void tga_cpu_swiglu_forward(float *out, const float *gate, const float *up, size_t n) {
     const swiglu_args a = {.out = out, .gate = gate, .up = up};
-    run_in_chunks(tga_cpu_has_avx512() ? swiglu_forward_avx512 : swiglu_forward_portable, &a, n);
+    run_in_chunks(swiglu_forward_portable, swiglu_forward_avx512, &a, n);
 }
 
 void tga_cpu_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                              size_t n) {
     const swiglu_args a = {.dgate = dgate, .dup = dup, .dout = dout, .gate = gate, .up = up};
-    run_in_chunks(tga_cpu_has_avx512() ? swiglu_backward_avx512 : swiglu_backward_portable, &a, n);
+    run_in_chunks(swiglu_backward_portable, swiglu_backward_avx512, &a, n);
+}
+
+void tga_cpu_swiglu_forward_bf16(float *out, tga_bf16 *gate_store, tga_bf16 *up_store, const float *gate,
+                                 const float *up, size_t n) {
+    const swiglu_args a = {.out = out, .gate = gate, .up = up, .gate_store = gate_store, .up_store = up_store};
+    run_in_chunks(swiglu_forward_bf16_portable, swiglu_forward_bf16_avx512, &a, n);
+}
+
+void tga_cpu_swiglu_backward_bf16(float *dgate, float *dup, const float *dout, const tga_bf16 *gate,
+                                  const tga_bf16 *up, size_t n) {
+    const swiglu_args a = {.dgate = dgate, .dup = dup, .dout = dout, .gate_bf16 = gate, .up_bf16 = up};
+    run_in_chunks(swiglu_backward_bf16_portable, swiglu_backward_bf16_avx512, &a, n);
 }
 
 static inline float gelu(float x) { return x * 0.5f * (1.0f + erff(x * (float)SQRT1_2)); }

@@ -5,7 +5,12 @@
  * The projector's GELU with its bias: the forward adds the bias and applies GELU in one pass
  * (cuBLASLt's GELU epilogues use the tanh approximation, not nn.GELU()'s erf); the backward
  * computes the GELU gradient inside the bias gradient's column sums (column_sum.cuh visits each
- * element once and stores it on the way), one pass instead of two. */
+ * element once and stores it on the way), one pass instead of two.
+ *
+ * With model.dtype bf16 the SwiGLU forward also rounds gate and up to bf16 and stores them (the
+ * backward reads them back): the MLP keeps its two widest activations in half the memory. */
+#include <cuda_bf16.h>
+
 #include "kernels/cuda/column_sum.cuh"
 
 namespace tga_cuda {
@@ -14,20 +19,35 @@ namespace tga_cuda {
 constexpr float kSqrt1_2 = 0.70710678118654752440f;
 constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
 
-__global__ void swiglu_forward_kernel(float *out, const float *gate, const float *up, size_t n) {
+__device__ inline float swiglu_value(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
+__device__ inline float widen(float x) { return x; }
+__device__ inline float widen(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+/* With gate_store (swiglu_forward_bf16): gate and up rounded to bf16, stored, and used rounded. */
+__global__ void swiglu_forward_kernel(float *out, __nv_bfloat16 *gate_store, __nv_bfloat16 *up_store, const float *gate,
+                                      const float *up, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        const float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
+        float g = gate[i], u = up[i];
+        if (gate_store) {
+            const __nv_bfloat16 g16 = __float2bfloat16_rn(g), u16 = __float2bfloat16_rn(u);
+            gate_store[i] = g16;
+            up_store[i] = u16;
+            g = __bfloat162float(g16);
+            u = __bfloat162float(u16);
+        }
+        out[i] = swiglu_value(g, u);
     }
 }
 
-/* d silu(g) / dg = s * (1 + g * (1 - s)), s = sigmoid(g) (torch's silu_backward) */
-__global__ void swiglu_backward_kernel(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
-                                       size_t n) {
+/* d silu(g) / dg = s * (1 + g * (1 - s)), s = sigmoid(g) (torch's silu_backward); gate and up
+ * in fp32 or bf16 */
+template <typename T>
+__global__ void swiglu_backward_kernel(float *dgate, float *dup, const float *dout, const T *gate, const T *up, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        const float g = gate[i], d = dout[i];
+        const float g = widen(gate[i]), d = dout[i];
         const float s = 1.0f / (1.0f + expf(-g));
-        dgate[i] = d * up[i] * (s * (1.0f + g * (1.0f - s)));
+        dgate[i] = d * widen(up[i]) * (s * (1.0f + g * (1.0f - s)));
         dup[i] = d * (g * s);
     }
 }
@@ -78,16 +98,34 @@ using namespace tga_cuda;
 
 extern "C" void tga_cuda_swiglu_forward(float *out, const float *gate, const float *up, size_t n) {
     if (n == 0) return;
-    swiglu_forward_kernel<<<grid_stride_blocks(n), kElementwiseThreads, 0, tga_cuda_stream>>>(out, gate, up, n);
+    swiglu_forward_kernel<<<grid_stride_blocks(n), kElementwiseThreads, 0, tga_cuda_stream>>>(out, nullptr, nullptr,
+                                                                                            gate, up, n);
     TGA_CUDA_CHECK_LAUNCH("swiglu_forward_kernel");
 }
 
 extern "C" void tga_cuda_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
                                          const float *up, size_t n) {
     if (n == 0) return;
-    swiglu_backward_kernel<<<grid_stride_blocks(n), kElementwiseThreads, 0, tga_cuda_stream>>>(dgate, dup, dout, gate,
-                                                                                             up, n);
+    swiglu_backward_kernel<float>
+        <<<grid_stride_blocks(n), kElementwiseThreads, 0, tga_cuda_stream>>>(dgate, dup, dout, gate, up, n);
     TGA_CUDA_CHECK_LAUNCH("swiglu_backward_kernel");
+}
+
+extern "C" void tga_cuda_swiglu_forward_bf16(float *out, tga_bf16 *gate_store, tga_bf16 *up_store, const float *gate,
+                                             const float *up, size_t n) {
+    if (n == 0) return;
+    swiglu_forward_kernel<<<grid_stride_blocks(n), kElementwiseThreads, 0, tga_cuda_stream>>>(
+        out, reinterpret_cast<__nv_bfloat16 *>(gate_store), reinterpret_cast<__nv_bfloat16 *>(up_store), gate, up, n);
+    TGA_CUDA_CHECK_LAUNCH("swiglu_forward_kernel (bf16 store)");
+}
+
+extern "C" void tga_cuda_swiglu_backward_bf16(float *dgate, float *dup, const float *dout, const tga_bf16 *gate,
+                                              const tga_bf16 *up, size_t n) {
+    if (n == 0) return;
+    swiglu_backward_kernel<__nv_bfloat16><<<grid_stride_blocks(n), kElementwiseThreads, 0, tga_cuda_stream>>>(
+        dgate, dup, dout, reinterpret_cast<const __nv_bfloat16 *>(gate), reinterpret_cast<const __nv_bfloat16 *>(up),
+        n);
+    TGA_CUDA_CHECK_LAUNCH("swiglu_backward_kernel<bf16>");
 }
 
 extern "C" void tga_cuda_gelu_forward(float *out, const float *in, size_t n) {

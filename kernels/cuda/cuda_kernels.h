@@ -97,6 +97,10 @@ void tga_cuda_attention_backward(float *dq, float *dk, float *dv, const float *d
 void tga_cuda_swiglu_forward(float *out, const float *gate, const float *up, size_t n);
 void tga_cuda_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                               size_t n);
+void tga_cuda_swiglu_forward_bf16(float *out, tga_bf16 *gate_store, tga_bf16 *up_store, const float *gate,
+                                  const float *up, size_t n);
+void tga_cuda_swiglu_backward_bf16(float *dgate, float *dup, const float *dout, const tga_bf16 *gate,
+                                   const tga_bf16 *up, size_t n);
 void tga_cuda_gelu_forward(float *out, const float *in, size_t n);
 void tga_cuda_gelu_backward(float *din, const float *dout, const float *in, size_t n);
 void tga_cuda_bias_gelu_forward(float *pre, float *act, const float *bias, int N, int D);

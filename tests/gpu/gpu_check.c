@@ -548,6 +548,30 @@ static void bias_gelu_case(int N, int D) {
     gc_free_device();
 }
 
+/* SwiGLU with gate and up stored in bf16 (model.dtype bf16): the stores bit for bit (they start as
+ * NaN), the output and the gradients (from the device's own stores) as the fp32 op's. */
+static void swiglu_bf16_case(const char *shape, size_t n, const float *gate, const float *up, const float *dout,
+                             const float *d_gate, const float *d_up, const float *d_dout) {
+    tga_bf16 *g16 = xmalloc(n * sizeof *g16), *u16 = xmalloc(n * sizeof *u16), *got = xmalloc(n * sizeof *got);
+    for (size_t i = 0; i < n; i++) got[i] = 0xffffu;
+    tga_bf16 *d_g16 = gc_device(got, n * sizeof *got), *d_u16 = gc_device(got, n * sizeof *got);
+    float *ref = gc_nan(n), *ref2 = gc_nan(n), *d_out = gc_device_nan(n), *d_out2 = gc_device_nan(n);
+    gc_cpu->swiglu_forward_bf16(ref, g16, u16, gate, up, n);
+    gc_gpu->swiglu_forward_bf16(d_out, d_g16, d_u16, d_gate, d_up, n);
+    gc_compare("swiglu_forward_bf16", shape, d_out, ref, n, 1e-6);
+    size_t mismatches = 0;
+    gc_gpu->download(got, d_g16, n * sizeof *got);
+    for (size_t i = 0; i < n; i++) mismatches += got[i] != g16[i];
+    gc_gpu->download(got, d_u16, n * sizeof *got);
+    for (size_t i = 0; i < n; i++) mismatches += got[i] != u16[i];
+    gc_report("swiglu_forward_bf16.stored", shape, (double)mismatches / (double)(2 * n), 0);
+    gc_cpu->swiglu_backward_bf16(ref, ref2, dout, g16, u16, n);
+    gc_gpu->swiglu_backward_bf16(d_out, d_out2, d_dout, d_g16, d_u16, n);
+    gc_compare("swiglu_backward_bf16.dgate", shape, d_out, ref, n, 1e-6);
+    gc_compare("swiglu_backward_bf16.dup", shape, d_out2, ref2, n, 1e-6);
+    gc_free_host(g16, u16, got, ref, ref2, NULL);
+}
+
 static void check_activations(void) {
     static const size_t sizes[] = {1, 1000, 1000003};
     for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
@@ -565,6 +589,7 @@ static void check_activations(void) {
         gc_gpu->swiglu_backward(d_out, d_out2, d_dout, d_gate, d_up, n);
         gc_compare("swiglu_backward.dgate", shape, d_out, ref, n, 1e-6);
         gc_compare("swiglu_backward.dup", shape, d_out2, ref2, n, 1e-6);
+        swiglu_bf16_case(shape, n, gate, up, dout, d_gate, d_up, d_dout);
         gc_cpu->gelu_forward(ref, gate, n);
         gc_gpu->gelu_forward(d_out, d_gate, n);
         gc_compare("gelu_forward", shape, d_out, ref, n, 1e-6);

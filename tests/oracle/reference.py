@@ -141,7 +141,8 @@ class Case:
 # ---- model.dtype bf16 --------------------------------------------------------------------------------
 # The C model then stores weight matrices in bf16 and every matrix product rounds both operands to bf16
 # and accumulates in fp32 (kernels/ops.h); the backward products round the incoming gradient too and
-# send the gradient straight through the rounding to the fp32 master. Here the same in float64.
+# send the gradient straight through the rounding to the fp32 master; the MLP's gate and up are kept
+# in bf16 (kept()). Here the same in float64.
 
 def bf16(t):
     """t rounded to the nearest bfloat16 (ties to even), kept in t's dtype."""
@@ -170,6 +171,12 @@ BF16_WEIGHTS = False  # set from the case's model.dtype by run_reference
 def linear(x, w):
     """x @ w.T as the C model computes it under the case's model.dtype."""
     return Bf16Linear.apply(x, w) if BF16_WEIGHTS else x @ w.T
+
+
+def kept(t):
+    """An activation the C model keeps for the backward in bf16 under model.dtype bf16 (the MLP's gate
+    and up, kernels/ops.h swiglu_forward_bf16): the rounded value forward, the gradient straight through."""
+    return t + (bf16(t) - t).detach() if BF16_WEIGHTS else t
 
 
 def lookup(table, ids):
@@ -234,7 +241,7 @@ def decoder(params, m, inputs_embeds, lengths):
         h = rms_norm(x, p["attn_norm"], eps)
         x = x + linear(attention_context(h, p, m, lengths, cos, sin), p["wo"])
         h2 = rms_norm(x, p["ffn_norm"], eps)
-        x = x + linear(F.silu(linear(h2, p["w_gate"])) * linear(h2, p["w_up"]), p["w_down"])
+        x = x + linear(F.silu(kept(linear(h2, p["w_gate"]))) * kept(linear(h2, p["w_up"])), p["w_down"])
         hs.append(x)
     final = rms_norm(x, params["final_norm"], eps)
     hs[-1] = final

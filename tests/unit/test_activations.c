@@ -1,6 +1,7 @@
 /* SwiGLU and exact-erf GELU: forward and backward against double-precision formulas (as a whole
  * and element by element), backward against central finite differences of L = sum(out * G), and
- * the tails where exp overflows in float. With AVX-512 the checks run again in a child process
+ * the tails where exp overflows in float. SwiGLU with bf16-stored gate and up against the fp32
+ * op on the rounded values. With AVX-512 the checks run again in a child process
  * restricted to the portable SwiGLU loop. */
 #define _POSIX_C_SOURCE 200809L /* readlink */
 
@@ -89,6 +90,43 @@ static void check_swiglu(size_t n, uint64_t *rng) {
         free(ref_dup);
 }
 
+/* The bf16 pair: the stored values are the nearest-even roundings of gate and up (NaN, infinities
+ * and ties among them), and both directions equal the fp32 ops on those rounded values, bit for
+ * bit (the same formulas on the same floats). */
+static void check_swiglu_bf16(size_t n, uint64_t *rng) {
+    float *gate = tu_alloc_uniform(n, -8, 8, rng), *up = tu_alloc_uniform(n, -2, 2, rng);
+    float *G = tu_alloc_uniform(n, -1, 1, rng);
+    const float special[] = {NAN, INFINITY, -INFINITY, 1.00390625f /* tie: to 1 */, 1.01171875f /* tie: up */,
+                             -0.0f, 3e38f, 1e-40f};
+    for (size_t i = 0; i < sizeof special / sizeof special[0] && i < n; i++) gate[i] = up[n - 1 - i] = special[i];
+    tga_bf16 *g16 = malloc(n * sizeof *g16), *u16 = malloc(n * sizeof *u16);
+    float *out = malloc(n * sizeof *out), *ref = malloc(n * sizeof *ref), *gr = malloc(n * sizeof *gr);
+    float *ur = malloc(n * sizeof *ur), *dg = malloc(n * sizeof *dg), *du = malloc(n * sizeof *du);
+    float *ref_dg = malloc(n * sizeof *ref_dg), *ref_du = malloc(n * sizeof *ref_du);
+    for (size_t i = 0; i < n; i++) gr[i] = tga_bf16_round(gate[i]), ur[i] = tga_bf16_round(up[i]);
+    memset(g16, 0xff, n * sizeof *g16), memset(u16, 0xff, n * sizeof *u16);
+    tga_cpu_swiglu_forward_bf16(out, g16, u16, gate, up, n);
+    tga_cpu_swiglu_forward(ref, gr, ur, n);
+    size_t bad_store = 0, bad_out = 0, bad_grad = 0;
+    for (size_t i = 0; i < n; i++) {
+        bad_store += g16[i] != tga_bf16_from_float(gate[i]) || u16[i] != tga_bf16_from_float(up[i]);
+        bad_out += memcmp(&out[i], &ref[i], sizeof(float)) != 0;
+    }
+    CHECK(bad_store == 0, "swiglu_forward_bf16 n %zu: %zu stored values are not the bf16 roundings", n, bad_store);
+    CHECK(bad_out == 0, "swiglu_forward_bf16 n %zu: %zu outputs differ from swiglu_forward on rounded inputs", n,
+          bad_out);
+    CHECK(tga_bf16_to_float(g16[3]) == 1.0f && tga_bf16_to_float(g16[4]) == 1.015625f,
+          "swiglu_forward_bf16: ties stored as %.9g and %.9g", tga_bf16_to_float(g16[3]), tga_bf16_to_float(g16[4]));
+    tga_cpu_swiglu_backward_bf16(dg, du, G, g16, u16, n);
+    tga_cpu_swiglu_backward(ref_dg, ref_du, G, gr, ur, n);
+    for (size_t i = 0; i < n; i++)
+        bad_grad += memcmp(&dg[i], &ref_dg[i], sizeof(float)) != 0 || memcmp(&du[i], &ref_du[i], sizeof(float)) != 0;
+    CHECK(bad_grad == 0, "swiglu_backward_bf16 n %zu: %zu gradients differ from swiglu_backward on rounded inputs", n,
+          bad_grad);
+    free(gate), free(up), free(G), free(g16), free(u16), free(out), free(ref), free(gr), free(ur), free(dg), free(du),
+        free(ref_dg), free(ref_du);
+}
+
 static void check_gelu(size_t n, uint64_t *rng) {
     float *in = tu_alloc_uniform(n, -6, 6, rng), *G = tu_alloc_uniform(n, -1, 1, rng);
     float *out = malloc(n * sizeof *out), *din = malloc(n * sizeof *din);
@@ -173,6 +211,8 @@ int main(void) {
     uint64_t rng = 0xAC71;
     check_swiglu(1000, &rng);
     check_swiglu(100003, &rng); /* above the parallel threshold */
+    check_swiglu_bf16(1000, &rng);
+    check_swiglu_bf16(100003, &rng);
     check_gelu(1000, &rng);
     check_gelu(100003, &rng);
     check_bias_gelu(7, 13, &rng);
