@@ -23,8 +23,8 @@ typedef struct layer_acts {
     float *h2, *rstd2;        /* [N,D], [N]  MLP-norm output */
     float *gate, *up, *act;   /* [N,F] */
     /* model.dtype bf16: gate and up as kept for the backward, rounded to bf16 by
-     * swiglu_forward_bf16; gate and up above are then the products' fp32 outputs, one buffer for
-     * every layer */
+     * swiglu_forward_bf16; gate and up above are then the products' fp32 outputs, in the dgate and
+     * dup scratch */
     tga_bf16 *gate16, *up16;
 } layer_acts;
 
@@ -235,17 +235,13 @@ tga_status tga_model_plan(const tga_model_dims *d, const tga_run_shape *s, tga_p
             layer_act_name(name, sizeof name, s, l, i);
             if (i == 6) { /* lse is per head */
                 plan_buf(p, kind, name, B * d->n_heads * s->max_len, 0);
-            } else if (bf16 && (i == ACT_GATE || i == ACT_UP)) { /* kept in bf16; fp32 products below */
+            } else if (bf16 && (i == ACT_GATE || i == ACT_UP)) { /* kept in bf16 (bind_named) */
                 long long shape[2] = {N, sizes[i]};
                 tga_plan_add_typed(p, kind, name, 2, shape, (int)sizeof(tga_bf16));
             } else {
                 plan_buf(p, kind, name, N, sizes[i]);
             }
         }
-    }
-    if (bf16) {
-        plan_buf(p, TGA_MEM_SCRATCH, "act.transient.gate_f32", N, F);
-        plan_buf(p, TGA_MEM_SCRATCH, "act.transient.up_f32", N, F);
     }
     plan_buf(p, TGA_MEM_ACTS, "projector.in", rows, Dv);
     plan_buf(p, TGA_MEM_ACTS, "projector.h", rows, D);
@@ -437,10 +433,6 @@ static void bind_named(tga_model *m) {
             if (i == ACT_GATE) a->gate16 = planned_bf16(m, name);
             if (i == ACT_UP) a->up16 = planned_bf16(m, name);
         }
-        if (a->gate16) {
-            a->gate = planned(m, "act.transient.gate_f32");
-            a->up = planned(m, "act.transient.up_f32");
-        }
     }
     m->proj_in = planned(m, "projector.in");
     m->proj_h = planned(m, "projector.h");
@@ -452,6 +444,10 @@ static void bind_named(tga_model *m) {
     m->dact = planned(m, "dact");
     m->dgate = planned(m, "dgate");
     m->dup = planned(m, "dup");
+    /* bf16 gate and up: the products' fp32 outputs go to the dgate/dup scratch, free in every
+     * forward (and recompute) pass; swiglu_forward_bf16 reads them, the backward never does */
+    for (int l = 0; l < n_act; l++)
+        if (m->acts[l].gate16) m->acts[l].gate = m->dgate, m->acts[l].up = m->dup;
     m->datt = planned(m, "datt");
     m->dq = planned(m, "dq");
     m->dk = planned(m, "dk");

@@ -4,7 +4,8 @@
 # ZeRO-1 over 8 ranks holds 1/8 of the AdamW moments of a stage-2 run, model.dtype bf16 (the
 # config's) holds the frozen weights in half the memory of fp32, and bf16 with ZeRO-1 shards the
 # fp32 masters with the moments (stage 2: bf16 weights whole, masters and moments 1/8 each), and
-# stage 1 (frozen decoder) keeps fewer activations per layer than stage 2.
+# stage 1 (frozen decoder) keeps fewer activations per layer than stage 2 and fits micro-batch 32
+# without recompute on one H200.
 set -uo pipefail
 tga=$1 config=$(cd "$(dirname "$0")/../.." && pwd)/configs/mistral7b_stage1.yaml
 fail() { echo "FAIL plan_7b: $*"; exit 1; }
@@ -49,7 +50,13 @@ acts2=$("$tga" train --config "$config" --dry-run "${shape[@]}" --set train.trai
 awk -v a="${acts1% *}" -v b="${acts2% *}" 'BEGIN { want = 32 * 8 * 680 * (2 * 4096 + 14336) * 4 / 2 ^ 30
     exit !(b - a > want - 0.01 && b - a < want + 0.01) }' ||
     fail "stage 1 without recompute: activations $acts1 vs $acts2 in stage 2; expected the linear inputs fewer"
-echo "plan_7b: stage 1 without recompute at 8 x 680 tokens: activations $acts1 (stage 2: $acts2);"
+# upstream's micro-batch 32 (at the ~680 tokens of a LLaVA pretraining sample) without recompute fits
+# one H200 (141 GB = 131 GiB) with bf16 weights and bf16 MLP activations
+total() { awk '/^memory plan per rank \(without recompute/ {p = 1} p && /^ *total/ {print $2, $3; exit}'; }
+total32=$("$tga" train --config "$config" --dry-run --set train.micro_batch=32 --set data.max_len=680 2>&1 | total)
+[ "${total32#* }" = GiB ] && awk -v t="${total32% *}" 'BEGIN { exit !(t < 131) }' ||
+    fail "stage 1 at 32 x 680 tokens without recompute plans $total32 per rank, more than an H200 holds"
+echo "plan_7b: stage 1 without recompute at 8 x 680 tokens: activations $acts1 (stage 2: $acts2); at 32 x 680: $total32"
 echo "PASS plan_7b: 7B stage 1 plans here; ZeRO-1 on 8 ranks: AdamW state $sharded GiB instead of $whole GiB;" \
     "parameters $bf16 in bf16 instead of $fp32; stage 2 bf16 + ZeRO-1: parameters $bf16_params," \
     "moments and masters $bf16_optimizer GiB"
