@@ -81,7 +81,9 @@ static const tga_cfg_key schema[] = {
     FLOAT(train, beta2, "0.999", 0, 1, OPEN_MAX, "AdamW second-moment decay."),
     FLOAT(train, adam_eps, "1e-8", 0, 1, OPEN_MIN, "AdamW epsilon."),
     FLOAT(train, grad_clip, "1.0", 0, 1e9, CLOSED, "Clip the global gradient norm to this; 0 = off."),
-    BOOL(train, recompute, "false", "Recompute each layer's activations in backward (less memory; a frozen decoder, as in stage1, keeps no per-layer inputs of its linear layers either way)."),
+    BOOL(train, recompute, "false",
+         "Recompute each layer's activations in backward (less memory; a frozen decoder, as in stage1, "
+         "keeps no per-layer inputs of its linear layers either way)."),
     ENUM(train, on_nonfinite, tga_nonfinite_policy, "stop", "stop|skip",
          "On a NaN/Inf loss or gradient: stop the run, or skip the step."),
     INT(train, log_every, "1", 1, 1e9, "Log every this many steps."),

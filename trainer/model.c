@@ -141,7 +141,6 @@ static tga_status check_dims(const tga_model_dims *d, const tga_run_shape *s) {
     return TGA_OK;
 }
 
-
 /* With model.dtype bf16 under ZeRO-1 the fp32 masters of the trainable matrices are sharded like
  * the AdamW moments ("master.shard"); each rank keeps only the bf16 matrices whole. */
 static int masters_sharded(const tga_model_dims *d, const tga_run_shape *s) {

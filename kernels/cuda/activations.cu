@@ -43,7 +43,8 @@ __global__ void swiglu_forward_kernel(float *out, __nv_bfloat16 *gate_store, __n
 /* d silu(g) / dg = s * (1 + g * (1 - s)), s = sigmoid(g) (torch's silu_backward); gate and up
  * in fp32 or bf16 */
 template <typename T>
-__global__ void swiglu_backward_kernel(float *dgate, float *dup, const float *dout, const T *gate, const T *up, size_t n) {
+__global__ void swiglu_backward_kernel(float *dgate, float *dup, const float *dout, const T *gate, const T *up,
+                                       size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         const float g = widen(gate[i]), d = dout[i];
         const float s = 1.0f / (1.0f + expf(-g));
