@@ -142,9 +142,24 @@ typedef struct tga_ops {
     /* out = bf16(in) W^T (+ bias) */
     void (*linear_forward_bf16)(float *out, const float *in, const tga_bf16 *weight, const float *bias, int N,
                                 int in_dim, int out_dim);
+    /* the same with the input already in bf16 (written so by its producer: the *_bf16 norms and
+     * SwiGLU below), so nothing is rounded again: equal, bit for bit, to linear_forward_bf16 on
+     * the widened input */
+    void (*linear_forward_bf16_input)(float *out, const tga_bf16 *in, const tga_bf16 *weight, const float *bias,
+                                      int N, int in_dim, int out_dim);
     /* din (+)= bf16(dout) W; dweight += bf16(dout)^T bf16(in); dbias += sum_rows dout (exact fp32 dout) */
     void (*linear_backward_bf16)(float *din, float *dweight, float *dbias, const float *dout, const float *in,
                                  const tga_bf16 *weight, int N, int in_dim, int out_dim, int accumulate_din);
+    /* the same with the forward's input in bf16 (as linear_forward_bf16_input) */
+    void (*linear_backward_bf16_input)(float *din, float *dweight, float *dbias, const float *dout,
+                                       const tga_bf16 *in, const tga_bf16 *weight, int N, int in_dim, int out_dim,
+                                       int accumulate_din);
+    /* rmsnorm_forward and add_rmsnorm_forward with the normalised rows stored rounded to bf16 (the
+     * inputs of bf16 products, which would round them anyway); rstd and the residual stay fp32 */
+    void (*rmsnorm_forward_bf16)(tga_bf16 *out, float *rstd, const float *in, const float *weight, int N, int D,
+                                 float eps);
+    void (*add_rmsnorm_forward_bf16)(float *residual, const float *delta, tga_bf16 *out, float *rstd,
+                                     const float *weight, int N, int D, float eps);
     /* out[n] = table[ids[n]] widened to fp32; rows with ids[n] < 0 zeroed */
     void (*embedding_forward_bf16)(float *out, const int *ids, const tga_bf16 *table, int N, int D);
     /* lm_head_ce with a bf16 weight: logits = bf16(rows) W^T; dweight += bf16(dlogits)^T bf16(rows);
@@ -153,9 +168,9 @@ typedef struct tga_ops {
                             const tga_bf16 *weight, const int *targets, int N, int D, int V, float grad_scale,
                             float *scratch, int chunk);
     /* swiglu_forward with gate and up stored in bf16 (model.dtype bf16 keeps the MLP's two widest
-     * activations so): gate_store = bf16(gate), up_store = bf16(up), and out = silu(g) * u of those
-     * rounded values g, u (fp32 arithmetic, as swiglu_forward) */
-    void (*swiglu_forward_bf16)(float *out, tga_bf16 *gate_store, tga_bf16 *up_store, const float *gate,
+     * activations so): gate_store = bf16(gate), up_store = bf16(up), and out = bf16(silu(g) * u) of
+     * those rounded values g, u (fp32 arithmetic, as swiglu_forward; out feeds a bf16 product) */
+    void (*swiglu_forward_bf16)(tga_bf16 *out, tga_bf16 *gate_store, tga_bf16 *up_store, const float *gate,
                                 const float *up, size_t n);
     /* swiglu_backward from the stored bf16 gate and up (widened; fp32 arithmetic) */
     void (*swiglu_backward_bf16)(float *dgate, float *dup, const float *dout, const tga_bf16 *gate,

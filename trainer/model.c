@@ -22,10 +22,11 @@ typedef struct layer_acts {
     float *x_mid;             /* [N,D] residual after attention */
     float *h2, *rstd2;        /* [N,D], [N]  MLP-norm output */
     float *gate, *up, *act;   /* [N,F] */
-    /* model.dtype bf16: gate and up as kept for the backward, rounded to bf16 by
-     * swiglu_forward_bf16; gate and up above are then the products' fp32 outputs, in the dgate and
-     * dup scratch */
-    tga_bf16 *gate16, *up16;
+    /* model.dtype bf16: the inputs of the bf16 products (h1, h2, act) stored in bf16 by the norms
+     * and SwiGLU that write them (the products would round them anyway: the same bits), and gate
+     * and up rounded to bf16 by swiglu_forward_bf16; h1, h2, act are then NULL, and gate and up
+     * above are the products' fp32 outputs, in the dgate and dup scratch */
+    tga_bf16 *h1_16, *h2_16, *act16, *gate16, *up16;
 } layer_acts;
 
 typedef struct projector_weights {
@@ -234,7 +235,8 @@ tga_status tga_model_plan(const tga_model_dims *d, const tga_run_shape *s, tga_p
             layer_act_name(name, sizeof name, s, l, i);
             if (i == 6) { /* lse is per head */
                 plan_buf(p, kind, name, B * d->n_heads * s->max_len, 0);
-            } else if (bf16 && (i == ACT_GATE || i == ACT_UP)) { /* kept in bf16 (bind_named) */
+            } else if (bf16 && (i == ACT_H1 || i == ACT_H2 || i == ACT_GATE || i == ACT_UP || i == ACT_SWIGLU)) {
+                /* kept in bf16 (layer_acts) */
                 long long shape[2] = {N, sizes[i]};
                 tga_plan_add_typed(p, kind, name, 2, shape, (int)sizeof(tga_bf16));
             } else {
@@ -425,12 +427,13 @@ static void bind_named(tga_model *m) {
         layer_acts *a = &m->acts[l];
         float **dst[] = {&a->h1, &a->rstd1, &a->q, &a->k, &a->v, &a->att, &a->lse, &a->x_mid, &a->h2,
                          &a->rstd2, &a->gate, &a->up, &a->act};
+        tga_bf16 **dst16[N_LAYER_ACTS] = {&a->h1_16, NULL, NULL, NULL, NULL, NULL, NULL, NULL, &a->h2_16, NULL,
+                                          &a->gate16, &a->up16, &a->act16}; /* the ones bf16 may keep */
         for (int i = 0; i < N_LAYER_ACTS; i++) {
             char name[96];
             layer_act_name(name, sizeof name, &m->shape, l, i);
             *dst[i] = planned(m, name);
-            if (i == ACT_GATE) a->gate16 = planned_bf16(m, name);
-            if (i == ACT_UP) a->up16 = planned_bf16(m, name);
+            if (dst16[i]) *dst16[i] = planned_bf16(m, name);
         }
     }
     m->proj_in = planned(m, "projector.in");
@@ -624,18 +627,23 @@ float *tga_model_grad_buffer(tga_model *m, size_t *n) {
 
 /* ---- forward ------------------------------------------------------------------------------ */
 
-/* A linear layer on a matrix held as fp32 (w) or bf16 (w16, when not NULL). */
-static void linear_fwd(float *out, const float *in, const float *w, const tga_bf16 *w16, const float *bias, int N,
-                       int in_dim, int out_dim) {
-    if (w16)
+/* A linear layer on a matrix held as fp32 (w) or bf16 (w16, when not NULL), its input in fp32 (in)
+ * or, with bf16 weights, already rounded to bf16 by its producer (in16, when not NULL). */
+static void linear_fwd(float *out, const float *in, const tga_bf16 *in16, const float *w, const tga_bf16 *w16,
+                       const float *bias, int N, int in_dim, int out_dim) {
+    if (in16)
+        OPS->linear_forward_bf16_input(out, in16, w16, bias, N, in_dim, out_dim);
+    else if (w16)
         OPS->linear_forward_bf16(out, in, w16, bias, N, in_dim, out_dim);
     else
         OPS->linear_forward(out, in, w, bias, N, in_dim, out_dim);
 }
 
-static void linear_bwd(float *din, float *dw, float *db, const float *dout, const float *in, const float *w,
-                       const tga_bf16 *w16, int N, int in_dim, int out_dim, int accumulate_din) {
-    if (w16)
+static void linear_bwd(float *din, float *dw, float *db, const float *dout, const float *in, const tga_bf16 *in16,
+                       const float *w, const tga_bf16 *w16, int N, int in_dim, int out_dim, int accumulate_din) {
+    if (in16)
+        OPS->linear_backward_bf16_input(din, dw, db, dout, in16, w16, N, in_dim, out_dim, accumulate_din);
+    else if (w16)
         OPS->linear_backward_bf16(din, dw, db, dout, in, w16, N, in_dim, out_dim, accumulate_din);
     else
         OPS->linear_backward(din, dw, db, dout, in, w, N, in_dim, out_dim, accumulate_din);
@@ -656,24 +664,30 @@ static void layer_forward(tga_model *m, int l, layer_acts *a, const float *x_in,
     const layer_weights *w = &m->w[l];
     const layer_bf16 *h = &m->w16[l];
     const int N = B * T, D = d->dim, F = d->ffn_dim, H = d->n_heads, KVH = d->n_kv_heads, hd = m->hd;
-    OPS->rmsnorm_forward(a->h1, a->rstd1, x_in, w->attn_norm, N, D, d->norm_eps); /* (N,D) */
-    linear_fwd(a->q, a->h1, w->wq, h->wq, NULL, N, D, H * hd);                    /* (N,H*hd) */
-    linear_fwd(a->k, a->h1, w->wk, h->wk, NULL, N, D, KVH * hd);                  /* (N,KVH*hd) */
-    linear_fwd(a->v, a->h1, w->wv, h->wv, NULL, N, D, KVH * hd);
+    if (a->h1_16) /* bf16 weights: the products' inputs stored in bf16 by their producers */
+        OPS->rmsnorm_forward_bf16(a->h1_16, a->rstd1, x_in, w->attn_norm, N, D, d->norm_eps); /* (N,D) */
+    else
+        OPS->rmsnorm_forward(a->h1, a->rstd1, x_in, w->attn_norm, N, D, d->norm_eps);
+    linear_fwd(a->q, a->h1, a->h1_16, w->wq, h->wq, NULL, N, D, H * hd);              /* (N,H*hd) */
+    linear_fwd(a->k, a->h1, a->h1_16, w->wk, h->wk, NULL, N, D, KVH * hd);            /* (N,KVH*hd) */
+    linear_fwd(a->v, a->h1, a->h1_16, w->wv, h->wv, NULL, N, D, KVH * hd);
     OPS->rope(a->q, m->rope_table, B, T, H, hd, 0);
     OPS->rope(a->k, m->rope_table, B, T, KVH, hd, 0);
     OPS->attention_forward(a->att, a->lse, a->q, a->k, a->v, m->d_lengths, B, T, H, KVH, hd); /* (N,H*hd) */
-    linear_fwd(m->delta, a->att, w->wo, h->wo, NULL, N, H * hd, D);                            /* (N,D) */
+    linear_fwd(m->delta, a->att, NULL, w->wo, h->wo, NULL, N, H * hd, D);                      /* (N,D) */
     OPS->copy(a->x_mid, x_in, (size_t)N * D * sizeof(float));
-    OPS->add_rmsnorm_forward(a->x_mid, m->delta, a->h2, a->rstd2, w->ffn_norm, N, D, d->norm_eps);
-    linear_fwd(a->gate, a->h2, w->w_gate, h->w_gate, NULL, N, D, F); /* (N,F) */
-    linear_fwd(a->up, a->h2, w->w_up, h->w_up, NULL, N, D, F);
-    if (a->gate16) /* gate and up kept in bf16 */
-        OPS->swiglu_forward_bf16(a->act, a->gate16, a->up16, a->gate, a->up, (size_t)N * F);
+    if (a->h2_16)
+        OPS->add_rmsnorm_forward_bf16(a->x_mid, m->delta, a->h2_16, a->rstd2, w->ffn_norm, N, D, d->norm_eps);
+    else
+        OPS->add_rmsnorm_forward(a->x_mid, m->delta, a->h2, a->rstd2, w->ffn_norm, N, D, d->norm_eps);
+    linear_fwd(a->gate, a->h2, a->h2_16, w->w_gate, h->w_gate, NULL, N, D, F); /* (N,F) */
+    linear_fwd(a->up, a->h2, a->h2_16, w->w_up, h->w_up, NULL, N, D, F);
+    if (a->gate16) /* gate, up and the activation kept in bf16 */
+        OPS->swiglu_forward_bf16(a->act16, a->gate16, a->up16, a->gate, a->up, (size_t)N * F);
     else if (x_out || m->g[l].w_down)
         OPS->swiglu_forward(a->act, a->gate, a->up, (size_t)N * F);
     if (!x_out) return;
-    linear_fwd(m->delta, a->act, w->w_down, h->w_down, NULL, N, F, D); /* (N,D) */
+    linear_fwd(m->delta, a->act, a->act16, w->w_down, h->w_down, NULL, N, F, D); /* (N,D) */
     OPS->copy(x_out, a->x_mid, (size_t)N * D * sizeof(float));
     OPS->add_inplace(x_out, m->delta, (size_t)N * D);
 }
@@ -743,11 +757,11 @@ static void projector_forward(tga_model *m, const tga_batch *b) {
     if (rows == 0) return;
     OPS->upload(m->proj_in, b->image_features, (size_t)rows * Dv * sizeof(float));
     if (m->dims.projector == TGA_PROJ_MLP2X_GELU) {
-        linear_fwd(m->proj_h, m->proj_in, m->pw.w0, m->proj_w0_16, NULL, rows, Dv, D); /* (rows,D) */
-        OPS->bias_gelu_forward(m->proj_h, m->proj_g, m->pw.b0, rows, D);               /* + b0, GELU */
-        linear_fwd(m->proj_out, m->proj_g, m->pw.w2, m->proj_w2_16, m->pw.b2, rows, D, D);
+        linear_fwd(m->proj_h, m->proj_in, NULL, m->pw.w0, m->proj_w0_16, NULL, rows, Dv, D); /* (rows,D) */
+        OPS->bias_gelu_forward(m->proj_h, m->proj_g, m->pw.b0, rows, D);                     /* + b0, GELU */
+        linear_fwd(m->proj_out, m->proj_g, NULL, m->pw.w2, m->proj_w2_16, m->pw.b2, rows, D, D);
     } else {
-        linear_fwd(m->proj_out, m->proj_in, m->pw.w0, m->proj_w0_16, m->pw.b0, rows, Dv, D);
+        linear_fwd(m->proj_out, m->proj_in, NULL, m->pw.w0, m->proj_w0_16, m->pw.b0, rows, Dv, D);
     }
     for (int i = 0; i < b->n_images; i++) {
         size_t row = (size_t)b->image_sample[i] * b->T + (size_t)b->image_start[i];
@@ -841,23 +855,23 @@ static void layer_backward(tga_model *m, int l, const layer_acts *a, const float
     const int N = B * T, D = d->dim, F = d->ffn_dim, H = d->n_heads, KVH = d->n_kv_heads, hd = m->hd;
     float *dx = m->dx;
     /* MLP: x_out = x_mid + W_down(silu(W_gate h2) * W_up h2), h2 = norm(x_mid) */
-    linear_bwd(m->dact, g->w_down, NULL, dx, a->act, w->w_down, h->w_down, N, F, D, 0);
+    linear_bwd(m->dact, g->w_down, NULL, dx, a->act, a->act16, w->w_down, h->w_down, N, F, D, 0);
     if (a->gate16)
         OPS->swiglu_backward_bf16(m->dgate, m->dup, m->dact, a->gate16, a->up16, (size_t)N * F);
     else
         OPS->swiglu_backward(m->dgate, m->dup, m->dact, a->gate, a->up, (size_t)N * F);
-    linear_bwd(m->dh, g->w_gate, NULL, m->dgate, a->h2, w->w_gate, h->w_gate, N, D, F, 0);
-    linear_bwd(m->dh, g->w_up, NULL, m->dup, a->h2, w->w_up, h->w_up, N, D, F, 1);
+    linear_bwd(m->dh, g->w_gate, NULL, m->dgate, a->h2, a->h2_16, w->w_gate, h->w_gate, N, D, F, 0);
+    linear_bwd(m->dh, g->w_up, NULL, m->dup, a->h2, a->h2_16, w->w_up, h->w_up, N, D, F, 1);
     OPS->rmsnorm_backward(dx, g->ffn_norm, m->dh, a->x_mid, w->ffn_norm, a->rstd2, N, D, 1); /* d x_mid */
     /* attention: x_mid = x_in + Wo attn(rope(Wq h1), rope(Wk h1), Wv h1), h1 = norm(x_in) */
-    linear_bwd(m->datt, g->wo, NULL, dx, a->att, w->wo, h->wo, N, H * hd, D, 0);
+    linear_bwd(m->datt, g->wo, NULL, dx, a->att, NULL, w->wo, h->wo, N, H * hd, D, 0);
     OPS->attention_backward(m->dq, m->dk, m->dv, m->datt, a->q, a->k, a->v, a->att, a->lse, m->d_lengths, B, T, H,
                             KVH, hd);
     OPS->rope(m->dq, m->rope_table, B, T, H, hd, 1);
     OPS->rope(m->dk, m->rope_table, B, T, KVH, hd, 1);
-    linear_bwd(m->dh, g->wq, NULL, m->dq, a->h1, w->wq, h->wq, N, D, H * hd, 0);
-    linear_bwd(m->dh, g->wk, NULL, m->dk, a->h1, w->wk, h->wk, N, D, KVH * hd, 1);
-    linear_bwd(m->dh, g->wv, NULL, m->dv, a->h1, w->wv, h->wv, N, D, KVH * hd, 1);
+    linear_bwd(m->dh, g->wq, NULL, m->dq, a->h1, a->h1_16, w->wq, h->wq, N, D, H * hd, 0);
+    linear_bwd(m->dh, g->wk, NULL, m->dk, a->h1, a->h1_16, w->wk, h->wk, N, D, KVH * hd, 1);
+    linear_bwd(m->dh, g->wv, NULL, m->dv, a->h1, a->h1_16, w->wv, h->wv, N, D, KVH * hd, 1);
     OPS->rmsnorm_backward(dx, g->attn_norm, m->dh, x_in, w->attn_norm, a->rstd1, N, D, 1); /* d x_in */
 }
 
@@ -878,11 +892,11 @@ static void projector_backward(tga_model *m, const tga_batch *b) {
         OPS->copy(m->dproj_a + (size_t)i * P * D, m->dx + row * D, (size_t)P * D * sizeof(float));
     }
     if (m->dims.projector == TGA_PROJ_MLP2X_GELU) {
-        linear_bwd(m->dproj_b, m->pg.w2, m->pg.b2, m->dproj_a, m->proj_g, m->pw.w2, m->proj_w2_16, rows, D, D, 0);
+        linear_bwd(m->dproj_b, m->pg.w2, m->pg.b2, m->dproj_a, m->proj_g, NULL, m->pw.w2, m->proj_w2_16, rows, D, D, 0);
         OPS->gelu_bias_backward(m->dproj_a, m->pg.b0, m->dproj_b, m->proj_h, rows, D); /* GELU and b0 */
-        linear_bwd(NULL, m->pg.w0, NULL, m->dproj_a, m->proj_in, m->pw.w0, m->proj_w0_16, rows, Dv, D, 0);
+        linear_bwd(NULL, m->pg.w0, NULL, m->dproj_a, m->proj_in, NULL, m->pw.w0, m->proj_w0_16, rows, Dv, D, 0);
     } else {
-        linear_bwd(NULL, m->pg.w0, m->pg.b0, m->dproj_a, m->proj_in, m->pw.w0, m->proj_w0_16, rows, Dv, D, 0);
+        linear_bwd(NULL, m->pg.w0, m->pg.b0, m->dproj_a, m->proj_in, NULL, m->pw.w0, m->proj_w0_16, rows, Dv, D, 0);
     }
 }
 
@@ -969,7 +983,7 @@ tga_status tga_model_forward_backward(tga_model *m, const tga_batch *b, const tg
 /* ---- accessors ---------------------------------------------------------------------------- */
 
 void tga_model_head_logits(tga_model *m, float *out, const float *hidden, int n) {
-    linear_fwd(out, hidden, m->lm_head, m->lm_head16, NULL, n, m->dims.dim, m->dims.vocab_size);
+    linear_fwd(out, hidden, NULL, m->lm_head, m->lm_head16, NULL, n, m->dims.dim, m->dims.vocab_size);
 }
 
 void tga_model_logits(tga_model *m, float *host_logits) {

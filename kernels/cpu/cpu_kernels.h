@@ -26,6 +26,11 @@ void tga_cpu_linear_forward(float *out, const float *in, const float *weight, co
                             int in_dim, int out_dim);
 void tga_cpu_linear_backward(float *din, float *dweight, float *dbias, const float *dout, const float *in,
                              const float *weight, int N, int in_dim, int out_dim, int accumulate_din);
+void tga_cpu_linear_forward_bf16_input(float *out, const tga_bf16 *in, const tga_bf16 *weight, const float *bias,
+                                       int N, int in_dim, int out_dim);
+void tga_cpu_linear_backward_bf16_input(float *din, float *dweight, float *dbias, const float *dout,
+                                        const tga_bf16 *in, const tga_bf16 *weight, int N, int in_dim, int out_dim,
+                                        int accumulate_din);
 void tga_cpu_linear_forward_bf16(float *out, const float *in, const tga_bf16 *weight, const float *bias, int N,
                                  int in_dim, int out_dim);
 void tga_cpu_linear_backward_bf16(float *din, float *dweight, float *dbias, const float *dout, const float *in,
@@ -42,6 +47,10 @@ void tga_cpu_rmsnorm_forward(float *out, float *rstd, const float *in, const flo
                              float eps);
 void tga_cpu_rmsnorm_backward(float *din, float *dweight, const float *dout, const float *in,
                               const float *weight, const float *rstd, int N, int D, int accumulate_din);
+void tga_cpu_rmsnorm_forward_bf16(tga_bf16 *out, float *rstd, const float *in, const float *weight, int N, int D,
+                                  float eps);
+void tga_cpu_add_rmsnorm_forward_bf16(float *residual, const float *delta, tga_bf16 *out, float *rstd,
+                                      const float *weight, int N, int D, float eps);
 void tga_cpu_add_rmsnorm_forward(float *residual, const float *delta, float *out, float *rstd,
                                  const float *weight, int N, int D, float eps);
 void tga_cpu_rope(float *x, const float *cos_sin, int B, int T, int heads, int head_dim, int inverse);
@@ -53,7 +62,7 @@ void tga_cpu_attention_backward(float *dq, float *dk, float *dv, const float *do
 void tga_cpu_swiglu_forward(float *out, const float *gate, const float *up, size_t n);
 void tga_cpu_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                              size_t n);
-void tga_cpu_swiglu_forward_bf16(float *out, tga_bf16 *gate_store, tga_bf16 *up_store, const float *gate,
+void tga_cpu_swiglu_forward_bf16(tga_bf16 *out, tga_bf16 *gate_store, tga_bf16 *up_store, const float *gate,
                                  const float *up, size_t n);
 void tga_cpu_swiglu_backward_bf16(float *dgate, float *dup, const float *dout, const tga_bf16 *gate,
                                   const tga_bf16 *up, size_t n);

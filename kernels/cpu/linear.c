@@ -37,7 +37,7 @@ void tga_cpu_bias_grad_accumulate(float *dbias, const float *dout, int N, int ou
 }
 
 /* The same three products with bf16 operands (ops.h: bf16(in), bf16(dout), the bf16 weight). */
-static void linear_forward_typed(float *out, const float *in, const void *weight, tga_cpu_operand w_type,
+static void linear_forward_typed(float *out, const void *in, const void *weight, tga_cpu_operand w_type,
                                  tga_cpu_operand act_type, const float *bias, int N, int in_dim, int out_dim) {
     /* (N, IC) x (OC, IC)^T -> (N, OC) */
     tga_cpu_gemm_mixed(0, 1, N, out_dim, in_dim, 1.0f, in, act_type, in_dim, weight, w_type, in_dim, 0.0f, out,
@@ -45,9 +45,9 @@ static void linear_forward_typed(float *out, const float *in, const void *weight
     if (bias) add_bias_rows(out, bias, N, out_dim);
 }
 
-static void linear_backward_typed(float *din, float *dweight, float *dbias, const float *dout, const float *in,
-                                  const void *weight, tga_cpu_operand w_type, tga_cpu_operand act_type, int N,
-                                  int in_dim, int out_dim, int accumulate_din) {
+static void linear_backward_typed(float *din, float *dweight, float *dbias, const float *dout, const void *in,
+                                  const void *weight, tga_cpu_operand w_type, tga_cpu_operand act_type,
+                                  tga_cpu_operand in_type, int N, int in_dim, int out_dim, int accumulate_din) {
     if (din) {
         /* (N, OC) x (OC, IC) -> (N, IC) */
         tga_cpu_gemm_mixed(0, 0, N, in_dim, out_dim, 1.0f, dout, act_type, out_dim, weight, w_type, in_dim,
@@ -55,7 +55,7 @@ static void linear_backward_typed(float *din, float *dweight, float *dbias, cons
     }
     if (dweight) {
         /* (N, OC)^T x (N, IC) -> (OC, IC), accumulated */
-        tga_cpu_gemm_mixed(1, 0, out_dim, in_dim, N, 1.0f, dout, act_type, out_dim, in, act_type, in_dim, 1.0f,
+        tga_cpu_gemm_mixed(1, 0, out_dim, in_dim, N, 1.0f, dout, act_type, out_dim, in, in_type, in_dim, 1.0f,
                            dweight, in_dim);
     }
     if (dbias) tga_cpu_bias_grad_accumulate(dbias, dout, N, out_dim);
@@ -68,8 +68,8 @@ void tga_cpu_linear_forward(float *out, const float *in, const float *weight, co
 
 void tga_cpu_linear_backward(float *din, float *dweight, float *dbias, const float *dout, const float *in,
                              const float *weight, int N, int in_dim, int out_dim, int accumulate_din) {
-    linear_backward_typed(din, dweight, dbias, dout, in, weight, TGA_CPU_F32, TGA_CPU_F32, N, in_dim, out_dim,
-                          accumulate_din);
+    linear_backward_typed(din, dweight, dbias, dout, in, weight, TGA_CPU_F32, TGA_CPU_F32, TGA_CPU_F32, N, in_dim,
+                          out_dim, accumulate_din);
 }
 
 void tga_cpu_linear_forward_bf16(float *out, const float *in, const tga_bf16 *weight, const float *bias, int N,
@@ -79,6 +79,18 @@ void tga_cpu_linear_forward_bf16(float *out, const float *in, const tga_bf16 *we
 
 void tga_cpu_linear_backward_bf16(float *din, float *dweight, float *dbias, const float *dout, const float *in,
                                   const tga_bf16 *weight, int N, int in_dim, int out_dim, int accumulate_din) {
-    linear_backward_typed(din, dweight, dbias, dout, in, weight, TGA_CPU_BF16, TGA_CPU_F32_AS_BF16, N, in_dim,
-                          out_dim, accumulate_din);
+    linear_backward_typed(din, dweight, dbias, dout, in, weight, TGA_CPU_BF16, TGA_CPU_F32_AS_BF16,
+                          TGA_CPU_F32_AS_BF16, N, in_dim, out_dim, accumulate_din);
+}
+
+void tga_cpu_linear_forward_bf16_input(float *out, const tga_bf16 *in, const tga_bf16 *weight, const float *bias,
+                                       int N, int in_dim, int out_dim) {
+    linear_forward_typed(out, in, weight, TGA_CPU_BF16, TGA_CPU_BF16, bias, N, in_dim, out_dim);
+}
+
+void tga_cpu_linear_backward_bf16_input(float *din, float *dweight, float *dbias, const float *dout,
+                                        const tga_bf16 *in, const tga_bf16 *weight, int N, int in_dim, int out_dim,
+                                        int accumulate_din) {
+    linear_backward_typed(din, dweight, dbias, dout, in, weight, TGA_CPU_BF16, TGA_CPU_F32_AS_BF16, TGA_CPU_BF16, N,
+                          in_dim, out_dim, accumulate_din);
 }

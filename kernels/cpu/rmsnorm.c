@@ -39,26 +39,31 @@ static double row_weighted_dot(const float *g, const float *w, const float *x, i
     return sum;
 }
 
-/* Normalises one row and returns its rstd; HF rounds the variance to fp32 before rsqrt. */
-static float normalize_row(float *out, const float *x, const float *w, int D, float eps) {
+/* Normalises one row into out (fp32) or out16 (rounded to bf16) and returns its rstd; HF rounds
+ * the variance to fp32 before rsqrt. */
+static float normalize_row(float *out, tga_bf16 *out16, const float *x, const float *w, int D, float eps) {
     float var = (float)(row_sum_squares(x, D) / D);
     float rstd = 1.0f / sqrtf(var + eps);
-    for (int j = 0; j < D; j++)
-        out[j] = w[j] * (x[j] * rstd);
+    if (out16)
+        for (int j = 0; j < D; j++)
+            out16[j] = tga_bf16_from_float(w[j] * (x[j] * rstd));
+    else
+        for (int j = 0; j < D; j++)
+            out[j] = w[j] * (x[j] * rstd);
     return rstd;
 }
 
-void tga_cpu_rmsnorm_forward(float *out, float *rstd, const float *in, const float *weight, int N, int D,
-                             float eps) {
+static void rmsnorm_rows(float *out, tga_bf16 *out16, float *rstd, const float *in, const float *weight, int N,
+                         int D, float eps) {
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         size_t off = (size_t)n * D;
-        rstd[n] = normalize_row(out + off, in + off, weight, D, eps);
+        rstd[n] = normalize_row(out ? out + off : NULL, out16 ? out16 + off : NULL, in + off, weight, D, eps);
     }
 }
 
-void tga_cpu_add_rmsnorm_forward(float *residual, const float *delta, float *out, float *rstd,
-                                 const float *weight, int N, int D, float eps) {
+static void add_rmsnorm_rows(float *residual, const float *delta, float *out, tga_bf16 *out16, float *rstd,
+                             const float *weight, int N, int D, float eps) {
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         size_t off = (size_t)n * D;
@@ -66,8 +71,28 @@ void tga_cpu_add_rmsnorm_forward(float *residual, const float *delta, float *out
         const float *add = delta + off;
         for (int j = 0; j < D; j++)
             res[j] += add[j];
-        rstd[n] = normalize_row(out + off, res, weight, D, eps);
+        rstd[n] = normalize_row(out ? out + off : NULL, out16 ? out16 + off : NULL, res, weight, D, eps);
     }
+}
+
+void tga_cpu_rmsnorm_forward(float *out, float *rstd, const float *in, const float *weight, int N, int D,
+                             float eps) {
+    rmsnorm_rows(out, NULL, rstd, in, weight, N, D, eps);
+}
+
+void tga_cpu_rmsnorm_forward_bf16(tga_bf16 *out, float *rstd, const float *in, const float *weight, int N, int D,
+                                  float eps) {
+    rmsnorm_rows(NULL, out, rstd, in, weight, N, D, eps);
+}
+
+void tga_cpu_add_rmsnorm_forward(float *residual, const float *delta, float *out, float *rstd,
+                                 const float *weight, int N, int D, float eps) {
+    add_rmsnorm_rows(residual, delta, out, NULL, rstd, weight, N, D, eps);
+}
+
+void tga_cpu_add_rmsnorm_forward_bf16(float *residual, const float *delta, tga_bf16 *out, float *rstd,
+                                      const float *weight, int N, int D, float eps) {
+    add_rmsnorm_rows(residual, delta, NULL, out, rstd, weight, N, D, eps);
 }
 
 /* dx = r * w * g - x * (r^3 / D) * sum_j(g_j w_j x_j), with r = rstd of the row. */

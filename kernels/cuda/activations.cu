@@ -24,8 +24,13 @@ __device__ inline float swiglu_value(float g, float u) { return g / (1.0f + expf
 __device__ inline float widen(float x) { return x; }
 __device__ inline float widen(__nv_bfloat16 x) { return __bfloat162float(x); }
 
-/* With gate_store (swiglu_forward_bf16): gate and up rounded to bf16, stored, and used rounded. */
-__global__ void swiglu_forward_kernel(float *out, __nv_bfloat16 *gate_store, __nv_bfloat16 *up_store, const float *gate,
+__device__ inline void store(float *dst, float x) { *dst = x; }
+__device__ inline void store(__nv_bfloat16 *dst, float x) { *dst = __float2bfloat16_rn(x); }
+
+/* With gate_store (swiglu_forward_bf16, Out = bf16): gate and up rounded to bf16, stored, and used
+ * rounded; the output rounded as it is stored. */
+template <typename Out>
+__global__ void swiglu_forward_kernel(Out *out, __nv_bfloat16 *gate_store, __nv_bfloat16 *up_store, const float *gate,
                                       const float *up, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         float g = gate[i], u = up[i];
@@ -36,7 +41,7 @@ __global__ void swiglu_forward_kernel(float *out, __nv_bfloat16 *gate_store, __n
             g = __bfloat162float(g16);
             u = __bfloat162float(u16);
         }
-        out[i] = swiglu_value(g, u);
+        store(&out[i], swiglu_value(g, u));
     }
 }
 
@@ -99,8 +104,8 @@ using namespace tga_cuda;
 
 extern "C" void tga_cuda_swiglu_forward(float *out, const float *gate, const float *up, size_t n) {
     if (n == 0) return;
-    swiglu_forward_kernel<<<grid_stride_blocks(n), kElementwiseThreads, 0, tga_cuda_stream>>>(out, nullptr, nullptr,
-                                                                                            gate, up, n);
+    swiglu_forward_kernel<float>
+        <<<grid_stride_blocks(n), kElementwiseThreads, 0, tga_cuda_stream>>>(out, nullptr, nullptr, gate, up, n);
     TGA_CUDA_CHECK_LAUNCH("swiglu_forward_kernel");
 }
 
@@ -112,11 +117,12 @@ extern "C" void tga_cuda_swiglu_backward(float *dgate, float *dup, const float *
     TGA_CUDA_CHECK_LAUNCH("swiglu_backward_kernel");
 }
 
-extern "C" void tga_cuda_swiglu_forward_bf16(float *out, tga_bf16 *gate_store, tga_bf16 *up_store, const float *gate,
-                                             const float *up, size_t n) {
+extern "C" void tga_cuda_swiglu_forward_bf16(tga_bf16 *out, tga_bf16 *gate_store, tga_bf16 *up_store,
+                                             const float *gate, const float *up, size_t n) {
     if (n == 0) return;
-    swiglu_forward_kernel<<<grid_stride_blocks(n), kElementwiseThreads, 0, tga_cuda_stream>>>(
-        out, reinterpret_cast<__nv_bfloat16 *>(gate_store), reinterpret_cast<__nv_bfloat16 *>(up_store), gate, up, n);
+    swiglu_forward_kernel<__nv_bfloat16><<<grid_stride_blocks(n), kElementwiseThreads, 0, tga_cuda_stream>>>(
+        reinterpret_cast<__nv_bfloat16 *>(out), reinterpret_cast<__nv_bfloat16 *>(gate_store),
+        reinterpret_cast<__nv_bfloat16 *>(up_store), gate, up, n);
     TGA_CUDA_CHECK_LAUNCH("swiglu_forward_kernel (bf16 store)");
 }
 

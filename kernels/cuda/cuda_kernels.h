@@ -86,6 +86,10 @@ void tga_cuda_rmsnorm_forward(float *out, float *rstd, const float *in, const fl
                               float eps);
 void tga_cuda_rmsnorm_backward(float *din, float *dweight, const float *dout, const float *in,
                                const float *weight, const float *rstd, int N, int D, int accumulate_din);
+void tga_cuda_rmsnorm_forward_bf16(tga_bf16 *out, float *rstd, const float *in, const float *weight, int N, int D,
+                                   float eps);
+void tga_cuda_add_rmsnorm_forward_bf16(float *residual, const float *delta, tga_bf16 *out, float *rstd,
+                                       const float *weight, int N, int D, float eps);
 void tga_cuda_add_rmsnorm_forward(float *residual, const float *delta, float *out, float *rstd,
                                   const float *weight, int N, int D, float eps);
 void tga_cuda_rope(float *x, const float *cos_sin, int B, int T, int heads, int head_dim, int inverse);
@@ -97,7 +101,7 @@ void tga_cuda_attention_backward(float *dq, float *dk, float *dv, const float *d
 void tga_cuda_swiglu_forward(float *out, const float *gate, const float *up, size_t n);
 void tga_cuda_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                               size_t n);
-void tga_cuda_swiglu_forward_bf16(float *out, tga_bf16 *gate_store, tga_bf16 *up_store, const float *gate,
+void tga_cuda_swiglu_forward_bf16(tga_bf16 *out, tga_bf16 *gate_store, tga_bf16 *up_store, const float *gate,
                                   const float *up, size_t n);
 void tga_cuda_swiglu_backward_bf16(float *dgate, float *dup, const float *dout, const tga_bf16 *gate,
                                    const tga_bf16 *up, size_t n);
@@ -125,6 +129,11 @@ void tga_cuda_adamw_bf16(float *param, tga_bf16 *param_bf16, const float *grad, 
                          float lr, float beta1, float beta2, float eps, float weight_decay, int step);
 void tga_cuda_adamw(float *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1,
                     float beta2, float eps, float weight_decay, int step);
+void tga_cuda_linear_forward_bf16_input(float *out, const tga_bf16 *in, const tga_bf16 *weight, const float *bias,
+                                        int N, int in_dim, int out_dim);
+void tga_cuda_linear_backward_bf16_input(float *din, float *dweight, float *dbias, const float *dout,
+                                         const tga_bf16 *in, const tga_bf16 *weight, int N, int in_dim, int out_dim,
+                                         int accumulate_din);
 void tga_cuda_linear_forward_bf16(float *out, const float *in, const tga_bf16 *weight, const float *bias, int N,
                                   int in_dim, int out_dim);
 void tga_cuda_linear_backward_bf16(float *din, float *dweight, float *dbias, const float *dout, const float *in,

@@ -4,7 +4,9 @@
  * bf16 weights (the *_bf16 ops): the fp32 activation operands (in, dout) are rounded to bf16
  * (to_bf16, nearest even) into the backend's scratch buffer, then bf16 x bf16 -> fp32 GEMMs; the
  * bias and its gradient are those of the fp32 layer (the gradient sums the exact fp32 dout). The
- * scratch grows to the size of the rounded operands (w_down's input at 8 x 680 tokens: 156 MB). */
+ * scratch grows to the size of the rounded operands (dout of w_gate/w_up at 8 x 680 tokens:
+ * 156 MB). The *_bf16_input ops take `in` in bf16 already (written so by the norm or SwiGLU
+ * before them) and round only dout. */
 #include "kernels/cuda/column_sum.cuh"
 
 namespace tga_cuda {
@@ -75,19 +77,42 @@ extern "C" void tga_cuda_linear_forward_bf16(float *out, const float *in, const 
     add_bias(out, bias, N, out_dim);
 }
 
-extern "C" void tga_cuda_linear_backward_bf16(float *din, float *dweight, float *dbias, const float *dout,
-                                              const float *in, const tga_bf16 *weight, int N, int in_dim,
-                                              int out_dim, int accumulate_din) {
+extern "C" void tga_cuda_linear_forward_bf16_input(float *out, const tga_bf16 *in, const tga_bf16 *weight,
+                                                   const float *bias, int N, int in_dim, int out_dim) {
+    if (N <= 0 || out_dim <= 0) return;
+    tga_cuda_gemm_typed(0, 1, N, out_dim, in_dim, 1.0f, in, TGA_CUDA_BF16, in_dim, weight, TGA_CUDA_BF16, in_dim, 0.0f,
+                        out, out_dim);
+    add_bias(out, bias, N, out_dim);
+}
+
+/* The backward of both bf16 linear ops: the input is fp32 (rounded here when dweight needs it) or,
+ * as in16, bf16 already. */
+static void linear_backward_bf16(float *din, float *dweight, float *dbias, const float *dout, const float *in,
+                                 const tga_bf16 *in16, const tga_bf16 *weight, int N, int in_dim, int out_dim,
+                                 int accumulate_din) {
     /* before the bf16 copies take the backend's scratch, which the column sums use too */
     if (dbias) column_sum_accumulate(dbias, N, out_dim, bias_grad_term{dout, out_dim});
     if ((!din && !dweight) || N <= 0) return;
     tga_bf16 *dout_bf16, *in_bf16;
-    const size_t n_dout = (size_t)N * out_dim, n_in = dweight ? (size_t)N * in_dim : 0;
+    const size_t n_dout = (size_t)N * out_dim, n_in = dweight && !in16 ? (size_t)N * in_dim : 0;
     if (!round_to_bf16(dout, n_dout, &dout_bf16, in, n_in, &in_bf16)) return;
+    if (in16) in_bf16 = const_cast<tga_bf16 *>(in16);
     if (din) /* (N, OC) x (OC, IC) -> (N, IC) */
         tga_cuda_gemm_typed(0, 0, N, in_dim, out_dim, 1.0f, dout_bf16, TGA_CUDA_BF16, out_dim, weight, TGA_CUDA_BF16,
                             in_dim, accumulate_din ? 1.0f : 0.0f, din, in_dim);
     if (dweight) /* (N, OC)^T x (N, IC) -> (OC, IC), accumulated */
         tga_cuda_gemm_typed(1, 0, out_dim, in_dim, N, 1.0f, dout_bf16, TGA_CUDA_BF16, out_dim, in_bf16, TGA_CUDA_BF16,
                             in_dim, 1.0f, dweight, in_dim);
+}
+
+extern "C" void tga_cuda_linear_backward_bf16(float *din, float *dweight, float *dbias, const float *dout,
+                                              const float *in, const tga_bf16 *weight, int N, int in_dim,
+                                              int out_dim, int accumulate_din) {
+    linear_backward_bf16(din, dweight, dbias, dout, in, nullptr, weight, N, in_dim, out_dim, accumulate_din);
+}
+
+extern "C" void tga_cuda_linear_backward_bf16_input(float *din, float *dweight, float *dbias, const float *dout,
+                                                    const tga_bf16 *in, const tga_bf16 *weight, int N, int in_dim,
+                                                    int out_dim, int accumulate_din) {
+    linear_backward_bf16(din, dweight, dbias, dout, nullptr, in, weight, N, in_dim, out_dim, accumulate_din);
 }

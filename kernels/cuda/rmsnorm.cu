@@ -4,16 +4,22 @@
  * the fixed-order block reductions of cuda_common.cuh (fp32 over the row, as torch does; the CPU
  * reference sums in double, which differs by about 1e-7 relative). The weight gradient is a
  * column sum over rows, in double, by column_sum.cuh. */
+#include <cuda_bf16.h>
+
 #include "kernels/cuda/column_sum.cuh"
 
 namespace tga_cuda {
 
 constexpr int kRowThreads = 256;
 
+__device__ inline void store(float *dst, float x) { *dst = x; }
+__device__ inline void store(__nv_bfloat16 *dst, float x) { *dst = __float2bfloat16_rn(x); }
+
 /* With a residual: residual += delta first (in place), then the normalised sum. Each thread reads
- * back only the elements it wrote itself, so no barrier is needed between the two. */
-template <bool kAddDelta>
-__global__ void rmsnorm_forward_kernel(float *out, float *rstd, float *x_rows, const float *delta_rows,
+ * back only the elements it wrote itself, so no barrier is needed between the two. Out is fp32, or
+ * bf16 (the *_bf16 ops: the value rounded as it is stored). */
+template <bool kAddDelta, typename Out>
+__global__ void rmsnorm_forward_kernel(Out *out, float *rstd, float *x_rows, const float *delta_rows,
                                        const float *weight, int D, float eps) {
     float *x = x_rows + (size_t)blockIdx.x * D;
     float sum_sq = 0.0f;
@@ -27,8 +33,8 @@ __global__ void rmsnorm_forward_kernel(float *out, float *rstd, float *x_rows, c
     }
     const float var = block_sum(sum_sq) / (float)D;
     const float r = 1.0f / sqrtf(var + eps);
-    float *y = out + (size_t)blockIdx.x * D;
-    for (int j = threadIdx.x; j < D; j += blockDim.x) y[j] = weight[j] * (x[j] * r);
+    Out *y = out + (size_t)blockIdx.x * D;
+    for (int j = threadIdx.x; j < D; j += blockDim.x) store(&y[j], weight[j] * (x[j] * r));
     if (threadIdx.x == 0) rstd[blockIdx.x] = r;
 }
 
@@ -58,12 +64,12 @@ struct rmsnorm_dweight_term {
     }
 };
 
-template <bool kAddDelta>
-void launch_rmsnorm_forward(float *out, float *rstd, float *x, const float *delta, const float *weight, int N, int D,
+template <bool kAddDelta, typename Out>
+void launch_rmsnorm_forward(Out *out, float *rstd, float *x, const float *delta, const float *weight, int N, int D,
                             float eps) {
     if (N <= 0 || D <= 0) return;
-    rmsnorm_forward_kernel<kAddDelta><<<(unsigned)N, kRowThreads, 0, tga_cuda_stream>>>(out, rstd, x, delta, weight, D,
-                                                                                       eps);
+    rmsnorm_forward_kernel<kAddDelta, Out>
+        <<<(unsigned)N, kRowThreads, 0, tga_cuda_stream>>>(out, rstd, x, delta, weight, D, eps);
     TGA_CUDA_CHECK_LAUNCH("rmsnorm_forward_kernel");
 }
 
@@ -80,6 +86,17 @@ extern "C" void tga_cuda_rmsnorm_forward(float *out, float *rstd, const float *i
 extern "C" void tga_cuda_add_rmsnorm_forward(float *residual, const float *delta, float *out, float *rstd,
                                              const float *weight, int N, int D, float eps) {
     launch_rmsnorm_forward<true>(out, rstd, residual, delta, weight, N, D, eps);
+}
+
+extern "C" void tga_cuda_rmsnorm_forward_bf16(tga_bf16 *out, float *rstd, const float *in, const float *weight, int N,
+                                              int D, float eps) {
+    launch_rmsnorm_forward<false>(reinterpret_cast<__nv_bfloat16 *>(out), rstd, const_cast<float *>(in), nullptr,
+                                  weight, N, D, eps);
+}
+
+extern "C" void tga_cuda_add_rmsnorm_forward_bf16(float *residual, const float *delta, tga_bf16 *out, float *rstd,
+                                                  const float *weight, int N, int D, float eps) {
+    launch_rmsnorm_forward<true>(reinterpret_cast<__nv_bfloat16 *>(out), rstd, residual, delta, weight, N, D, eps);
 }
 
 extern "C" void tga_cuda_rmsnorm_backward(float *din, float *dweight, const float *dout, const float *in,

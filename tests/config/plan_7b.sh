@@ -41,15 +41,23 @@ awk -v a="${fp32% *}" -v b="${bf16% *}" 'BEGIN { r = a / b; exit !(r > 1.98 && r
 awk -v a="${fp32% *}" -v b="${bf16_params% *}" 'BEGIN { r = a / b; exit !(r > 1.99 && r < 2.01) }' ||
     fail "bf16 + ZeRO-1 stage 2: parameters $bf16_params vs $fp32 in fp32, expected half"
 # stage 1 without recompute keeps no per-layer inputs of the frozen linear layers (h1, h2 [N, D],
-# act [N, F]): 32 layers x N (2 D + F) fp32 values fewer activations than stage 2 at the same shape
+# act [N, F]): 32 layers x N (2 D + F) values fewer activations than stage 2 at the same shape,
+# fp32 values with model.dtype fp32 and bf16 ones with bf16 (which stores those inputs in bf16)
 acts() { awk '/^memory plan per rank \(without recompute/ {p = 1} p && /^ *activations/ {print $2, $3; exit}'; }
 shape=(--set train.micro_batch=8 --set data.max_len=680)
-acts1=$("$tga" train --config "$config" --dry-run "${shape[@]}" 2>&1 | acts)
-acts2=$("$tga" train --config "$config" --dry-run "${shape[@]}" --set train.trainable=stage2 2>&1 | acts)
-[ "${acts1#* }" = GiB ] && [ "${acts2#* }" = GiB ] || fail "activations: '$acts1' (stage 1), '$acts2' (stage 2)"
-awk -v a="${acts1% *}" -v b="${acts2% *}" 'BEGIN { want = 32 * 8 * 680 * (2 * 4096 + 14336) * 4 / 2 ^ 30
-    exit !(b - a > want - 0.01 && b - a < want + 0.01) }' ||
-    fail "stage 1 without recompute: activations $acts1 vs $acts2 in stage 2; expected the linear inputs fewer"
+for dtype_bytes in "fp32 4" "bf16 2"; do
+    read -r dtype bytes <<<"$dtype_bytes"
+    acts1=$("$tga" train --config "$config" --dry-run "${shape[@]}" --set model.dtype=$dtype 2>&1 | acts)
+    acts2=$("$tga" train --config "$config" --dry-run "${shape[@]}" --set model.dtype=$dtype \
+        --set train.trainable=stage2 2>&1 | acts)
+    [ "${acts1#* }" = GiB ] && [ "${acts2#* }" = GiB ] ||
+        fail "activations ($dtype): '$acts1' (stage 1), '$acts2' (stage 2)"
+    awk -v a="${acts1% *}" -v b="${acts2% *}" -v bytes="$bytes" 'BEGIN {
+        want = 32 * 8 * 680 * (2 * 4096 + 14336) * bytes / 2 ^ 30
+        exit !(b - a > want - 0.01 && b - a < want + 0.01) }' ||
+        fail "stage 1 without recompute ($dtype): activations $acts1 vs $acts2 in stage 2;" \
+            "expected the linear inputs fewer"
+done
 # upstream's micro-batch 32 (at the ~680 tokens of a LLaVA pretraining sample) without recompute fits
 # one H200 (141 GB = 131 GiB) with bf16 weights and bf16 MLP activations
 total() { awk '/^memory plan per rank \(without recompute/ {p = 1} p && /^ *total/ {print $2, $3; exit}'; }

@@ -174,6 +174,29 @@ static int compare_variant(const char *op, int bf16, const char *part, const cha
     return gc_compare(name, shape, dev, ref, n, limit);
 }
 
+/* bf16 output `dev` (n values, device) against `ref` (host), compared widened; an element left
+ * unwritten (the buffers start as NaN bits) fails. */
+static int compare_bf16(const char *op, const char *shape, const tga_bf16 *dev, const tga_bf16 *ref, size_t n,
+                        double limit) {
+    tga_bf16 *got16 = xmalloc(n * sizeof *got16);
+    gc_gpu->download(got16, dev, n * sizeof *got16);
+    float *got = xmalloc(n * sizeof *got), *want = xmalloc(n * sizeof *want);
+    tga_bf16_widen(got, got16, n);
+    tga_bf16_widen(want, ref, n);
+    int pass = gc_report(op, shape, tu_rel_error(got, want, n), limit);
+    gc_free_host(got16, got, want, NULL);
+    return pass;
+}
+
+/* n bf16 values of device memory set to a NaN pattern (0xffff), as gc_device_nan for fp32. */
+static tga_bf16 *device_nan_bf16(size_t n) {
+    tga_bf16 *h = xmalloc(n * sizeof *h);
+    for (size_t i = 0; i < n; i++) h[i] = 0xffffu;
+    tga_bf16 *d = gc_device(h, n * sizeof *h);
+    free(h);
+    return d;
+}
+
 static void linear_forward_op(const tga_ops *ops, int bf16, float *out, const float *in, const void *w,
                               const float *bias, int N, int in_dim, int out_dim) {
     if (bf16)
@@ -318,7 +341,39 @@ static void linear_case(int N, int in_dim, int out_dim, int with_bias, int accum
     gc_free_device();
 }
 
+/* The bf16 ops whose input is bf16 already (model.dtype bf16: h1, h2 and the SwiGLU output) */
+static void linear_bf16_input_case(int N, int in_dim, int out_dim, int accumulate_din) {
+    char shape[64];
+    snprintf(shape, sizeof shape, "N=%d in=%d out=%d acc_din=%d", N, in_dim, out_dim, accumulate_din);
+    const size_t n_in = (size_t)N * in_dim, n_w = (size_t)out_dim * in_dim, n_out = (size_t)N * out_dim;
+    float *in = gc_random(n_in, -1, 1), *w = gc_random(n_w, -0.5f, 0.5f), *bias = gc_random((size_t)out_dim, -1, 1);
+    test_weight in16 = weight_for(in, n_in, 1), w16 = weight_for(w, n_w, 1);
+    float *out_ref = gc_nan(n_out);
+    gc_cpu->linear_forward_bf16_input(out_ref, in16.host, w16.host, bias, N, in_dim, out_dim);
+    void *d_in16 = gc_device(in16.host, in16.bytes), *d_w16 = gc_device(w16.host, w16.bytes);
+    float *d_out = gc_device_nan(n_out), *d_bias = gc_device(bias, (size_t)out_dim * 4);
+    gc_gpu->linear_forward_bf16_input(d_out, d_in16, d_w16, d_bias, N, in_dim, out_dim);
+    gc_compare("linear_forward_bf16_input", shape, d_out, out_ref, n_out, BF16_GEMM_LIMIT);
+
+    float *dout = gc_random(n_out, -1, 1);
+    float *din = accumulate_din ? gc_random(n_in, -1, 1) : gc_nan(n_in), *din_ref = gc_copy(din, n_in);
+    float *dw = gc_random(n_w, -1, 1), *dw_ref = gc_copy(dw, n_w);
+    float *db = gc_random((size_t)out_dim, -1, 1), *db_ref = gc_copy(db, (size_t)out_dim);
+    gc_cpu->linear_backward_bf16_input(din_ref, dw_ref, db_ref, dout, in16.host, w16.host, N, in_dim, out_dim,
+                                       accumulate_din);
+    float *d_din = gc_device(din, n_in * 4), *d_dw = gc_device(dw, n_w * 4), *d_db = gc_device(db, (size_t)out_dim * 4);
+    gc_gpu->linear_backward_bf16_input(d_din, d_dw, d_db, gc_device(dout, n_out * 4), d_in16, d_w16, N, in_dim,
+                                       out_dim, accumulate_din);
+    gc_compare("linear_backward_bf16_input.din", shape, d_din, din_ref, n_in, BF16_GEMM_LIMIT);
+    gc_compare("linear_backward_bf16_input.dweight", shape, d_dw, dw_ref, n_w, BF16_GEMM_LIMIT);
+    gc_compare("linear_backward_bf16_input.dbias", shape, d_db, db_ref, (size_t)out_dim, 1e-6);
+    gc_free_host(in, w, bias, in16.host, w16.host, out_ref, dout, din, din_ref, dw, dw_ref, db, db_ref, NULL);
+    gc_free_device();
+}
+
 static void check_linear(void) {
+    linear_bf16_input_case(37, 96, 130, 0);
+    linear_bf16_input_case(600, 64, 256, 1);
     linear_case(37, 96, 130, 1, 0, 0);
     linear_case(37, 96, 130, 0, 1, 0);
     linear_case(600, 64, 256, 1, 1, 0); /* several row chunks in the bias gradient */
@@ -395,7 +450,23 @@ static void rmsnorm_case(int N, int D, int accumulate_din) {
     gc_compare("add_rmsnorm_forward.residual", shape, d_res, res_ref, n, 0);
     gc_compare("add_rmsnorm_forward.out", shape, d_out2, out2_ref, n, 1e-5);
     gc_compare("add_rmsnorm_forward.rstd", shape, d_rstd2, rstd2_ref, (size_t)N, 1e-5);
-    gc_free_host(x, w, out_ref, rstd_ref, dout, din, din_ref, dw, dw_ref, delta, res_ref, out2_ref, rstd2_ref, NULL);
+
+    /* the bf16-output twins: the CPU and the device round values that differ by the row sums' order,
+     * so an element may land one bf16 step apart */
+    tga_bf16 *out16_ref = xmalloc(n * sizeof *out16_ref), *d_out16 = device_nan_bf16(n);
+    gc_cpu->rmsnorm_forward_bf16(out16_ref, rstd_ref, x, w, N, D, eps);
+    gc_gpu->rmsnorm_forward_bf16(d_out16, d_rstd, d_x, d_w, N, D, eps);
+    compare_bf16("rmsnorm_forward_bf16.out", shape, d_out16, out16_ref, n, 1e-4);
+    gc_compare("rmsnorm_forward_bf16.rstd", shape, d_rstd, rstd_ref, (size_t)N, 1e-5);
+    float *res16_ref = gc_copy(x, n);
+    gc_cpu->add_rmsnorm_forward_bf16(res16_ref, delta, out16_ref, rstd2_ref, w, N, D, eps);
+    float *d_res16 = gc_device(x, n * 4);
+    gc_gpu->add_rmsnorm_forward_bf16(d_res16, gc_device(delta, n * 4), d_out16, d_rstd2, d_w, N, D, eps);
+    gc_compare("add_rmsnorm_forward_bf16.residual", shape, d_res16, res16_ref, n, 0);
+    compare_bf16("add_rmsnorm_forward_bf16.out", shape, d_out16, out16_ref, n, 1e-4);
+    gc_compare("add_rmsnorm_forward_bf16.rstd", shape, d_rstd2, rstd2_ref, (size_t)N, 1e-5);
+    gc_free_host(x, w, out_ref, rstd_ref, dout, din, din_ref, dw, dw_ref, delta, res_ref, out2_ref, rstd2_ref,
+                 out16_ref, res16_ref, NULL);
     gc_free_device();
 }
 
@@ -549,16 +620,18 @@ static void bias_gelu_case(int N, int D) {
 }
 
 /* SwiGLU with gate and up stored in bf16 (model.dtype bf16): the stores bit for bit (they start as
- * NaN), the output and the gradients (from the device's own stores) as the fp32 op's. */
+ * NaN), the bf16 output (expf and the CPU's exp differ in the last bits, so an element may round
+ * one bf16 step apart) and the gradients (from the device's own stores) as the fp32 op's. */
 static void swiglu_bf16_case(const char *shape, size_t n, const float *gate, const float *up, const float *dout,
                              const float *d_gate, const float *d_up, const float *d_dout) {
     tga_bf16 *g16 = xmalloc(n * sizeof *g16), *u16 = xmalloc(n * sizeof *u16), *got = xmalloc(n * sizeof *got);
     for (size_t i = 0; i < n; i++) got[i] = 0xffffu;
     tga_bf16 *d_g16 = gc_device(got, n * sizeof *got), *d_u16 = gc_device(got, n * sizeof *got);
     float *ref = gc_nan(n), *ref2 = gc_nan(n), *d_out = gc_device_nan(n), *d_out2 = gc_device_nan(n);
-    gc_cpu->swiglu_forward_bf16(ref, g16, u16, gate, up, n);
-    gc_gpu->swiglu_forward_bf16(d_out, d_g16, d_u16, d_gate, d_up, n);
-    gc_compare("swiglu_forward_bf16", shape, d_out, ref, n, 1e-6);
+    tga_bf16 *out16 = xmalloc(n * sizeof *out16), *d_out16 = device_nan_bf16(n);
+    gc_cpu->swiglu_forward_bf16(out16, g16, u16, gate, up, n);
+    gc_gpu->swiglu_forward_bf16(d_out16, d_g16, d_u16, d_gate, d_up, n);
+    compare_bf16("swiglu_forward_bf16", shape, d_out16, out16, n, 1e-4);
     size_t mismatches = 0;
     gc_gpu->download(got, d_g16, n * sizeof *got);
     for (size_t i = 0; i < n; i++) mismatches += got[i] != g16[i];
@@ -569,7 +642,7 @@ static void swiglu_bf16_case(const char *shape, size_t n, const float *gate, con
     gc_gpu->swiglu_backward_bf16(d_out, d_out2, d_dout, d_g16, d_u16, n);
     gc_compare("swiglu_backward_bf16.dgate", shape, d_out, ref, n, 1e-6);
     gc_compare("swiglu_backward_bf16.dup", shape, d_out2, ref2, n, 1e-6);
-    gc_free_host(g16, u16, got, ref, ref2, NULL);
+    gc_free_host(g16, u16, got, ref, ref2, out16, NULL);
 }
 
 static void check_activations(void) {

@@ -172,6 +172,62 @@ static void check_linear(int N, int in_dim, int out_dim, uint64_t *rng) {
     free(w_rt), free(G_rt), free(in_rt), free(din0);
 }
 
+static size_t count_different(const void *a, const void *b, size_t n, size_t elem) {
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) bad += memcmp((const char *)a + i * elem, (const char *)b + i * elem, elem) != 0;
+    return bad;
+}
+
+/* The ops whose activation input (or output) is bf16 already: the same bits as the fp32-input ops,
+ * which round that input themselves (model.dtype bf16 relies on it). */
+static void check_bf16_activations(int N, int in_dim, int out_dim, uint64_t *rng) {
+    size_t n_in = (size_t)N * in_dim, n_out = (size_t)N * out_dim, n_w = (size_t)out_dim * in_dim;
+    float *in = tu_alloc_uniform(n_in, -1, 1, rng), *w = tu_alloc_uniform(n_w, -0.5f, 0.5f, rng);
+    float *bias = tu_alloc_uniform((size_t)out_dim, -1, 1, rng), *G = tu_alloc_uniform(n_out, -1, 1, rng);
+    tga_bf16 *w16 = to_bf16_copy(w, n_w), *in16 = to_bf16_copy(in, n_in);
+    float *a = calloc(n_out, sizeof *a), *b = calloc(n_out, sizeof *b);
+    tga_cpu_linear_forward_bf16(a, in, w16, bias, N, in_dim, out_dim);
+    tga_cpu_linear_forward_bf16_input(b, in16, w16, bias, N, in_dim, out_dim);
+    size_t bad = count_different(a, b, n_out, sizeof(float));
+    CHECK(bad == 0, "linear_forward_bf16_input %dx%dx%d: %zu outputs differ from linear_forward_bf16", N, in_dim,
+          out_dim, bad);
+
+    float *din_a = tu_alloc_uniform(n_in, -1, 1, rng), *din_b = tu_alloc_copy(din_a, n_in);
+    float *dw_a = tu_alloc_uniform(n_w, -1, 1, rng), *dw_b = tu_alloc_copy(dw_a, n_w);
+    float *db_a = tu_alloc_uniform((size_t)out_dim, -1, 1, rng), *db_b = tu_alloc_copy(db_a, (size_t)out_dim);
+    for (int acc = 0; acc <= 1; acc++) {
+        tga_cpu_linear_backward_bf16(din_a, dw_a, db_a, G, in, w16, N, in_dim, out_dim, acc);
+        tga_cpu_linear_backward_bf16_input(din_b, dw_b, db_b, G, in16, w16, N, in_dim, out_dim, acc);
+        bad = count_different(din_a, din_b, n_in, sizeof(float)) + count_different(dw_a, dw_b, n_w, sizeof(float)) +
+              count_different(db_a, db_b, (size_t)out_dim, sizeof(float));
+        CHECK(bad == 0, "linear_backward_bf16_input %dx%dx%d acc %d: %zu values differ from linear_backward_bf16", N,
+              in_dim, out_dim, acc, bad);
+    }
+
+    /* RMSNorm with bf16 rows: the fp32 op's rows rounded; rstd and the residual the same bits */
+    const int D = in_dim;
+    float *wn = tu_alloc_uniform((size_t)D, 0.5f, 1.5f, rng), *delta = tu_alloc_uniform(n_in, -1, 1, rng);
+    float *rows = calloc(n_in, sizeof *rows), *rstd_a = calloc((size_t)N, sizeof *rstd_a);
+    float *rstd_b = calloc((size_t)N, sizeof *rstd_b);
+    float *res_a = tu_alloc_copy(in, n_in), *res_b = tu_alloc_copy(in, n_in);
+    tga_bf16 *rows16 = calloc(n_in, sizeof *rows16), *want16 = calloc(n_in, sizeof *want16);
+    tga_cpu_rmsnorm_forward(rows, rstd_a, in, wn, N, D, 1e-5f);
+    tga_cpu_rmsnorm_forward_bf16(rows16, rstd_b, in, wn, N, D, 1e-5f);
+    for (size_t i = 0; i < n_in; i++) want16[i] = tga_bf16_from_float(rows[i]);
+    bad = count_different(rows16, want16, n_in, sizeof(tga_bf16)) + count_different(rstd_a, rstd_b, N, sizeof(float));
+    CHECK(bad == 0, "rmsnorm_forward_bf16 %dx%d: %zu values differ from rmsnorm_forward's, rounded", N, D, bad);
+    tga_cpu_add_rmsnorm_forward(res_a, delta, rows, rstd_a, wn, N, D, 1e-5f);
+    tga_cpu_add_rmsnorm_forward_bf16(res_b, delta, rows16, rstd_b, wn, N, D, 1e-5f);
+    for (size_t i = 0; i < n_in; i++) want16[i] = tga_bf16_from_float(rows[i]);
+    bad = count_different(rows16, want16, n_in, sizeof(tga_bf16)) + count_different(rstd_a, rstd_b, N, sizeof(float)) +
+          count_different(res_a, res_b, n_in, sizeof(float));
+    CHECK(bad == 0, "add_rmsnorm_forward_bf16 %dx%d: %zu values differ from add_rmsnorm_forward's", N, D, bad);
+
+    free(in), free(w), free(bias), free(G), free(w16), free(in16), free(a), free(b), free(din_a), free(din_b);
+    free(dw_a), free(dw_b), free(db_a), free(db_b), free(wn), free(delta), free(rows), free(rstd_a), free(rstd_b);
+    free(res_a), free(res_b), free(rows16), free(want16);
+}
+
 /* A float whose bf16 rounding is a corner case: a tie (low half 0x8000, bf16 mantissa even or
  * odd), one below or above it, exact, or the largest low half; normal or subnormal, either sign,
  * never so large that it rounds to infinity. */
@@ -343,6 +399,9 @@ int main(void) {
     check_linear(150, 200, 70, &rng); /* several threads */
     check_linear(20, 700, 33, &rng);  /* K over one packing block */
     check_rounding_in_products(&rng);
+    check_bf16_activations(3, 5, 4, &rng);
+    check_bf16_activations(37, 96, 130, &rng);
+    check_bf16_activations(150, 200, 70, &rng);
     check_embedding(&rng);
     check_lm_head(23, 40, 97, 6, &rng);
     check_lm_head(9, 64, 300, 64, &rng);
