@@ -4,7 +4,8 @@
  * (losses, every trainable gradient, the input gradient), then two optimizer steps on each (grad
  * norms, parameters). Stage 1 (projector only), stage 2 (everything, with recompute), and stage 2
  * with model.dtype bf16 (bf16 matrices, fp32 masters; step 1's losses then also check the bf16
- * copies refreshed after step 0), so every op the trainer uses runs. The limits allow for bf16
+ * copies refreshed after step 0), and stage 1 with bf16 and recompute (the 7B config's), so every
+ * op the trainer uses runs. The limits allow for bf16
  * attention and TF32 (or bf16) GEMMs along a two-layer chain (kernels/cuda/README.md). */
 #include <math.h>
 #include <stdio.h>
@@ -226,4 +227,5 @@ void gc_check_model(void) {
     check_stage("stage1", "stage1", "false", "fp32");
     check_stage("stage2+recompute", "stage2", "true", "fp32");
     check_stage("stage2+bf16", "stage2", "false", "bf16");
+    check_stage("stage1+bf16+recompute", "stage1", "true", "bf16"); /* configs/mistral7b_stage1.yaml's */
 }
