@@ -169,7 +169,8 @@ typedef struct tga_ops {
                             float *scratch, int chunk);
     /* swiglu_forward with gate and up stored in bf16 (model.dtype bf16 keeps the MLP's two widest
      * activations so): gate_store = bf16(gate), up_store = bf16(up), and out = bf16(silu(g) * u) of
-     * those rounded values g, u (fp32 arithmetic, as swiglu_forward; out feeds a bf16 product) */
+     * those rounded values g, u (fp32 arithmetic, as swiglu_forward; out feeds a bf16 product). The
+     * three outputs must not overlap each other or the inputs. */
     void (*swiglu_forward_bf16)(tga_bf16 *out, tga_bf16 *gate_store, tga_bf16 *up_store, const float *gate,
                                 const float *up, size_t n);
     /* swiglu_backward from the stored bf16 gate and up (widened; fp32 arithmetic) */

@@ -20,7 +20,7 @@ static tga_status print_plan(const tga_config *cfg, int recompute, int verbose) 
     printf("memory plan (%s recompute, micro-batch %lld x %lld tokens, %s, %s):\n", recompute ? "with" : "without",
            (long long)c.train.micro_batch, (long long)c.data.max_len,
            c.train.trainable == TGA_TRAIN_LM ? "lm" : c.train.trainable == TGA_TRAIN_STAGE1 ? "stage1" : "stage2",
-           dims.bf16_weights ? "bf16 weight matrices, norm outputs and MLP activations" : "fp32");
+           dims.bf16_weights ? "bf16 weight matrices, layer norm outputs and MLP activations" : "fp32");
     tga_plan_print(&plan, stdout, verbose);
     tga_plan_free(&plan);
     return TGA_OK;

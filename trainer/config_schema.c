@@ -56,9 +56,9 @@ static const tga_cfg_key schema[] = {
     ENUM(model, dtype, tga_weight_dtype, "fp32", "fp32|bf16",
          "Storage of the weight matrices: fp32, or bf16 (half the memory; the matrix products round their "
          "activation operands to bf16 and accumulate in fp32, the bf16 tensor-core path on GPUs). Trainable "
-         "matrices keep fp32 master weights and AdamW moments; the norms' outputs and the MLP's activations "
-         "(gate, up, SwiGLU) are kept in bf16 too; norm weights, biases, the residual stream, attention "
-         "activations and gradients stay fp32."),
+         "matrices keep fp32 master weights and AdamW moments; the decoder layers' norm outputs and MLP "
+         "activations (gate, up, SwiGLU) are kept in bf16 too; norm weights, biases, the residual stream, "
+         "attention activations, the projector and gradients stay fp32."),
 
     ENUM(projector, type, tga_projector_type, "mlp2x_gelu", "mlp2x_gelu|linear",
          "Vision-to-LLM projector: Linear-GELU-Linear (LLaVA-1.5) or one Linear."),

@@ -823,7 +823,7 @@ static tga_status dry_run(run *r) {
         const int bf16 = dims.bf16_weights, zero = shape.zero_world > 1;
         printf("memory plan per rank (%s recompute; micro-batch %lld x %lld tokens, one image per sample; %s%s):\n",
                recompute ? "with" : "without", (long long)r->cfg.train.micro_batch, (long long)r->cfg.data.max_len,
-               bf16 ? "bf16 weight matrices, norm outputs and MLP activations" : "fp32",
+               bf16 ? "bf16 weight matrices, layer norm outputs and MLP activations" : "fp32",
                !zero ? "" : bf16 ? "; ZeRO-1: AdamW moments and fp32 masters of one shard"
                                  : "; ZeRO-1: AdamW moments of one shard");
         tga_plan_print(&plan, stdout, 0);

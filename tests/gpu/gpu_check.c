@@ -174,18 +174,32 @@ static int compare_variant(const char *op, int bf16, const char *part, const cha
     return gc_compare(name, shape, dev, ref, n, limit);
 }
 
-/* bf16 output `dev` (n values, device) against `ref` (host), compared widened; an element left
- * unwritten (the buffers start as NaN bits) fails. */
-static int compare_bf16(const char *op, const char *shape, const tga_bf16 *dev, const tga_bf16 *ref, size_t n,
-                        double limit) {
-    tga_bf16 *got16 = xmalloc(n * sizeof *got16);
-    gc_gpu->download(got16, dev, n * sizeof *got16);
-    float *got = xmalloc(n * sizeof *got), *want = xmalloc(n * sizeof *want);
-    tga_bf16_widen(got, got16, n);
-    tga_bf16_widen(want, ref, n);
-    int pass = gc_report(op, shape, tu_rel_error(got, want, n), limit);
-    gc_free_host(got16, got, want, NULL);
-    return pass;
+static int bf16_is_nan(tga_bf16 h) { return (h & 0x7f80u) == 0x7f80u && (h & 0x007fu) != 0; }
+
+/* A bf16 value's position on the number line, in bf16 steps (sign-magnitude to a signed integer). */
+static int bf16_position(tga_bf16 x) { return x & 0x8000u ? -(int)(x & 0x7fffu) : (int)(x & 0x7fffu); }
+
+/* bf16 output `dev` (n values, device) against `ref` (host). Both round fp32 values that differ in
+ * their last bits (summation order, expf), so an element may land one bf16 step away (0.4 %
+ * relative): allowed in up to 1 % of the elements (one element below 100). Any element further apart, or NaN on one side
+ * only (the buffers start as NaN bits, so an element left unwritten), fails. The reported value is
+ * the fraction one step apart, or the count further apart when there are any (>= 1, a FAIL). */
+static int compare_bf16(const char *op, const char *shape, const tga_bf16 *dev, const tga_bf16 *ref, size_t n) {
+    tga_bf16 *got = xmalloc(n * sizeof *got);
+    gc_gpu->download(got, dev, n * sizeof *got);
+    size_t one_step = 0, further = 0;
+    for (size_t i = 0; i < n; i++) {
+        const int got_nan = bf16_is_nan(got[i]), ref_nan = bf16_is_nan(ref[i]);
+        if (got_nan || ref_nan) {
+            further += got_nan != ref_nan;
+            continue;
+        }
+        const int apart = abs(bf16_position(got[i]) - bf16_position(ref[i]));
+        one_step += apart == 1;
+        further += apart > 1;
+    }
+    free(got);
+    return gc_report(op, shape, further ? (double)further : (double)one_step / (double)(n > 100 ? n : 100), 0.01);
 }
 
 /* n bf16 values of device memory set to a NaN pattern (0xffff), as gc_device_nan for fp32. */
@@ -451,19 +465,18 @@ static void rmsnorm_case(int N, int D, int accumulate_din) {
     gc_compare("add_rmsnorm_forward.out", shape, d_out2, out2_ref, n, 1e-5);
     gc_compare("add_rmsnorm_forward.rstd", shape, d_rstd2, rstd2_ref, (size_t)N, 1e-5);
 
-    /* the bf16-output twins: the CPU and the device round values that differ by the row sums' order,
-     * so an element may land one bf16 step apart */
+    /* the bf16-output twins (compare_bf16: an element may land one bf16 step apart) */
     tga_bf16 *out16_ref = xmalloc(n * sizeof *out16_ref), *d_out16 = device_nan_bf16(n);
     gc_cpu->rmsnorm_forward_bf16(out16_ref, rstd_ref, x, w, N, D, eps);
     gc_gpu->rmsnorm_forward_bf16(d_out16, d_rstd, d_x, d_w, N, D, eps);
-    compare_bf16("rmsnorm_forward_bf16.out", shape, d_out16, out16_ref, n, 1e-4);
+    compare_bf16("rmsnorm_forward_bf16.out", shape, d_out16, out16_ref, n);
     gc_compare("rmsnorm_forward_bf16.rstd", shape, d_rstd, rstd_ref, (size_t)N, 1e-5);
     float *res16_ref = gc_copy(x, n);
     gc_cpu->add_rmsnorm_forward_bf16(res16_ref, delta, out16_ref, rstd2_ref, w, N, D, eps);
     float *d_res16 = gc_device(x, n * 4);
     gc_gpu->add_rmsnorm_forward_bf16(d_res16, gc_device(delta, n * 4), d_out16, d_rstd2, d_w, N, D, eps);
     gc_compare("add_rmsnorm_forward_bf16.residual", shape, d_res16, res16_ref, n, 0);
-    compare_bf16("add_rmsnorm_forward_bf16.out", shape, d_out16, out16_ref, n, 1e-4);
+    compare_bf16("add_rmsnorm_forward_bf16.out", shape, d_out16, out16_ref, n);
     gc_compare("add_rmsnorm_forward_bf16.rstd", shape, d_rstd2, rstd2_ref, (size_t)N, 1e-5);
     gc_free_host(x, w, out_ref, rstd_ref, dout, din, din_ref, dw, dw_ref, delta, res_ref, out2_ref, rstd2_ref,
                  out16_ref, res16_ref, NULL);
@@ -631,7 +644,7 @@ static void swiglu_bf16_case(const char *shape, size_t n, const float *gate, con
     tga_bf16 *out16 = xmalloc(n * sizeof *out16), *d_out16 = device_nan_bf16(n);
     gc_cpu->swiglu_forward_bf16(out16, g16, u16, gate, up, n);
     gc_gpu->swiglu_forward_bf16(d_out16, d_g16, d_u16, d_gate, d_up, n);
-    compare_bf16("swiglu_forward_bf16", shape, d_out16, out16, n, 1e-4);
+    compare_bf16("swiglu_forward_bf16", shape, d_out16, out16, n);
     size_t mismatches = 0;
     gc_gpu->download(got, d_g16, n * sizeof *got);
     for (size_t i = 0; i < n; i++) mismatches += got[i] != g16[i];
@@ -1070,8 +1083,6 @@ static void check_topk(void) {
 }
 
 /* ---- bf16 weights (model.dtype: bf16) ------------------------------------------------------------ */
-
-static int bf16_is_nan(tga_bf16 h) { return (h & 0x7f80u) == 0x7f80u && (h & 0x007fu) != 0; }
 
 /* Floats (as bits) that probe every rounding path of fp32 -> bf16. */
 static const uint32_t rounding_probes[] = {
