@@ -159,8 +159,8 @@ static tga_status create_model(eval_session *s) {
                         .recompute = 1,
                         .ce_chunk = (int)cfg->train.ce_chunk};
     TGA_TRY(tga_model_create(&r->model, &r->dims, &r->shape));
-    TGA_TRY(tga_model_init_random(r->model, (uint64_t)cfg->train.seed, (float)cfg->model.init_std));
     TGA_TRY(tga_weights_load(r->model, s->opt.run, s->weights, sizeof s->weights));
+    TGA_TRY(tga_model_init_random(r->model, (uint64_t)cfg->train.seed, (float)cfg->model.init_std));
     r->tok = s->tok;
     r->refusals = s->refusals;
     r->features = s->features;

@@ -183,8 +183,8 @@ static tga_status load_model(const tga_config *cfg, const char *run, tga_model *
                            .recompute = 1,
                            .ce_chunk = 1};
     TGA_TRY(tga_model_create(m, &dims, &shape));
-    TGA_TRY(tga_model_init_random(*m, (uint64_t)cfg->train.seed, (float)cfg->model.init_std));
-    return tga_weights_load(*m, run, weights, size);
+    TGA_TRY(tga_weights_load(*m, run, weights, size));
+    return tga_model_init_random(*m, (uint64_t)cfg->train.seed, (float)cfg->model.init_std);
 }
 
 static const char *trainable_name(tga_trainable_set t) {

@@ -558,6 +558,7 @@ size_t tga_model_numel(const tga_model *m, int trainable_only) {
 tga_status tga_model_init_random(tga_model *m, uint64_t seed, float std) {
     for (int i = 0; i < m->n_params; i++) {
         tga_param *p = &m->params[i];
+        if (p->uploaded) continue;
         tga_rng_stream s = tga_rng_stream_make(seed, TGA_RNG_INIT, (uint64_t)i);
         float *host = malloc(p->numel * sizeof(float));
         if (!host) return tga_error(TGA_ERR_NOMEM, "out of host memory initialising %s", p->name);
@@ -581,6 +582,7 @@ tga_status tga_model_init_random(tga_model *m, uint64_t seed, float std) {
 }
 
 tga_status tga_model_param_upload(tga_model *m, tga_param *p, const float *host) {
+    p->uploaded = 1;
     if (p->data) {
         OPS->upload(p->data, host, p->numel * sizeof(float));
         if (p->data_bf16) OPS->to_bf16(p->data_bf16, p->data, p->numel);

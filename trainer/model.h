@@ -105,6 +105,7 @@ typedef struct tga_param {
     float *data, *grad, *adam_m, *adam_v; /* grad and moments NULL when frozen; moments NULL with ZeRO-1 */
     tga_bf16 *data_bf16;                  /* NULL unless a bf16 matrix */
     int trainable;
+    int uploaded; /* set by tga_model_param_upload (tga_model_init_random skips it) */
 } tga_param;
 
 typedef struct tga_model tga_model;
@@ -131,7 +132,10 @@ tga_status tga_model_param_upload(tga_model *m, tga_param *p, const float *host)
 tga_status tga_model_param_download(const tga_param *p, float *host);
 
 /* Parameters from Philox keyed by (seed, init, parameter index): matrices N(0, std), norms 1,
- * projector as torch's nn.Linear default (uniform +-1/sqrt(fan_in)). */
+ * projector as torch's nn.Linear default (uniform +-1/sqrt(fan_in)). Only the parameters that no
+ * tga_model_param_upload has set: called after loading weights, it fills what the load left
+ * (a stage-1 run from a Hugging Face model: the projector), with the values it would have had
+ * anyway, and skips generating the billions the load replaces. */
 tga_status tga_model_init_random(tga_model *m, uint64_t seed, float std);
 void tga_model_zero_grads(tga_model *m);
 /* The gradients of all trainable parameters as one flat buffer (device memory), *n floats long

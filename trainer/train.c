@@ -566,11 +566,12 @@ static tga_status create_model(run *r) {
     TGA_TRY(tga_setup_align(&r->cfg, &r->align));
     tga_setup_optim(&r->cfg, &r->optim);
     TGA_TRY(tga_model_create(&r->model, &dims, &shape));
-    TGA_TRY(tga_model_init_random(r->model, (uint64_t)r->cfg.train.seed, (float)r->cfg.model.init_std));
     if (r->cfg.train.init_from[0]) {
         TGA_TRY(tga_weights_load(r->model, r->cfg.train.init_from, r->base_params, sizeof r->base_params));
         TGA_TRY(tga_path_hash(r->base_params, &r->base_size, &r->base_hash));
     }
+    /* what init_from did not load */
+    TGA_TRY(tga_model_init_random(r->model, (uint64_t)r->cfg.train.seed, (float)r->cfg.model.init_std));
     r->n_llm = (double)tga_model_numel(r->model, 0);
     r->n_proj = 0;
     for (int i = 0; i < tga_model_param_count(r->model); i++) {
