@@ -1,5 +1,8 @@
 /* `tga bench step`: times full training steps (text branch, forward, backward, optimizer) on a
- * synthetic batch of the config's shape, and reports the median and the peak resident memory.
+ * synthetic batch of the config's shape, and reports the median, the peak resident memory and the
+ * throughput: samples/s, tokens/s and model TFLOP/s counted as 4 N per token (N = the decoder's
+ * matrix-product parameters; forward plus input-gradient products, the stage-1 count of the issue's
+ * MFU goal; recompute and the other terms are not counted), and with --peak-tflops the MFU.
  * The batch layout is the one the PyTorch peer (benchmarks/torch_step.py) builds from the same
  * numbers, so both sides run the same work. */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime */
@@ -114,11 +117,20 @@ static int compare_doubles(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* Parameters of the decoder layers' matrix products: q and o (dim x heads x head_dim), k and v
+ * (dim x kv_heads x head_dim), gate, up and down (dim x ffn_dim). */
+static double decoder_matmul_params(const tga_model_dims *d) {
+    const double hd = d->head_dim ? d->head_dim : (double)d->dim / d->n_heads;
+    const double per_layer = 2.0 * d->dim * d->n_heads * hd + 2.0 * d->dim * d->n_kv_heads * hd +
+                             3.0 * (double)d->dim * d->ffn_dim;
+    return per_layer * d->n_layers;
+}
+
 static tga_status bench_step(int argc, char **argv) {
     tga_common_options o;
     tga_config cfg;
     TGA_TRY(tga_cli_load_config(argc, argv, &o, &cfg));
-    long long steps = 10, warmup = 2, images = 2;
+    long long steps = 10, warmup = 2, images = 2, peak_tflops = 0;
     for (int i = 0; i < o.n_rest; i++) {
         if (strcmp(o.rest[i], "--steps") == 0)
             TGA_TRY(tga_cli_int_arg(o.n_rest, o.rest, &i, 1, 1000000, &steps));
@@ -126,6 +138,8 @@ static tga_status bench_step(int argc, char **argv) {
             TGA_TRY(tga_cli_int_arg(o.n_rest, o.rest, &i, 0, 1000000, &warmup));
         else if (strcmp(o.rest[i], "--images") == 0)
             TGA_TRY(tga_cli_int_arg(o.n_rest, o.rest, &i, 0, 64, &images));
+        else if (strcmp(o.rest[i], "--peak-tflops") == 0)
+            TGA_TRY(tga_cli_int_arg(o.n_rest, o.rest, &i, 1, 1000000, &peak_tflops));
         else
             return tga_error(TGA_ERR_USAGE, "tga bench step: unknown option %s", o.rest[i]);
     }
@@ -175,6 +189,14 @@ static tga_status bench_step(int argc, char **argv) {
                sb.batch.B, sb.batch.T, (int)(sb.batch.n_images / sb.batch.B), shape.image_tokens);
         printf("median_ms %.3f min_ms %.3f steps %lld peak_rss_mb %.1f\n", times[steps / 2], times[0], steps,
                ru.ru_maxrss / 1024.0);
+        const double seconds = times[steps / 2] / 1e3, tokens = (double)sb.batch.B * sb.batch.T;
+        const double n = decoder_matmul_params(&dims), tflops = 4.0 * n * tokens / seconds / 1e12;
+        printf("throughput: %.4g samples/s, %.4g tokens/s, %.4g TFLOP/s (4 N per token, N = %.4gM decoder "
+               "matmul parameters)",
+               sb.batch.B / seconds, tokens / seconds, tflops, n / 1e6);
+        if (peak_tflops > 0)
+            printf(", MFU %.3g%% of %lld TFLOP/s", 100.0 * tflops / (double)peak_tflops, peak_tflops);
+        printf("\n");
     }
     free(times);
     tga_model_free(m);

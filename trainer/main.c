@@ -76,7 +76,8 @@ static const tga_command commands[] = {
      "  --decode               read ids (separated by white space), write the bytes exactly\n"
      "  --special              recognise special-token strings (<|endoftext|>, <s>, ...)", tga_cmd_tokenize},
     {"bench", 0, "benchmarks: `tga bench step` times training steps on synthetic batches",
-     "  step --config FILE [--set ...] [--steps N] [--warmup N] [--threads N]", tga_cmd_bench},
+     "  step --config FILE [--set ...] [--steps N] [--warmup N] [--images N] [--peak-tflops N] [--threads N]",
+     tga_cmd_bench},
     {"help", 0, "list the commands, or `tga help COMMAND`, or `tga help config` for every config key", "", cmd_help},
     {"version", 0, "print the version, commit and compiled backends (also --version)", "", cmd_version},
 };

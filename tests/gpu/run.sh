@@ -11,9 +11,9 @@
 #   3. gpu_check again for the GEMM-based ops with TGA_CUDA_GEMM=fp32 (tight limits);
 #   4. bench_kernels --quick: each op at 7B stage-1 shapes next to its ceiling;
 #   5. tga bench step on the CUDA backend: the tiny config, and a 7B-shaped 2-layer model with
-#      model.dtype bf16 (bf16 GEMMs; with and without recompute) and fp32 (TF32 GEMMs) (ms/step, and
-#      MFU counted as 4 N tokens over the decoder layers' matmul parameters N, against 989 TFLOP/s
-#      dense bf16).
+#      model.dtype bf16 (bf16 GEMMs; with and without recompute) and fp32 (TF32 GEMMs): ms/step and
+#      the bench's throughput line, MFU counted as 4 N per token over the decoder layers' matmul
+#      parameters N, against 989 TFLOP/s dense bf16 (--peak-tflops).
 # Output goes to stdout and to $OUT (default: gpu-out/ in the repository): run.log holds
 # everything; gpu_check.txt, gpu_check_wgmma.txt, gpu_check_fp32.txt, gpu_check_nccl.txt,
 # gpu_check_cudnn.txt, bench_kernels.txt, bench_step.txt each part.
@@ -155,7 +155,8 @@ section "training steps on the GPU (tga bench step)"
         step_7b_slice() { # extra --set arguments...
             timeout 200 "$BUILD/tga" bench step --config "$ROOT/configs/mistral7b_stage1.yaml" --device cuda \
                 --set model.n_layers=$LAYERS --set tga.layers=1-2 --set train.micro_batch=$B --set data.max_len=$T \
-                --set train.recompute=$recompute --set model.dtype=$dtype --steps 5 --warmup 2 --images 1 "$@" |
+                --set train.recompute=$recompute --set model.dtype=$dtype --steps 5 --warmup 2 --images 1 \
+                --peak-tflops 989 "$@" |
                 tee "$OUT/step_7b_slice.tmp"
             return "${PIPESTATUS[0]}"
         }
@@ -167,11 +168,9 @@ section "training steps on the GPU (tga bench step)"
             label="$label, model.attention=tga-mma"
             step_7b_slice --set model.attention=tga-mma
         fi
-        # matmul parameters of one Mistral-7B decoder layer: q, o 4096^2; k, v 4096x1024; MLP 3 x 4096x14336
-        awk -v B=$B -v T=$T -v L=$LAYERS -v dtype="$label" '/^median_ms/ {
-            n = L * (2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336)
-            printf "7B slice, %s: %.1f ms/step, %.0f tokens/s, MFU %.1f%% (4 N tokens, N = %.0fM, 989 TFLOP/s)\n",
-                   dtype, $2, B * T / ($2 / 1000), 100 * 4 * n * B * T / ($2 / 1000) / 989e12, n / 1e6 }' \
+        # tga bench step's own count: 4 N per token over the decoder's matmul parameters N
+        awk -v label="$label" '/^median_ms/ {ms = $2}
+            /^throughput:/ {sub(/^throughput: /, ""); printf "7B slice, %s: %.1f ms/step, %s\n", label, ms, $0}' \
             "$OUT/step_7b_slice.tmp"
         rm -f "$OUT/step_7b_slice.tmp"
     done
