@@ -58,20 +58,32 @@ float tga_rng_uniform(const tga_rng_stream *s, uint64_t i) {
     return u32_to_unit(w[i % 4]);
 }
 
-/* Box-Muller on words 0-1 of block i/2: even i takes the cosine branch, odd i the sine branch. */
-float tga_rng_normal(const tga_rng_stream *s, uint64_t i) {
+/* Box-Muller on words 0-1 of block j: the radius and the angle of normals 2j (cosine branch) and
+ * 2j + 1 (sine branch). */
+static void box_muller(const tga_rng_stream *s, uint64_t j, double *r, double *a) {
     uint32_t w[4];
-    tga_rng_block(s, i / 2, w);
+    tga_rng_block(s, j, w);
     double u1 = ((double)(w[0] >> 8) + 0.5) * (1.0 / 16777216.0); /* (0, 1): log is finite */
     double u2 = (double)(w[1] >> 8) * (1.0 / 16777216.0);
-    double r = sqrt(-2.0 * log(u1));
-    double a = 6.283185307179586 * u2; /* 2 pi */
+    *r = sqrt(-2.0 * log(u1));
+    *a = 6.283185307179586 * u2; /* 2 pi */
+}
+
+float tga_rng_normal(const tga_rng_stream *s, uint64_t i) {
+    double r, a;
+    box_muller(s, i / 2, &r, &a);
     return (float)(i % 2 == 0 ? r * cos(a) : r * sin(a));
 }
 
+/* tga_rng_normal's values, each Box-Muller pair drawn once for both of its elements. */
 void tga_rng_fill_normal(const tga_rng_stream *s, float *x, size_t n, float mean, float std) {
 #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) x[i] = mean + std * tga_rng_normal(s, i);
+    for (size_t j = 0; j < (n + 1) / 2; j++) {
+        double r, a;
+        box_muller(s, j, &r, &a);
+        x[2 * j] = mean + std * (float)(r * cos(a));
+        if (2 * j + 1 < n) x[2 * j + 1] = mean + std * (float)(r * sin(a));
+    }
 }
 
 void tga_rng_fill_uniform(const tga_rng_stream *s, float *x, size_t n, float lo, float hi) {

@@ -1,9 +1,12 @@
 /* Philox4x32-10 known-answer vectors (Random123's kat_vectors) and the key properties we rely on:
- * values are pure functions of (seed, purpose, index, element), and the normals look normal. */
+ * values are pure functions of (seed, purpose, index, element), the normals look normal, and the fills
+ * give the per-element values. */
 #include "runtime/rng.h"
 #include "tests/testutil.h"
 
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 #include <stdio.h>
 
 static void check_kat(uint32_t k0, uint32_t k1, const uint32_t ctr[4], const uint32_t want[4]) {
@@ -43,5 +46,20 @@ int main(void) {
     CHECK(fabs(mean) < 0.01, "normal mean %g", mean);
     CHECK(fabs(var - 1) < 0.02, "normal variance %g", var);
     CHECK(fabs(u1 / n - 0.5) < 0.005 && umin >= 0 && umax < 1, "uniform mean %g range [%g, %g]", u1 / n, umin, umax);
+
+    /* the fills give the per-element values (in parallel; the normal fill draws each pair once, an
+     * odd count leaves half a pair), bit for bit */
+    for (size_t count = 99999; count <= 100000; count++) {
+        float *x = malloc(count * sizeof *x), *y = malloc(count * sizeof *y);
+        tga_rng_fill_normal(&d, x, count, 0.25f, 0.02f);
+        tga_rng_fill_uniform(&d, y, count, -3.0f, 5.0f);
+        size_t bad = 0;
+        for (size_t i = 0; i < count; i++) {
+            float want_x = 0.25f + 0.02f * tga_rng_normal(&d, i), want_y = -3.0f + 8.0f * tga_rng_uniform(&d, i);
+            bad += memcmp(&x[i], &want_x, sizeof want_x) != 0 || memcmp(&y[i], &want_y, sizeof want_y) != 0;
+        }
+        CHECK(bad == 0, "fills of %zu values: %zu differ from tga_rng_normal/uniform", count, bad);
+        free(x), free(y);
+    }
     return tu_finish("test_rng");
 }
