@@ -9,8 +9,6 @@
  *
  * With model.dtype bf16 the SwiGLU forward also rounds gate and up to bf16 and stores them (the
  * backward reads them back): the MLP keeps its two widest activations in half the memory. */
-#include <cuda_bf16.h>
-
 #include "kernels/cuda/column_sum.cuh"
 
 namespace tga_cuda {
@@ -20,12 +18,6 @@ constexpr float kSqrt1_2 = 0.70710678118654752440f;
 constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
 
 __device__ inline float swiglu_value(float g, float u) { return g / (1.0f + expf(-g)) * u; }
-
-__device__ inline float widen(float x) { return x; }
-__device__ inline float widen(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-__device__ inline void store(float *dst, float x) { *dst = x; }
-__device__ inline void store(__nv_bfloat16 *dst, float x) { *dst = __float2bfloat16_rn(x); }
 
 /* With gate_store (swiglu_forward_bf16, Out = bf16): gate and up rounded to bf16, stored, and used
  * rounded; the output rounded as it is stored. */
@@ -41,7 +33,7 @@ __global__ void swiglu_forward_kernel(Out *out, __nv_bfloat16 *gate_store, __nv_
             g = __bfloat162float(g16);
             u = __bfloat162float(u16);
         }
-        store(&out[i], swiglu_value(g, u));
+        store(out[i], swiglu_value(g, u));
     }
 }
 

@@ -6,6 +6,7 @@
 #ifndef TGA_KERNELS_CUDA_COMMON_CUH
 #define TGA_KERNELS_CUDA_COMMON_CUH
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stddef.h>
@@ -30,6 +31,13 @@ inline unsigned grid_stride_blocks(size_t n) {
 }
 
 inline unsigned ceil_div(size_t a, size_t b) { return (unsigned)((a + b - 1) / b); }
+
+/* An fp32 value held as fp32 or bf16: widen reads it (exact), store writes it (bf16: rounded to
+ * nearest even, as to_bf16 rounds). */
+__device__ inline float widen(float x) { return x; }
+__device__ inline float widen(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ inline void store(float &dst, float x) { dst = x; }
+__device__ inline void store(__nv_bfloat16 &dst, float x) { dst = __float2bfloat16_rn(x); }
 
 /* Sum over the warp; every lane gets the same bits (each butterfly step adds the same two
  * values in both lanes, and IEEE addition commutes). */

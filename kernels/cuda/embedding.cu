@@ -13,9 +13,6 @@
 
 namespace tga_cuda {
 
-__device__ inline float widen(float x) { return x; }
-__device__ inline float widen(__nv_bfloat16 x) { return __bfloat162float(x); }
-
 template <class Table>
 __global__ void embedding_forward_kernel(float *out, const int *ids, const Table *table, int N, int D) {
     const size_t n_elems = (size_t)N * D;

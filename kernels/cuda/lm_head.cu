@@ -29,10 +29,6 @@ constexpr int kSoftmaxThreads = 512;
 
 __device__ inline bool is_supervised(int target, int V) { return target >= 0 && target < V; }
 
-/* An fp32 value stored as a GEMM operand: as it is, or rounded to bf16 (nearest even). */
-__device__ inline void store_operand(float &dst, float x) { dst = x; }
-__device__ inline void store_operand(__nv_bfloat16 &dst, float x) { dst = __float2bfloat16_rn(x); }
-
 inline tga_cuda_operand operand_type(const float *) { return TGA_CUDA_F32; }
 inline tga_cuda_operand operand_type(const __nv_bfloat16 *) { return TGA_CUDA_BF16; }
 
@@ -62,7 +58,7 @@ template <class Operand>
 __global__ void gather_rows(Operand *dst, const float *src, const int *rows, int D) {
     const float *from = src + (size_t)rows[blockIdx.x] * D;
     Operand *to = dst + (size_t)blockIdx.x * D;
-    for (int j = threadIdx.x; j < D; j += blockDim.x) store_operand(to[j], from[j]);
+    for (int j = threadIdx.x; j < D; j += blockDim.x) store(to[j], from[j]);
 }
 
 __global__ void scatter_rows(float *dst, const float *src, const int *rows, int D) {
@@ -96,7 +92,7 @@ __global__ void softmax_ce_rows(float *logits, Operand *dlogits, double *row_los
     for (int v = threadIdx.x; v < V; v += blockDim.x) {
         /* rounded product, then the subtraction, as the CPU's two passes (no fused multiply-add) */
         const float p = __fmul_rn(x[v], prob_scale);
-        store_operand(dx[v], v == target ? p - grad_scale : p);
+        store(dx[v], v == target ? p - grad_scale : p);
     }
     if (threadIdx.x == 0) row_loss[blockIdx.x] = log(sum_exp) - ((double)target_logit - max_logit);
 }

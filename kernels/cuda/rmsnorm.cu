@@ -4,16 +4,11 @@
  * the fixed-order block reductions of cuda_common.cuh (fp32 over the row, as torch does; the CPU
  * reference sums in double, which differs by about 1e-7 relative). The weight gradient is a
  * column sum over rows, in double, by column_sum.cuh. */
-#include <cuda_bf16.h>
-
 #include "kernels/cuda/column_sum.cuh"
 
 namespace tga_cuda {
 
 constexpr int kRowThreads = 256;
-
-__device__ inline void store(float *dst, float x) { *dst = x; }
-__device__ inline void store(__nv_bfloat16 *dst, float x) { *dst = __float2bfloat16_rn(x); }
 
 /* With a residual: residual += delta first (in place), then the normalised sum. Each thread reads
  * back only the elements it wrote itself, so no barrier is needed between the two. Out is fp32, or
@@ -34,7 +29,7 @@ __global__ void rmsnorm_forward_kernel(Out *out, float *rstd, float *x_rows, con
     const float var = block_sum(sum_sq) / (float)D;
     const float r = 1.0f / sqrtf(var + eps);
     Out *y = out + (size_t)blockIdx.x * D;
-    for (int j = threadIdx.x; j < D; j += blockDim.x) store(&y[j], weight[j] * (x[j] * r));
+    for (int j = threadIdx.x; j < D; j += blockDim.x) store(y[j], weight[j] * (x[j] * r));
     if (threadIdx.x == 0) rstd[blockIdx.x] = r;
 }
 
